@@ -1,0 +1,98 @@
+"""Suite-wide fixtures: a private containerd, a busybox rootfs, and the `e2e` marker policy.
+
+Tests marked `e2e` (every test under tests/e2e is marked automatically) need root, containerd,
+ctr, runc and busybox-static. Without them they FAIL, loudly; set TRIOSHIM_ALLOW_SKIP_E2E=1 to
+turn that into a skip (for a developer laptop, never in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Make `tests.support` importable whatever pytest's rootdir/import mode did with sys.path.
+_REPO = str(Path(__file__).resolve().parent.parent)
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from tests.support.containerd import CONTAINERD, CTR, PrivateContainerd  # noqa: E402
+from tests.support.rootfs import BUSYBOX, build_busybox_rootfs  # noqa: E402
+
+_E2E_DIR = Path(__file__).resolve().parent / "e2e"
+ALLOW_SKIP_ENV = "TRIOSHIM_ALLOW_SKIP_E2E"
+
+
+def e2e_missing() -> str | None:
+    """Why e2e tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "e2e tests need root (containerd, runc and mounts)"
+    for tool in (CONTAINERD, CTR, str(BUSYBOX)):
+        if not os.access(tool, os.X_OK):
+            return f"{tool} is missing (apt-get install containerd runc busybox-static)"
+    if shutil.which("runc") is None:
+        return "runc is missing (apt-get install runc)"
+    return None
+
+
+def require_e2e() -> None:
+    why = e2e_missing()
+    if why is None:
+        return
+    if os.environ.get(ALLOW_SKIP_ENV) == "1":
+        pytest.skip(f"{why} ({ALLOW_SKIP_ENV}=1)")
+    pytest.fail(f"{why}; set {ALLOW_SKIP_ENV}=1 to skip e2e tests instead", pytrace=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _E2E_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("e2e") is not None:
+        require_e2e()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        for value in funcargs.values():
+            if isinstance(value, PrivateContainerd):
+                report.sections.append(
+                    (f"containerd log tail ({value.log_path})", value.log_tail())
+                )
+                break
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[PrivateContainerd]:
+    """A private containerd for the whole session (own root/state/sockets, unique namespace)."""
+    require_e2e()
+    daemon = PrivateContainerd()
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def namespace(containerd: PrivateContainerd) -> str:
+    """The containerd namespace every test of this run uses (unique to the run)."""
+    return containerd.namespace
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root filesystem directory (for `ctr run --rootfs DIR`)."""
+    require_e2e()
+    return build_busybox_rootfs(tmp_path_factory.mktemp("rootfs") / "busybox")

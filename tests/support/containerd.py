@@ -1,0 +1,432 @@
+"""A private containerd daemon for tests: own root, state, sockets, config and namespace.
+
+Nothing here touches the machine's own containerd (if any): the daemon gets a temp dir with
+`root/`, `state/`, `ctrd.sock` (gRPC), `ctrd.sock.ttrpc`, `config.toml` and `containerd.log`.
+What is machine-wide and cannot be moved by configuration is kept apart by a namespace unique
+to the run: runc's state dir (`/run/containerd/runc/<ns>`), the shim sockets
+(`/run/containerd/s/<sha256(address/ns/id)>`) and cgroups (`/<ns>/<id>`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+CONTAINERD = os.environ.get("TRIOSHIM_CONTAINERD", "/usr/bin/containerd")
+CTR = os.environ.get("TRIOSHIM_CTR", "/usr/bin/ctr")
+SHIM_SOCKET_DIR = Path("/run/containerd/s")
+RUNC_ROOT = Path("/run/containerd/runc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# Plugins a test daemon does not need (CRI would also want CNI and an image store).
+DISABLED_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.snapshotter.v1.overlayfs",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+)
+
+
+class ContainerdError(AssertionError):
+    """containerd (or ctr) misbehaved; the message carries the tail of containerd's log."""
+
+
+def venv_bin_dir() -> str:
+    """The running interpreter's bin dir (not resolved: a venv's python is a symlink)."""
+    return str(Path(sys.executable).parent)
+
+
+def default_path() -> str:
+    """PATH for containerd: the venv's bin first (containerd-shim-trioshim-v2), then the usual."""
+    dirs = [
+        venv_bin_dir(),
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    seen: list[str] = []
+    for d in dirs:
+        if d not in seen:
+            seen.append(d)
+    return ":".join(seen)
+
+
+def shim_socket_path(address: str, namespace: str, group: str) -> Path:
+    """Where a v2 shim listens (shim-v2.md section 2): /run/containerd/s/sha256(address/ns/id)."""
+    digest = hashlib.sha256(os.path.join(address, namespace, group).encode()).hexdigest()
+    return SHIM_SOCKET_DIR / digest
+
+
+def _mountpoints() -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            # Octal escapes (\040 for space) as the kernel writes them.
+            points.append(fields[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+class PrivateContainerd:
+    """Start with `start()` (or use as a context manager); `stop()` cleans everything up."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+        path: str | None = None,
+        env: dict[str, str] | None = None,
+        log_level: str = "debug",
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.namespace = namespace or f"tsh-{os.getpid()}-{secrets.token_hex(3)}"
+        # Short base dir: unix socket paths are limited to 108 bytes.
+        self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tsc", dir="/tmp"))
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.root = self.base / "root"
+        self.state = self.base / "state"
+        self.address = str(self.base / "ctrd.sock")
+        self.ttrpc_address = self.address + ".ttrpc"
+        self.config_path = self.base / "config.toml"
+        self.log_path = self.base / "containerd.log"
+        self.path = path or default_path()
+        self.extra_env = dict(env or {})
+        self.log_level = log_level
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self._stopped = False
+        if len(self.ttrpc_address) > 100:
+            raise ValueError(f"socket path too long for a unix socket: {self.ttrpc_address}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> PrivateContainerd:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            sys.stderr.write(f"--- containerd log tail ({self.log_path}) ---\n{self.log_tail()}\n")
+        self.stop()
+
+    def write_config(self) -> None:
+        disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+        self.config_path.write_text(
+            f"""\
+version = 2
+root = "{self.root}"
+state = "{self.state}"
+disabled_plugins = [{disabled}]
+oom_score = 0
+
+[grpc]
+  address = "{self.address}"
+
+[ttrpc]
+  address = "{self.ttrpc_address}"
+
+[debug]
+  address = ""
+  level = "{self.log_level}"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{self.base / "opt"}"
+
+[plugins."io.containerd.runtime.v2.task"]
+  platforms = ["linux/amd64"]
+"""
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE")
+        }
+        env["PATH"] = self.path
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("containerd already running")
+        for d in (self.root, self.state):
+            d.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _halt)
+        self._log_file.write(
+            f"=== trioshim test: starting containerd at {time.ctime()} ===\n".encode()
+        )
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            [CONTAINERD, "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd="/",
+            start_new_session=True,
+        )
+        self._stopped = False
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise ContainerdError(
+                    f"containerd exited with {self.proc.returncode} during start-up\n"
+                    f"{self.log_tail()}"
+                )
+            if os.path.exists(self.address):
+                r = subprocess.run(
+                    [CTR, "--address", self.address, "version"],
+                    capture_output=True,
+                    timeout=10,
+                    env=self.env,
+                )
+                if r.returncode == 0:
+                    return
+                last = r.stderr.decode(errors="replace")
+            time.sleep(0.1)
+        raise ContainerdError(
+            f"containerd did not answer within {self.start_timeout}s: {last}\n{self.log_tail()}"
+        )
+
+    def _halt(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Stop the daemon process only (its shims keep running, as with systemd's KillMode)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def restart(self, *, sig: int = signal.SIGTERM) -> None:
+        """Stop containerd (tasks and shims keep running) and start it again on the same root,
+        state and sockets."""
+        self._halt(sig)
+        self.start()
+
+    def kill_daemon(self) -> None:
+        """SIGKILL containerd only (no clean-up), e.g. to simulate a crash."""
+        self._halt(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> list[str]:
+        """Kill and delete every task and container of the namespace, stop containerd, kill
+        stray shims, force-delete runc leftovers, unmount, remove cgroups and the temp dir.
+        Returns a list of what had to be cleaned by force (empty when the tests left nothing)."""
+        if self._stopped:
+            return []
+        forced: list[str] = []
+        if self.running:
+            with contextlib.suppress(Exception):
+                forced += self.cleanup_namespace()
+        self._halt()
+        for pid in self.shim_pids():
+            forced.append(f"shim pid {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        forced += self._force_delete_runc()
+        for point in sorted(self.mounts(), key=len, reverse=True):
+            forced.append(f"mount {point}")
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+        self._remove_cgroups()
+        with contextlib.suppress(OSError):
+            (RUNC_ROOT / self.namespace).rmdir()
+        shutil.rmtree(self.base, ignore_errors=True)
+        self._stopped = True
+        return forced
+
+    def cleanup_namespace(self) -> list[str]:
+        """Kill and delete every task, then every container, in our namespace."""
+        forced = []
+        r = self.ctr("task", "ls", "-q", timeout=30)
+        for tid in r.stdout.split():
+            forced.append(f"task {tid}")
+            self.ctr("task", "kill", "-a", "-s", "SIGKILL", tid, timeout=30)
+            self.ctr("task", "rm", "-f", tid, timeout=60)
+        r = self.ctr("container", "ls", "-q", timeout=30)
+        for cid in r.stdout.split():
+            forced.append(f"container {cid}")
+            self.ctr("container", "rm", cid, timeout=60)
+        return forced
+
+    def _force_delete_runc(self) -> list[str]:
+        root = RUNC_ROOT / self.namespace
+        forced = []
+        if root.is_dir():
+            for entry in root.iterdir():
+                forced.append(f"runc container {entry.name}")
+                subprocess.run(
+                    ["runc", "--root", str(root), "delete", "--force", entry.name],
+                    capture_output=True,
+                    timeout=30,
+                )
+        return forced
+
+    def _remove_cgroups(self) -> None:
+        if not CGROUP_ROOT.is_dir():
+            return
+        for ctl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
+            top = ctl / self.namespace
+            if not top.is_dir():
+                continue
+            for dirpath, _dirs, _files in sorted(
+                os.walk(top), key=lambda t: len(t[0]), reverse=True
+            ):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+    # ------------------------------------------------------------------ ctr
+
+    def ctr_argv(self, *args: str, namespace: str | None = None) -> list[str]:
+        return [CTR, "--address", self.address, "--namespace", namespace or self.namespace, *args]
+
+    def ctr(
+        self,
+        *args: str,
+        input: bytes | str | None = None,
+        timeout: float = 60.0,
+        text: bool = True,
+        check: bool = False,
+        namespace: str | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run `ctr --address ... --namespace NS ARGS...`, capturing stdout and stderr.
+
+        Raises ContainerdError (with containerd's log tail) if ctr does not finish within
+        `timeout` seconds, or if `check` and ctr fails."""
+        argv = self.ctr_argv(*args, namespace=namespace)
+        if isinstance(input, str):
+            input = input.encode()
+        try:
+            r = subprocess.run(
+                argv,
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                env=self.env,
+                cwd=cwd,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ContainerdError(
+                f"ctr hung for {timeout}s: {' '.join(argv)}\nstdout: {e.stdout!r:.500}\n"
+                f"stderr: {e.stderr!r:.2000}\n{self.log_tail()}"
+            ) from None
+        if text:
+            r = subprocess.CompletedProcess(
+                r.args,
+                r.returncode,
+                r.stdout.decode(errors="replace"),
+                r.stderr.decode(errors="replace"),
+            )
+        if check and r.returncode != 0:
+            raise ContainerdError(
+                f"{' '.join(argv)} failed with {r.returncode}: {r.stderr!s:.2000}\n"
+                f"{self.log_tail()}"
+            )
+        return r
+
+    def ctr_popen(
+        self, *args: str, namespace: str | None = None, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
+        """Start ctr in the background (e.g. `ctr events`); the caller must reap it."""
+        kwargs.setdefault("env", self.env)
+        return subprocess.Popen(self.ctr_argv(*args, namespace=namespace), **kwargs)
+
+    # ------------------------------------------------------------------ introspection
+
+    def bundle(self, id: str, namespace: str | None = None) -> Path:
+        return self.state / "io.containerd.runtime.v2.task" / (namespace or self.namespace) / id
+
+    def work_dir(self, id: str, namespace: str | None = None) -> Path:
+        return self.root / "io.containerd.runtime.v2.task" / (namespace or self.namespace) / id
+
+    def shim_address(self, id: str, namespace: str | None = None) -> str:
+        """The address the shim returned from `start` (the bundle's `address` file), without
+        `unix://`."""
+        addr = (self.bundle(id, namespace) / "address").read_text().strip()
+        return addr.removeprefix("unix://")
+
+    def shim_socket(self, id: str, namespace: str | None = None) -> Path:
+        """The socket path computed by the shim-v2 rule for grouping key `id`."""
+        return shim_socket_path(self.address, namespace or self.namespace, id)
+
+    def shim_pids(self) -> list[int]:
+        """Pids of shim processes started for this containerd (their argv has `-address ADDR`)."""
+        found = []
+        for pid in _pids():
+            argv = _proc_cmdline(pid)
+            if not any(os.path.basename(a).startswith("containerd-shim") for a in argv):
+                continue
+            for i, a in enumerate(argv[:-1]):
+                if a in ("-address", "--address") and argv[i + 1] == self.address:
+                    found.append(pid)
+                    break
+        return found
+
+    def mounts(self) -> list[str]:
+        """Mount points below our temp dir (rootfs mounts the shims left behind)."""
+        base = str(self.base) + "/"
+        return [p for p in _mountpoints() if p.startswith(base)]
+
+    def shim_sockets(self, ids: Sequence[str], namespace: str | None = None) -> list[Path]:
+        """Those of the shim sockets for `ids` that still exist."""
+        return [p for p in (self.shim_socket(i, namespace) for i in ids) if os.path.lexists(p)]
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError as e:
+            return f"(no containerd log: {e})"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
