@@ -58,7 +58,12 @@ def generate(out_dir: pathlib.Path) -> None:
             target = out_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(HEADER + text)
-        for pkg in sorted({p.parent for p in out_dir.rglob("*.py")}):
+        # Every directory on the way to a module is a regular package (no namespace
+        # packages: mypy and importlib then agree on what trioshim.api.containerd is).
+        packages: set[pathlib.Path] = set()
+        for module in out_dir.rglob("*.py"):
+            packages.update(d for d in module.parents if d.is_relative_to(out_dir))
+        for pkg in sorted(packages):
             init = pkg / "__init__.py"
             if not init.exists():
                 init.write_text(HEADER)
