@@ -1,0 +1,272 @@
+"""runc command lines (runc-task.md 2.1/2.2) and log.json error surfacing (2.3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trioshim.runc import runc_cli
+from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
+
+
+class _NoSpawn:
+    def spawn(self, argv: object, **kwargs: object) -> object:
+        raise AssertionError("no process expected")
+
+
+def _runc(**kwargs: object) -> Runc:
+    return Runc.for_container(_NoSpawn(), bundle="/b/c1", namespace="default", **kwargs)  # type: ignore[arg-type]
+
+
+# --- global arguments -------------------------------------------------------------------------
+
+
+def test_global_args_default() -> None:
+    r = _runc()
+    assert r.command(["start", "c1"]) == [
+        "runc",
+        "--root",
+        "/run/containerd/runc/default",
+        "--log",
+        "/b/c1/log.json",
+        "--log-format",
+        "json",
+        "start",
+        "c1",
+    ]
+
+
+def test_global_args_all_options() -> None:
+    r = _runc(binary="/opt/runc", root="/r", criu="/usr/bin/criu", systemd_cgroup=True)
+    assert r.global_args() == [
+        "--root",
+        "/r/default",
+        "--log",
+        "/b/c1/log.json",
+        "--log-format",
+        "json",
+        "--criu",
+        "/usr/bin/criu",
+        "--systemd-cgroup",
+    ]
+    assert r.binary == "/opt/runc"
+
+
+def test_environment_drops_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("KEEP_ME", "1")
+    r = _runc()
+    assert "NOTIFY_SOCKET" not in r.env
+    assert r.env["KEEP_ME"] == "1"
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+def test_create_args() -> None:
+    assert runc_cli.create_args("c1", "/b/c1", pid_file="/b/c1/init.pid") == [
+        "create",
+        "--bundle",
+        "/b/c1",
+        "--pid-file",
+        "/b/c1/init.pid",
+        "c1",
+    ]
+    assert runc_cli.create_args(
+        "c1",
+        "/b/c1",
+        pid_file="/b/c1/init.pid",
+        console_socket="/tmp/pty1/pty.sock",
+        no_pivot=True,
+        no_new_keyring=True,
+    ) == [
+        "create",
+        "--bundle",
+        "/b/c1",
+        "--pid-file",
+        "/b/c1/init.pid",
+        "--console-socket",
+        "/tmp/pty1/pty.sock",
+        "--no-pivot",
+        "--no-new-keyring",
+        "c1",
+    ]
+
+
+def test_pid_file_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = runc_cli.create_args("c1", str(tmp_path), pid_file="init.pid")
+    assert args[args.index("--pid-file") + 1] == str(tmp_path / "init.pid")
+
+
+def test_exec_args() -> None:
+    assert runc_cli.exec_args("c1", process_file="/tmp/runc-process1", pid_file="/b/c1/e1.pid") == [
+        "exec",
+        "--process",
+        "/tmp/runc-process1",
+        "--detach",
+        "--pid-file",
+        "/b/c1/e1.pid",
+        "c1",
+    ]
+    assert runc_cli.exec_args(
+        "c1", process_file="/tmp/p", pid_file="/b/e.pid", console_socket="/tmp/s"
+    ) == [
+        "exec",
+        "--process",
+        "/tmp/p",
+        "--console-socket",
+        "/tmp/s",
+        "--detach",
+        "--pid-file",
+        "/b/e.pid",
+        "c1",
+    ]
+
+
+def test_kill_delete_pause_resume_ps_update() -> None:
+    assert runc_cli.kill_args("c1", 15) == ["kill", "c1", "15"]
+    assert runc_cli.kill_args("c1", 9, all=True) == ["kill", "--all", "c1", "9"]
+    assert runc_cli.delete_args("c1") == ["delete", "c1"]
+    assert runc_cli.delete_args("c1", force=True) == ["delete", "--force", "c1"]
+    assert runc_cli.pause_args("c1") == ["pause", "c1"]
+    assert runc_cli.resume_args("c1") == ["resume", "c1"]
+    assert runc_cli.start_args("c1") == ["start", "c1"]
+    assert runc_cli.ps_args("c1") == ["ps", "--format", "json", "c1"]
+    assert runc_cli.update_args("c1") == ["update", "--resources", "-", "c1"]
+
+
+def test_checkpoint_args() -> None:
+    assert runc_cli.checkpoint_args(
+        "c1", CheckpointOpts(image_path="/img", work_path="/b/work/criu-work"), leave_running=True
+    ) == [
+        "checkpoint",
+        "--image-path",
+        "/img",
+        "--work-path",
+        "/b/work/criu-work",
+        "--leave-running",
+        "c1",
+    ]
+    opts = CheckpointOpts(
+        image_path="/img",
+        work_path="/w",
+        tcp_established=True,
+        ext_unix_sk=True,
+        shell_job=True,
+        file_locks=True,
+        empty_namespaces=("network", "ipc"),
+    )
+    assert runc_cli.checkpoint_args("c1", opts) == [
+        "checkpoint",
+        "--image-path",
+        "/img",
+        "--work-path",
+        "/w",
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--shell-job",
+        "--file-locks",
+        "--empty-ns",
+        "network",
+        "--empty-ns",
+        "ipc",
+        "c1",
+    ]
+
+
+def test_restore_args() -> None:
+    opts = CheckpointOpts(image_path="/img", work_path="/b/work", parent_path="/parent")
+    assert runc_cli.restore_args(
+        "c1",
+        "/b/c1",
+        opts,
+        pid_file="/b/c1/init.pid",
+        console_socket="/tmp/s",
+        no_pivot=True,
+    ) == [
+        "restore",
+        "--image-path",
+        "/img",
+        "--work-path",
+        "/b/work",
+        "--parent-path",
+        "/parent",
+        "--detach",
+        "--pid-file",
+        "/b/c1/init.pid",
+        "--console-socket",
+        "/tmp/s",
+        "--no-pivot",
+        "-no-subreaper",
+        "--bundle",
+        "/b/c1",
+        "c1",
+    ]
+
+
+# --- log.json ---------------------------------------------------------------------------------
+
+
+def _log(path: Path, *entries: object, raw: str = "") -> str:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries) + raw)
+    return str(path)
+
+
+def test_last_runtime_error_picks_last_error(tmp_path: Path) -> None:
+    log = _log(
+        tmp_path / "log.json",
+        {"level": "error", "msg": "first", "time": "2023-01-01T00:00:00Z"},
+        {"level": "warning", "msg": "meh", "time": "2023-01-01T00:00:01Z"},
+        {"level": "error", "msg": "  container does not exist \n", "time": "2023-01-01T00:00:02Z"},
+        {"level": "info", "msg": "later", "time": "2023-01-01T00:00:03Z"},
+    )
+    assert runc_cli.last_runtime_error(log) == "container does not exist"
+
+
+def test_last_runtime_error_stream_without_newlines(tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    log.write_text('{"level":"error","msg":"a"}{"level":"error","msg":"b"}  ')
+    assert runc_cli.last_runtime_error(str(log)) == "b"
+
+
+def test_last_runtime_error_empty_and_no_error(tmp_path: Path) -> None:
+    assert runc_cli.last_runtime_error(_log(tmp_path / "empty.json")) == ""
+    log = _log(tmp_path / "info.json", {"level": "info", "msg": "fine"})
+    assert runc_cli.last_runtime_error(log) == ""
+
+
+def test_runtime_error_wrapping(tmp_path: Path) -> None:
+    err = RuncError("runc did not terminate successfully: exit status 1")
+    log = _log(
+        tmp_path / "log.json", {"level": "error", "msg": "container with given ID already exists"}
+    )
+    assert (
+        runc_cli.runtime_error(log, "OCI runtime create failed", err)
+        == "OCI runtime create failed: container with given ID already exists"
+    )
+    quiet = _log(tmp_path / "quiet.json", {"level": "debug", "msg": "x"})
+    assert (
+        runc_cli.runtime_error(quiet, "OCI runtime start failed", err)
+        == "OCI runtime start failed: runc did not terminate successfully: exit status 1"
+    )
+    missing = str(tmp_path / "missing.json")
+    assert runc_cli.runtime_error(missing, "OCI runtime create failed", err) == (
+        "OCI runtime create failed: unable to retrieve OCI runtime error "
+        f"(open {missing}: no such file or directory): "
+        "runc did not terminate successfully: exit status 1"
+    )
+    broken = _log(tmp_path / "broken.json", {"level": "error", "msg": "x"}, raw="{not json")
+    text = runc_cli.runtime_error(broken, "failed to delete task", err)
+    assert text.startswith("failed to delete task: unable to retrieve OCI runtime error (")
+    assert text.endswith("): runc did not terminate successfully: exit status 1")
+
+
+def test_read_pid_file(tmp_path: Path) -> None:
+    (tmp_path / "init.pid").write_text("4242")
+    assert runc_cli.read_pid_file(str(tmp_path / "init.pid")) == 4242
+    (tmp_path / "bad.pid").write_text("")
+    with pytest.raises(ValueError, match="invalid syntax"):
+        runc_cli.read_pid_file(str(tmp_path / "bad.pid"))

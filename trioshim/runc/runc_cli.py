@@ -1,0 +1,594 @@
+"""Driving the runc binary: command lines, running them through the reaper, runc's errors.
+
+Every call is ``<binary> --root <root>/<ns> --log <bundle>/log.json --log-format json
+[--criu <path>] [--systemd-cgroup] <subcommand> <args>`` (runc-task.md 2.1, 2.2). The argv
+builders are pure functions of their inputs (``*_args``), so the command lines are testable
+without runc; :class:`Runc` runs them.
+
+Children are spawned through the shim's reaper only (it is the one waiter of children in the
+process); an awaiting caller that is cancelled SIGKILLs its runc child (the RPC went away).
+
+Error text follows go-runc, because containerd users see it verbatim:
+- output captured (everything but create/exec/restore with pipe IO):
+  ``<binary> did not terminate successfully: exit status <N>: <stdout+stderr>``;
+- stdio given to runc: ``<binary> did not terminate successfully: exit status <N>``;
+- binary missing: ``exec: "<binary>": executable file not found in $PATH``.
+:func:`runtime_error` then prefers the last ``error`` entry of ``log.json`` (runc-task.md 2.3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+DEFAULT_ROOT = "/run/containerd/runc"
+"""runc state root base when ``Options.root`` is empty; the namespace is appended."""
+
+INIT_PID_FILE = "init.pid"
+LOG_FILE = "log.json"
+
+
+class RuncError(Exception):
+    """A runc invocation failed; ``str(err)`` is the go-runc style text."""
+
+    def __init__(self, message: str, *, status: int | None = None, output: bytes = b"") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.output = output
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- what runc_cli needs from the reaper (trioshim.shim.reaper.Reaper satisfies it) ---------
+
+
+class ChildProcess(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int: ...
+
+
+class Spawner(Protocol):
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = ...,
+        env: Mapping[str, str] | None = ...,
+        stdin: int | None = ...,
+        stdout: int | None = ...,
+        stderr: int | None = ...,
+    ) -> Any: ...
+
+
+# --- go-style OS error text -----------------------------------------------------------------
+
+
+def go_errno_text(err: int) -> str:
+    """Go's spelling of an errno ("no such file or directory")."""
+    text = os.strerror(err)
+    return text[:1].lower() + text[1:]
+
+
+def go_os_error(op: str, exc: OSError) -> str:
+    """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
+    what = go_errno_text(exc.errno) if exc.errno is not None else str(exc)
+    if exc.filename is not None:
+        return f"{op} {os.fsdecode(exc.filename)}: {what}"
+    return f"{op}: {what}"
+
+
+# --- log.json ---------------------------------------------------------------------------------
+
+
+def last_runtime_error(log_path: str) -> str:
+    """The trimmed ``msg`` of the last ``"level": "error"`` entry of runc's JSON log.
+
+    The whole file is one stream of JSON objects (it is appended to by every runc call of the
+    container). Returns "" when there is no error entry. Raises :class:`OSError` when the file
+    cannot be read and :class:`ValueError` when it is not a stream of JSON objects.
+    """
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        data = f.read()
+    decoder = json.JSONDecoder()
+    message = ""
+    level = ""
+    pos = 0
+    end = len(data)
+    while True:
+        while pos < end and data[pos] in " \t\r\n":
+            pos += 1
+        if pos >= end:
+            return message
+        try:
+            entry, pos = decoder.raw_decode(data, pos)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid character in log at offset {exc.pos}: {exc.msg}") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"json: cannot unmarshal {type(entry).__name__} into a log entry")
+        # Go decodes every entry into the same struct, so a missing key keeps the previous value.
+        if isinstance(entry.get("level"), str):
+            level = entry["level"]
+        if level == "error":
+            msg = entry.get("msg", "")
+            message = msg.strip() if isinstance(msg, str) else ""
+
+
+def runtime_error(log_path: str | None, prefix: str, err: BaseException) -> str:
+    """Text of a failed create/start/exec/... as containerd's runc shim words it."""
+    if not log_path:
+        return f"{prefix}: {err}"
+    try:
+        message = last_runtime_error(log_path)
+    except OSError as exc:
+        return f"{prefix}: unable to retrieve OCI runtime error ({go_os_error('open', exc)}): {err}"
+    except ValueError as exc:
+        return f"{prefix}: unable to retrieve OCI runtime error ({exc}): {err}"
+    if not message:
+        return f"{prefix}: {err}"
+    return f"{prefix}: {message}"
+
+
+# --- command lines ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointOpts:
+    """Options of ``runc checkpoint`` / ``runc restore`` (go-runc ``CheckpointOpts`` order)."""
+
+    image_path: str = ""
+    work_path: str = ""
+    parent_path: str = ""
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    file_locks: bool = False
+    empty_namespaces: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        out: list[str] = []
+        if self.image_path:
+            out += ["--image-path", self.image_path]
+        if self.work_path:
+            out += ["--work-path", self.work_path]
+        if self.parent_path:
+            out += ["--parent-path", self.parent_path]
+        if self.tcp_established:
+            out.append("--tcp-established")
+        if self.ext_unix_sk:
+            out.append("--ext-unix-sk")
+        if self.shell_job:
+            out.append("--shell-job")
+        if self.file_locks:
+            out.append("--file-locks")
+        for ns in self.empty_namespaces:
+            out += ["--empty-ns", ns]
+        return out
+
+
+def create_args(
+    container_id: str,
+    bundle: str,
+    *,
+    pid_file: str,
+    console_socket: str | None = None,
+    no_pivot: bool = False,
+    no_new_keyring: bool = False,
+) -> list[str]:
+    args = ["create", "--bundle", bundle, "--pid-file", os.path.abspath(pid_file)]
+    if console_socket:
+        args += ["--console-socket", console_socket]
+    if no_pivot:
+        args.append("--no-pivot")
+    if no_new_keyring:
+        args.append("--no-new-keyring")
+    return [*args, container_id]
+
+
+def start_args(container_id: str) -> list[str]:
+    return ["start", container_id]
+
+
+def exec_args(
+    container_id: str, *, process_file: str, pid_file: str, console_socket: str | None = None
+) -> list[str]:
+    args = ["exec", "--process", process_file]
+    if console_socket:
+        args += ["--console-socket", console_socket]
+    return [*args, "--detach", "--pid-file", os.path.abspath(pid_file), container_id]
+
+
+def kill_args(container_id: str, sig: int, *, all: bool = False) -> list[str]:
+    return ["kill", *(["--all"] if all else []), container_id, str(sig)]
+
+
+def delete_args(container_id: str, *, force: bool = False) -> list[str]:
+    return ["delete", *(["--force"] if force else []), container_id]
+
+
+def pause_args(container_id: str) -> list[str]:
+    return ["pause", container_id]
+
+
+def resume_args(container_id: str) -> list[str]:
+    return ["resume", container_id]
+
+
+def ps_args(container_id: str) -> list[str]:
+    return ["ps", "--format", "json", container_id]
+
+
+def update_args(container_id: str) -> list[str]:
+    return ["update", "--resources", "-", container_id]
+
+
+def checkpoint_args(
+    container_id: str, opts: CheckpointOpts, *, leave_running: bool = False
+) -> list[str]:
+    args = ["checkpoint", *opts.args()]
+    if leave_running:
+        args.append("--leave-running")
+    return [*args, container_id]
+
+
+def restore_args(
+    container_id: str,
+    bundle: str,
+    opts: CheckpointOpts,
+    *,
+    pid_file: str,
+    console_socket: str | None = None,
+    no_pivot: bool = False,
+) -> list[str]:
+    args = ["restore", *opts.args(), "--detach", "--pid-file", os.path.abspath(pid_file)]
+    if console_socket:
+        args += ["--console-socket", console_socket]
+    if no_pivot:
+        args.append("--no-pivot")
+    # Single dash, exactly as go-runc spells it; runc's flag parser accepts both forms.
+    args.append("-no-subreaper")
+    return [*args, "--bundle", bundle, container_id]
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """runc's own stdin/stdout/stderr when it must not be captured (``None`` = /dev/null)."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+def _runc_environment() -> dict[str, str]:
+    # runc must not notify systemd on the shim's behalf.
+    return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+
+
+def read_pid_file(path: str) -> int:
+    """The pid runc wrote with ``--pid-file`` (decimal, no newline)."""
+    with open(path, encoding="ascii") as f:
+        text = f.read()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f'strconv.Atoi: parsing "{text}": invalid syntax') from None
+
+
+@dataclass
+class Runc:
+    """One runc configuration (a container's): binary, state root, log file, global flags."""
+
+    spawner: Spawner
+    binary: str = "runc"
+    root: str = ""
+    log: str = ""
+    log_format: str = "json"
+    criu: str = ""
+    systemd_cgroup: bool = False
+    env: dict[str, str] = field(default_factory=_runc_environment)
+
+    @classmethod
+    def for_container(
+        cls,
+        spawner: Spawner,
+        *,
+        bundle: str,
+        namespace: str,
+        binary: str = "",
+        root: str = "",
+        criu: str = "",
+        systemd_cgroup: bool = False,
+    ) -> Runc:
+        return cls(
+            spawner=spawner,
+            binary=binary or "runc",
+            root=os.path.join(root or DEFAULT_ROOT, namespace),
+            log=os.path.join(bundle, LOG_FILE),
+            criu=criu,
+            systemd_cgroup=systemd_cgroup,
+        )
+
+    def global_args(self) -> list[str]:
+        out: list[str] = []
+        if self.root:
+            out += ["--root", self.root]
+        if self.log:
+            out += ["--log", self.log]
+        if self.log_format:
+            out += ["--log-format", self.log_format]
+        if self.criu:
+            out += ["--criu", self.criu]
+        if self.systemd_cgroup:
+            out.append("--systemd-cgroup")
+        return out
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        return [self.binary, *self.global_args(), *args]
+
+    def runtime_error(self, prefix: str, err: BaseException) -> str:
+        return runtime_error(self.log, prefix, err)
+
+    # -- the subcommands -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: str,
+        *,
+        pid_file: str,
+        stdio: Stdio | None,
+        console_socket: str | None = None,
+        no_pivot: bool = False,
+        no_new_keyring: bool = False,
+    ) -> None:
+        """``runc create``; ``stdio=None`` captures runc's output (terminal mode)."""
+        args = create_args(
+            container_id,
+            bundle,
+            pid_file=pid_file,
+            console_socket=console_socket,
+            no_pivot=no_pivot,
+            no_new_keyring=no_new_keyring,
+        )
+        await self._run(args, stdio=stdio)
+
+    async def start(self, container_id: str) -> None:
+        await self._run(start_args(container_id))
+
+    async def exec(
+        self,
+        container_id: str,
+        process_spec: Mapping[str, Any],
+        *,
+        pid_file: str,
+        stdio: Stdio | None,
+        console_socket: str | None = None,
+    ) -> None:
+        """``runc exec --detach`` of an OCI Process written to a ``runc-process*`` temp file."""
+        directory = os.environ.get("XDG_RUNTIME_DIR") or None
+        fd, path = tempfile.mkstemp(prefix="runc-process", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(process_spec, f, separators=(",", ":"))
+                f.write("\n")
+            args = exec_args(
+                container_id, process_file=path, pid_file=pid_file, console_socket=console_socket
+            )
+            await self._run(args, stdio=stdio)
+        finally:
+            _remove(path)
+
+    async def kill(self, container_id: str, sig: int, *, all: bool = False) -> None:
+        await self._run(kill_args(container_id, sig, all=all))
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        await self._run(delete_args(container_id, force=force))
+
+    async def pause(self, container_id: str) -> None:
+        await self._run(pause_args(container_id))
+
+    async def resume(self, container_id: str) -> None:
+        await self._run(resume_args(container_id))
+
+    async def ps(self, container_id: str) -> list[int]:
+        output = await self._run(ps_args(container_id))
+        try:
+            pids = json.loads(output)
+        except ValueError as exc:
+            raise RuncError(f"invalid character in runc ps output: {exc}", output=output) from None
+        if not isinstance(pids, list) or not all(isinstance(p, int) for p in pids):
+            raise RuncError("json: cannot unmarshal runc ps output into []int", output=output)
+        return pids
+
+    async def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        data = (json.dumps(resources, separators=(",", ":")) + "\n").encode()
+        await self._run(update_args(container_id), input=data)
+
+    async def checkpoint(
+        self, container_id: str, opts: CheckpointOpts, *, leave_running: bool = False
+    ) -> None:
+        await self._run(checkpoint_args(container_id, opts, leave_running=leave_running))
+
+    async def restore(
+        self,
+        container_id: str,
+        bundle: str,
+        opts: CheckpointOpts,
+        *,
+        pid_file: str,
+        stdio: Stdio | None,
+        console_socket: str | None = None,
+        no_pivot: bool = False,
+    ) -> None:
+        args = restore_args(
+            container_id,
+            bundle,
+            opts,
+            pid_file=pid_file,
+            console_socket=console_socket,
+            no_pivot=no_pivot,
+        )
+        await self._run(args, stdio=stdio)
+
+    async def version(self) -> str:
+        """``runc --version`` output (no global flags, stdout only)."""
+        return (await self._run_argv([self.binary, "--version"], combined=False)).decode()
+
+    async def list_containers(self) -> list[dict[str, Any]]:
+        """``runc list --format json`` under this root (``[]`` when the root is empty)."""
+        output = await self._run(["list", "--format", "json"], combined=False)
+        data = json.loads(output or b"null")
+        return list(data or [])
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        args: Sequence[str],
+        *,
+        stdio: Stdio | None = None,
+        input: bytes | None = None,
+        combined: bool = True,
+    ) -> bytes:
+        return await self._run_argv(self.command(args), stdio=stdio, input=input, combined=combined)
+
+    async def _run_argv(
+        self,
+        argv: list[str],
+        *,
+        stdio: Stdio | None = None,
+        input: bytes | None = None,
+        combined: bool = True,
+    ) -> bytes:
+        """Run ``argv`` to completion; output captured unless ``stdio`` is given."""
+        name = argv[0]
+        fds_to_close: list[int] = []
+        try:
+            if stdio is not None:
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                fds_to_close.append(null)
+                child_in = null if stdio.stdin is None else stdio.stdin
+                child_out = null if stdio.stdout is None else stdio.stdout
+                child_err = null if stdio.stderr is None else stdio.stderr
+                out_r = in_w = None
+            else:
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                fds_to_close += [out_r, out_w]
+                if input is not None:
+                    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                    fds_to_close += [in_r, in_w]
+                    child_in = in_r
+                else:
+                    in_w = None
+                    child_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                    fds_to_close.append(child_in)
+                child_out = out_w
+                if combined:
+                    child_err = out_w
+                else:
+                    child_err = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                    fds_to_close.append(child_err)
+            try:
+                child = self.spawner.spawn(
+                    argv, env=self.env, stdin=child_in, stdout=child_out, stderr=child_err
+                )
+            except OSError as exc:
+                raise RuncError(_spawn_error_text(name, exc)) from exc
+            # Only our copies of the reading/writing ends stay open from here on.
+            keep = {fd for fd in (out_r, in_w) if fd is not None}
+            for fd in fds_to_close:
+                if fd not in keep:
+                    os.close(fd)
+            fds_to_close = list(keep)
+            output = bytearray()
+            status = await _wait_collecting(child, out_r, in_w, input, output)
+            fds_to_close = []
+        finally:
+            for fd in fds_to_close:
+                os.close(fd)
+        if status != 0:
+            text = f"{name} did not terminate successfully: exit status {status}"
+            if stdio is None:
+                text = f"{text}: {output.decode(errors='replace')}"
+            raise RuncError(text, status=status, output=bytes(output))
+        return bytes(output)
+
+
+async def _wait_collecting(
+    child: ChildProcess,
+    out_r: int | None,
+    in_w: int | None,
+    input: bytes | None,
+    output: bytearray,
+) -> int:
+    """Wait for ``child``, feeding ``input`` and reading its output to EOF (fds are consumed).
+
+    Cancellation SIGKILLs the child: the RPC that wanted it is gone.
+    """
+    status: int | None = None
+
+    async def feed(fd: int) -> None:
+        async with trio.lowlevel.FdStream(fd) as stream:
+            try:
+                if input:
+                    await stream.send_all(input)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def collect(fd: int) -> None:
+        async with trio.lowlevel.FdStream(fd) as stream:
+            while chunk := await stream.receive_some(65536):
+                output.extend(chunk)
+
+    async def reap() -> None:
+        nonlocal status
+        status = await child.wait()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if in_w is not None:
+                nursery.start_soon(feed, in_w)
+            if out_r is not None:
+                nursery.start_soon(collect, out_r)
+            nursery.start_soon(reap)
+    except BaseException:
+        if status is None:
+            _kill(child.pid)
+        raise
+    assert status is not None
+    return status
+
+
+def _kill(pid: int) -> None:
+    # The pid cannot have been recycled: nobody but the reaper reaps it, and our wait() for it
+    # has not returned.
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _spawn_error_text(name: str, exc: OSError) -> str:
+    missing = exc.errno in (errno.ENOENT, errno.EACCES, None)
+    if "/" not in name and missing and shutil.which(name) is None:
+        return f'exec: "{name}": executable file not found in $PATH'
+    return f"fork/exec {name}: {go_errno_text(exc.errno) if exc.errno else exc}"
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
