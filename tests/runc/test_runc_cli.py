@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from trioshim.runc import runc_cli
 from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
+from trioshim.shim.reaper import Reaper, open_reaper
 
 
-class _NoSpawn:
-    def spawn(self, argv: object, **kwargs: object) -> object:
-        raise AssertionError("no process expected")
-
-
-def _runc(**kwargs: object) -> Runc:
-    return Runc.for_container(_NoSpawn(), bundle="/b/c1", namespace="default", **kwargs)  # type: ignore[arg-type]
+def _runc(**kwargs: Any) -> Runc:
+    # Building command lines needs no running reaper.
+    return Runc.for_container(Reaper(), bundle="/b/c1", namespace="default", **kwargs)
 
 
 # --- global arguments -------------------------------------------------------------------------
@@ -270,3 +270,53 @@ def test_read_pid_file(tmp_path: Path) -> None:
     (tmp_path / "bad.pid").write_text("")
     with pytest.raises(ValueError, match="invalid syntax"):
         runc_cli.read_pid_file(str(tmp_path / "bad.pid"))
+
+
+# --- real runc ---------------------------------------------------------------------------------
+
+needs_runc = pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+
+
+@pytest.fixture
+async def reaper() -> AsyncIterator[Reaper]:
+    async with open_reaper() as r:
+        yield r
+
+
+@needs_runc
+async def test_real_runc_version_and_list(reaper: Reaper, tmp_path: Path) -> None:
+    r = Runc.for_container(
+        reaper, bundle=str(tmp_path), namespace="ns", root=str(tmp_path / "root")
+    )
+    assert (await r.version()).startswith("runc version ")
+    assert await r.list_containers() == []
+
+
+@needs_runc
+async def test_real_runc_error_comes_from_log_json(reaper: Reaper, tmp_path: Path) -> None:
+    r = Runc.for_container(
+        reaper, bundle=str(tmp_path), namespace="ns", root=str(tmp_path / "root")
+    )
+    with pytest.raises(RuncError) as info:
+        await r.start("nosuch")
+    assert str(info.value).startswith("runc did not terminate successfully: exit status 1: ")
+    assert r.runtime_error("OCI runtime start failed", info.value) == (
+        "OCI runtime start failed: container does not exist"
+    )
+    # kill maps the raw text, which carries runc's stderr
+    with pytest.raises(RuncError, match="does not exist"):
+        await r.kill("nosuch", 9)
+    with pytest.raises(RuncError, match="exit status 1"):
+        await r.ps("nosuch")
+
+
+async def test_missing_binary(reaper: Reaper, tmp_path: Path) -> None:
+    r = Runc.for_container(reaper, bundle=str(tmp_path), namespace="ns", binary="no-such-runc")
+    with pytest.raises(RuncError) as info:
+        await r.start("c1")
+    assert str(info.value) == 'exec: "no-such-runc": executable file not found in $PATH'
+    assert r.runtime_error("OCI runtime create failed", info.value) == (
+        "OCI runtime create failed: unable to retrieve OCI runtime error "
+        f"(open {tmp_path}/log.json: no such file or directory): "
+        'exec: "no-such-runc": executable file not found in $PATH'
+    )

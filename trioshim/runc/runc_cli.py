@@ -23,13 +23,12 @@ import errno
 import json
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import trio
+from trioshim.shim.reaper import DEVNULL, PIPE, Reaper
 
 DEFAULT_ROOT = "/run/containerd/runc"
 """runc state root base when ``Options.root`` is empty; the namespace is appended."""
@@ -49,29 +48,6 @@ class RuncError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-# --- what runc_cli needs from the reaper (trioshim.shim.reaper.Reaper satisfies it) ---------
-
-
-class ChildProcess(Protocol):
-    @property
-    def pid(self) -> int: ...
-
-    async def wait(self) -> int: ...
-
-
-class Spawner(Protocol):
-    def spawn(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: str | None = ...,
-        env: Mapping[str, str] | None = ...,
-        stdin: int | None = ...,
-        stdout: int | None = ...,
-        stderr: int | None = ...,
-    ) -> Any: ...
 
 
 # --- go-style OS error text -----------------------------------------------------------------
@@ -294,7 +270,7 @@ def read_pid_file(path: str) -> int:
 class Runc:
     """One runc configuration (a container's): binary, state root, log file, global flags."""
 
-    spawner: Spawner
+    reaper: Reaper
     binary: str = "runc"
     root: str = ""
     log: str = ""
@@ -306,7 +282,7 @@ class Runc:
     @classmethod
     def for_container(
         cls,
-        spawner: Spawner,
+        reaper: Reaper,
         *,
         bundle: str,
         namespace: str,
@@ -316,7 +292,7 @@ class Runc:
         systemd_cgroup: bool = False,
     ) -> Runc:
         return cls(
-            spawner=spawner,
+            reaper=reaper,
             binary=binary or "runc",
             root=os.path.join(root or DEFAULT_ROOT, namespace),
             log=os.path.join(bundle, LOG_FILE),
@@ -476,110 +452,39 @@ class Runc:
         input: bytes | None = None,
         combined: bool = True,
     ) -> bytes:
-        """Run ``argv`` to completion; output captured unless ``stdio`` is given."""
+        """Run ``argv`` through the reaper; output captured unless ``stdio`` is given.
+
+        Cancellation SIGKILLs the child (the reaper's ``run`` does it): the RPC is gone.
+        """
         name = argv[0]
-        fds_to_close: list[int] = []
         try:
             if stdio is not None:
-                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                fds_to_close.append(null)
-                child_in = null if stdio.stdin is None else stdio.stdin
-                child_out = null if stdio.stdout is None else stdio.stdout
-                child_err = null if stdio.stderr is None else stdio.stderr
-                out_r = in_w = None
-            else:
-                out_r, out_w = os.pipe2(os.O_CLOEXEC)
-                fds_to_close += [out_r, out_w]
-                if input is not None:
-                    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                    fds_to_close += [in_r, in_w]
-                    child_in = in_r
-                else:
-                    in_w = None
-                    child_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-                    fds_to_close.append(child_in)
-                child_out = out_w
-                if combined:
-                    child_err = out_w
-                else:
-                    child_err = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-                    fds_to_close.append(child_err)
-            try:
-                child = self.spawner.spawn(
-                    argv, env=self.env, stdin=child_in, stdout=child_out, stderr=child_err
+                done = await self.reaper.run(
+                    argv,
+                    env=self.env,
+                    stdin=DEVNULL if stdio.stdin is None else stdio.stdin,
+                    stdout=DEVNULL if stdio.stdout is None else stdio.stdout,
+                    stderr=DEVNULL if stdio.stderr is None else stdio.stderr,
                 )
-            except OSError as exc:
-                raise RuncError(_spawn_error_text(name, exc)) from exc
-            # Only our copies of the reading/writing ends stay open from here on.
-            keep = {fd for fd in (out_r, in_w) if fd is not None}
-            for fd in fds_to_close:
-                if fd not in keep:
-                    os.close(fd)
-            fds_to_close = list(keep)
-            output = bytearray()
-            status = await _wait_collecting(child, out_r, in_w, input, output)
-            fds_to_close = []
-        finally:
-            for fd in fds_to_close:
-                os.close(fd)
-        if status != 0:
-            text = f"{name} did not terminate successfully: exit status {status}"
+            else:
+                done = await self.reaper.run(
+                    argv,
+                    env=self.env,
+                    input=input,
+                    stdout=PIPE,
+                    stderr=PIPE if combined else DEVNULL,
+                )
+        except OSError as exc:
+            raise RuncError(_spawn_error_text(name, exc)) from exc
+        # go-runc captures stdout and stderr into one buffer; we keep them apart and join them
+        # for the error text only, so a warning on stderr never breaks `ps` JSON.
+        if done.status != 0:
+            output = done.stdout + done.stderr
+            text = f"{name} did not terminate successfully: exit status {done.status}"
             if stdio is None:
                 text = f"{text}: {output.decode(errors='replace')}"
-            raise RuncError(text, status=status, output=bytes(output))
-        return bytes(output)
-
-
-async def _wait_collecting(
-    child: ChildProcess,
-    out_r: int | None,
-    in_w: int | None,
-    input: bytes | None,
-    output: bytearray,
-) -> int:
-    """Wait for ``child``, feeding ``input`` and reading its output to EOF (fds are consumed).
-
-    Cancellation SIGKILLs the child: the RPC that wanted it is gone.
-    """
-    status: int | None = None
-
-    async def feed(fd: int) -> None:
-        async with trio.lowlevel.FdStream(fd) as stream:
-            try:
-                if input:
-                    await stream.send_all(input)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-    async def collect(fd: int) -> None:
-        async with trio.lowlevel.FdStream(fd) as stream:
-            while chunk := await stream.receive_some(65536):
-                output.extend(chunk)
-
-    async def reap() -> None:
-        nonlocal status
-        status = await child.wait()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            if in_w is not None:
-                nursery.start_soon(feed, in_w)
-            if out_r is not None:
-                nursery.start_soon(collect, out_r)
-            nursery.start_soon(reap)
-    except BaseException:
-        if status is None:
-            _kill(child.pid)
-        raise
-    assert status is not None
-    return status
-
-
-def _kill(pid: int) -> None:
-    # The pid cannot have been recycled: nobody but the reaper reaps it, and our wait() for it
-    # has not returned.
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
+            raise RuncError(text, status=done.status, output=output)
+        return done.stdout
 
 
 def _spawn_error_text(name: str, exc: OSError) -> str:
