@@ -1,0 +1,471 @@
+"""ttrpc framing and connection state machines, sans-IO (no sockets, no event loop, no clock).
+
+Layers, bottom up:
+
+* :func:`encode_frame` / :class:`FrameDecoder`: the 10-byte header (``>IIBB``: length,
+  stream id, type, flags) plus payload. The decoder takes bytes in any split or coalescing and
+  hands back :class:`Frame` events; a frame whose length exceeds the limit is read through and
+  thrown away without allocating it, and reported as :class:`OversizedFrame`.
+* :class:`ServerConnection`: the server's receive rules (spec 3.2, in Go's order) turning
+  frames into :class:`RequestReceived` events or ready-to-send :class:`ErrorReply` frames, and
+  :meth:`ServerConnection.send_response` encoding replies (an oversize reply becomes code 8).
+* :class:`ClientConnection`: odd increasing stream ids, request encoding with the local size
+  check, and response matching (:class:`ResponseReceived`, :class:`CallFailed`).
+
+Errors say whose fault they are: :class:`~trioshim.ttrpc.errors.RemoteProtocolError` when the
+peer broke the framing (e.g. EOF in the middle of a frame: the connection must be closed),
+:class:`~trioshim.ttrpc.errors.LocalProtocolError` when the caller asked for something invalid.
+Peer mistakes that the protocol answers (bad ids, undecodable envelopes, oversize frames) are
+*events*, never exceptions.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
+from google.rpc import status_pb2  # type: ignore[import-untyped, unused-ignore]
+
+from trioshim.api.ttrpc.request_pb2 import KeyValue, Request, Response
+
+from .errors import Code, LocalProtocolError, RemoteProtocolError, TTRPCError
+
+__all__ = [
+    "FLAG_NO_DATA",
+    "FLAG_REMOTE_CLOSED",
+    "FLAG_REMOTE_OPEN",
+    "HEADER",
+    "HEADER_SIZE",
+    "MAX_MESSAGE_SIZE",
+    "NEED_DATA",
+    "CallFailed",
+    "ClientConnection",
+    "ConnectionClosed",
+    "ErrorReply",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "NeedData",
+    "OversizedFrame",
+    "RequestReceived",
+    "ResponseReceived",
+    "ServerConnection",
+    "encode_frame",
+    "oversize_message",
+]
+
+log = logging.getLogger("trioshim.ttrpc")
+
+HEADER: Final = struct.Struct(">IIBB")
+HEADER_SIZE: Final = HEADER.size
+#: Largest accepted ``length`` (payload bytes, header excluded): 4 MiB.
+MAX_MESSAGE_SIZE: Final = 4 << 20
+MAX_STREAM_ID: Final = 0xFFFFFFFF
+
+FLAG_REMOTE_CLOSED: Final = 0x01
+FLAG_REMOTE_OPEN: Final = 0x02
+FLAG_NO_DATA: Final = 0x04
+
+# Peer-visible texts, exactly as Go writes them.
+ODD_ID_TEXT: Final = "StreamID must be odd for client initiated streams"
+REUSED_ID_TEXT: Final = "StreamID cannot be re-used and must increment"
+INACTIVE_STREAM_TEXT: Final = "StreamID is no longer active"
+UNMARSHAL_REQUEST_PREFIX: Final = "unmarshal request error: "
+
+
+def oversize_message(length: int, limit: int = MAX_MESSAGE_SIZE) -> str:
+    """Go's text for a message over the limit."""
+    return f"message length {length} exceed maximum message size of {limit}"
+
+
+class FrameType(enum.IntEnum):
+    REQUEST = 1
+    RESPONSE = 2
+    DATA = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+class NeedData:
+    """Sentinel type: more bytes are needed before the next event."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the stream cleanly, at a frame boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    stream_id: int
+    type: int
+    flags: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedFrame:
+    """A frame whose ``length`` exceeded the limit; its payload was read and thrown away."""
+
+    stream_id: int
+    type: int
+    flags: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A valid Request on a fresh odd stream id (server side)."""
+
+    stream_id: int
+    request: Any  # ttrpc.Request
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A protocol-level rejection, already encoded as a Response frame in ``data`` (server)."""
+
+    stream_id: int
+    code: int
+    message: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The Response for a pending call (client side)."""
+
+    stream_id: int
+    response: Any  # ttrpc.Response
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """A pending call failed because of what the peer sent on its id (client side)."""
+
+    stream_id: int
+    error: Exception
+
+
+DecoderEvent = Frame | OversizedFrame | ConnectionClosed | NeedData
+ServerEvent = RequestReceived | ErrorReply | ConnectionClosed | NeedData
+ClientEvent = ResponseReceived | CallFailed | ConnectionClosed | NeedData
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing
+
+
+def encode_frame(
+    stream_id: int,
+    type: int,
+    flags: int,
+    payload: bytes = b"",
+    *,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> bytes:
+    """Header and payload as one ``bytes``; :class:`LocalProtocolError` when out of range."""
+    if len(payload) > max_message_size:
+        raise LocalProtocolError(oversize_message(len(payload), max_message_size))
+    if not 0 <= stream_id <= MAX_STREAM_ID:
+        raise LocalProtocolError(f"stream id {stream_id} out of range")
+    if not 0 <= type <= 0xFF or not 0 <= flags <= 0xFF:
+        raise LocalProtocolError(f"frame type {type} / flags {flags} out of range")
+    return HEADER.pack(len(payload), stream_id, type, flags) + payload
+
+
+class FrameDecoder:
+    """Bytes in, :class:`Frame` / :class:`OversizedFrame` events out.
+
+    Feed with :meth:`receive_data` (``b""`` is not EOF here: call :meth:`receive_eof`), then
+    call :meth:`next_event` until it returns :data:`NEED_DATA`. After EOF at a frame boundary it
+    returns :class:`ConnectionClosed`; EOF inside a frame raises :class:`RemoteProtocolError`.
+    """
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._eof = False
+        # Header of an oversize frame whose payload is being skipped, and what is left of it.
+        self._skipping: tuple[int, int, int, int] | None = None
+        self._skip_left = 0
+
+    @property
+    def trailing_data(self) -> int:
+        """Bytes received but not yet part of a returned event (including a skipped rest)."""
+        return len(self._buf) + self._skip_left
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            raise LocalProtocolError("receive_data after receive_eof")
+        if not data:
+            return
+        if self._skip_left:
+            take = min(self._skip_left, len(data))
+            self._skip_left -= take
+            data = data[take:]
+        self._buf += data
+
+    def receive_eof(self) -> None:
+        self._eof = True
+
+    def next_event(self) -> DecoderEvent:
+        if self._skipping is not None:
+            if self._skip_left:
+                return self._need_data()
+            length, stream_id, type_, flags = self._skipping
+            self._skipping = None
+            return OversizedFrame(stream_id, type_, flags, length)
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return self._need_data()
+        length, stream_id, type_, flags = HEADER.unpack_from(buf)
+        if length > self.max_message_size:
+            del buf[:HEADER_SIZE]
+            take = min(length, len(buf))
+            del buf[:take]
+            self._skipping = (length, stream_id, type_, flags)
+            self._skip_left = length - take
+            return self.next_event()
+        end = HEADER_SIZE + length
+        if len(buf) < end:
+            return self._need_data()
+        payload = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]
+        return Frame(stream_id, type_, flags, payload)
+
+    def _need_data(self) -> NeedData | ConnectionClosed:
+        if not self._eof:
+            return NEED_DATA
+        if self._buf or self._skip_left:
+            raise RemoteProtocolError("connection closed in the middle of a frame")
+        return ConnectionClosed()
+
+
+def _response_bytes(stream_id: int, response: Any, max_message_size: int) -> bytes:
+    return encode_frame(
+        stream_id,
+        FrameType.RESPONSE,
+        0,
+        response.SerializeToString(),
+        max_message_size=max_message_size,
+    )
+
+
+def _status_response(code: int, message: str, details: Iterable[Any] = ()) -> Any:
+    return Response(status=status_pb2.Status(code=code, message=message, details=list(details)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side
+
+
+class ServerConnection:
+    """The server's view of one connection (spec 3.2), sans-IO.
+
+    :meth:`next_event` applies Go's checks in order: oversize (code 8), even stream id (3),
+    reused id (3), undecodable Request (3), Data for an id that is not open (3); other frame
+    types are ignored. Valid Requests come out as :class:`RequestReceived` and their ids become
+    *active* until :meth:`send_response` encodes their reply. Service/method lookup is the
+    caller's business (it owns the registry): answer with :meth:`send_status`.
+    """
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self._decoder = FrameDecoder(max_message_size)
+        self._last_request_id = 0
+        self._active: set[int] = set()
+
+    @property
+    def active_streams(self) -> frozenset[int]:
+        """Ids of requests received whose reply has not been encoded yet."""
+        return frozenset(self._active)
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def receive_eof(self) -> None:
+        self._decoder.receive_eof()
+
+    def next_event(self) -> ServerEvent:
+        while True:
+            event = self._decoder.next_event()
+            if isinstance(event, (NeedData, ConnectionClosed)):
+                return event
+            if isinstance(event, OversizedFrame):
+                return self._error(
+                    event.stream_id,
+                    Code.RESOURCE_EXHAUSTED,
+                    oversize_message(event.length, self.max_message_size),
+                )
+            if event.stream_id % 2 == 0:
+                return self._error(event.stream_id, Code.INVALID_ARGUMENT, ODD_ID_TEXT)
+            if event.type == FrameType.DATA:
+                if event.stream_id in self._active:
+                    # Data on a running unary call: nothing can consume it (Go would crash).
+                    log.debug("ignoring Data frame on unary stream %d", event.stream_id)
+                    continue
+                return self._error(event.stream_id, Code.INVALID_ARGUMENT, INACTIVE_STREAM_TEXT)
+            if event.type == FrameType.REQUEST:
+                if event.stream_id <= self._last_request_id:
+                    return self._error(event.stream_id, Code.INVALID_ARGUMENT, REUSED_ID_TEXT)
+                self._last_request_id = event.stream_id
+                try:
+                    request = Request.FromString(event.payload)
+                except DecodeError as exc:
+                    return self._error(
+                        event.stream_id, Code.INVALID_ARGUMENT, UNMARSHAL_REQUEST_PREFIX + str(exc)
+                    )
+                self._active.add(event.stream_id)
+                return RequestReceived(event.stream_id, request, event.flags)
+            log.debug("ignoring frame of type %d on stream %d", event.type, event.stream_id)
+
+    def _error(self, stream_id: int, code: int, message: str) -> ErrorReply:
+        data = _response_bytes(stream_id, _status_response(code, message), self.max_message_size)
+        return ErrorReply(stream_id, code, message, data)
+
+    def send_response(self, stream_id: int, response: Any) -> bytes:
+        """Encode the final Response of an active request; its id stops being active.
+
+        A Response that would exceed the limit is replaced by a code-8 status reply, so no
+        frame over the limit is ever produced.
+        """
+        if stream_id not in self._active:
+            raise LocalProtocolError(f"stream {stream_id} is not an active request")
+        self._active.discard(stream_id)
+        payload = response.SerializeToString()
+        if len(payload) > self.max_message_size:
+            response = _status_response(
+                Code.RESOURCE_EXHAUSTED, oversize_message(len(payload), self.max_message_size)
+            )
+            payload = response.SerializeToString()
+        return encode_frame(
+            stream_id, FrameType.RESPONSE, 0, payload, max_message_size=self.max_message_size
+        )
+
+    def send_status(
+        self, stream_id: int, code: int, message: str, details: Iterable[Any] = ()
+    ) -> bytes:
+        """:meth:`send_response` with an error status and no payload."""
+        return self.send_response(stream_id, _status_response(code, message, details))
+
+    def abandon(self, stream_id: int) -> None:
+        """Forget an active request without replying (its handler was cancelled)."""
+        self._active.discard(stream_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+
+_TYPE_NAMES: dict[int, str] = {FrameType.DATA: "data", FrameType.REQUEST: "request"}
+
+
+class ClientConnection:
+    """The client's view of one connection, sans-IO.
+
+    :meth:`send_request` allocates the next odd id (1, 3, 5, ...) and returns the encoded
+    frame; the caller must write frames in the order their ids were allocated. Incoming frames
+    are matched to pending ids: :class:`ResponseReceived` on success, :class:`CallFailed` when
+    the peer sent an oversize or non-Response frame or an undecodable Response on a pending id.
+    Frames for unknown or finished ids are dropped.
+    """
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self._decoder = FrameDecoder(max_message_size)
+        self._next_id = 1
+        self._pending: set[int] = set()
+
+    @property
+    def pending(self) -> frozenset[int]:
+        return frozenset(self._pending)
+
+    def send_request(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        timeout_nano: int = 0,
+        metadata: Iterable[tuple[str, str]] = (),
+    ) -> tuple[int, bytes]:
+        """Allocate a stream id for a unary call and encode its Request frame.
+
+        Raises :class:`~trioshim.ttrpc.errors.ResourceExhausted` (code 8, Go's text) when the
+        encoded Request exceeds the limit: no id is used and nothing is to be written.
+        """
+        request = Request(
+            service=service,
+            method=method,
+            payload=payload,
+            timeout_nano=timeout_nano,
+            metadata=[KeyValue(key=k, value=v) for k, v in metadata],
+        )
+        body = request.SerializeToString()
+        if len(body) > self.max_message_size:
+            raise TTRPCError.from_status(
+                Code.RESOURCE_EXHAUSTED, oversize_message(len(body), self.max_message_size)
+            )
+        stream_id = self._next_id
+        if stream_id > MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids exhausted on this connection")
+        self._next_id += 2
+        self._pending.add(stream_id)
+        return stream_id, encode_frame(
+            stream_id, FrameType.REQUEST, 0, body, max_message_size=self.max_message_size
+        )
+
+    def forget(self, stream_id: int) -> None:
+        """Stop waiting for ``stream_id`` (caller gave up); a late Response is dropped."""
+        self._pending.discard(stream_id)
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def receive_eof(self) -> None:
+        self._decoder.receive_eof()
+
+    def next_event(self) -> ClientEvent:
+        while True:
+            event = self._decoder.next_event()
+            if isinstance(event, (NeedData, ConnectionClosed)):
+                return event
+            if event.stream_id not in self._pending:
+                log.debug("ttrpc: received message on inactive stream %d", event.stream_id)
+                continue
+            self._pending.discard(event.stream_id)
+            if isinstance(event, OversizedFrame):
+                return CallFailed(
+                    event.stream_id,
+                    TTRPCError.from_status(
+                        Code.RESOURCE_EXHAUSTED,
+                        oversize_message(event.length, self.max_message_size),
+                    ),
+                )
+            if event.type != FrameType.RESPONSE:
+                name = _TYPE_NAMES.get(event.type, "unknown")
+                return CallFailed(
+                    event.stream_id,
+                    RemoteProtocolError(f'unexpected "{name}" message received: protocol error'),
+                )
+            try:
+                response = Response.FromString(event.payload)
+            except DecodeError as exc:
+                return CallFailed(
+                    event.stream_id, RemoteProtocolError(f"ttrpc: invalid Response: {exc}")
+                )
+            return ResponseReceived(event.stream_id, response)
