@@ -40,9 +40,9 @@ def _applets(busybox: Path) -> list[str]:
 def build_busybox_rootfs(dest: Path | str, busybox: Path | str = BUSYBOX) -> Path:
     """Create `dest` as a busybox root filesystem and return it (absolute).
 
-    Layout: bin/busybox plus one symlink per applet (pointing at /bin/busybox, so they resolve
-    inside the container), etc/passwd, etc/group, etc/hostname, and empty dev, proc, sys, tmp,
-    run, root and var/tmp directories.
+    Layout: bin/busybox plus symlinks per applet (pointing at /bin/busybox, so they resolve
+    inside the container) both where busybox puts them and in bin/; etc/passwd, etc/group,
+    etc/hostname; empty dev, proc, sys, tmp, run, root and var/tmp directories.
     """
     busybox = Path(busybox)
     if not busybox.is_file():
@@ -71,18 +71,17 @@ def build_busybox_rootfs(dest: Path | str, busybox: Path | str = BUSYBOX) -> Pat
     shutil.copy2(busybox, root / "bin" / "busybox")
     os.chmod(root / "bin" / "busybox", 0o755)
     for rel in _applets(busybox):
-        link = root / rel
-        if link.name == "busybox" or link.exists() or link.is_symlink():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to("/bin/busybox")
+        # Every applet at its usual place and in bin/, so `/bin/<applet>` always works.
+        for link in (root / rel, root / "bin" / Path(rel).name):
+            if link.name == "busybox" or link.exists() or link.is_symlink():
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
     (root / "etc" / "passwd").write_text(PASSWD)
     (root / "etc" / "group").write_text(GROUP)
     (root / "etc" / "hostname").write_text("busybox\n")
     # Sanity: the applets we rely on must exist.
     for needed in ("sh", "cat", "echo", "sleep", "stty", "sha256sum", "head", "dd", "true"):
-        if not any(
-            (root / d / needed).is_symlink() for d in ("bin", "usr/bin", "sbin", "usr/sbin")
-        ):
+        if not (root / "bin" / needed).is_symlink():
             raise RuntimeError(f"busybox at {busybox} lacks the {needed!r} applet")
     return root
