@@ -1,0 +1,1 @@
+"""The shim framework: actions, root nursery, plugins, publisher, reaper, signals, log."""
