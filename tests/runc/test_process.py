@@ -1,0 +1,303 @@
+"""The init and exec state machines (runc-task.md 1.3, 1.4), driven without runc."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioshim.runc import process as p
+from trioshim.runc.process import ExecProcess, InitProcess, StdioURIs
+from trioshim.runc.runc_cli import Runc
+from trioshim.shim.reaper import Reaper
+from trioshim.ttrpc.errors import Code, TTRPCError
+
+OPS = (p.START, p.DELETE, p.KILL, p.PAUSE, p.RESUME, p.UPDATE, p.CHECKPOINT, p.EXEC)
+OK = None
+
+# Operation x state, exactly the table of runc-task.md 1.3 (code, message) or OK.
+UNK = Code.UNKNOWN
+NF = Code.NOT_FOUND
+INIT_TABLE: dict[type[p.State], dict[str, tuple[int, str] | None]] = {
+    p.InitCreated: {
+        p.START: OK,
+        p.DELETE: OK,
+        p.KILL: OK,
+        p.PAUSE: (UNK, "cannot pause task in created state"),
+        p.RESUME: (UNK, "cannot resume task in created state"),
+        p.UPDATE: OK,
+        p.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
+        p.EXEC: OK,
+    },
+    p.InitCreatedCheckpoint: {
+        p.START: OK,
+        p.DELETE: OK,
+        p.KILL: OK,
+        p.PAUSE: (UNK, "cannot pause task in created state"),
+        p.RESUME: (UNK, "cannot resume task in created state"),
+        p.UPDATE: OK,
+        p.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
+        p.EXEC: (UNK, "cannot exec in a created state"),
+    },
+    p.InitRunning: {
+        p.START: (UNK, "cannot start a running process"),
+        p.DELETE: (UNK, "cannot delete a running process"),
+        p.KILL: OK,
+        p.PAUSE: OK,
+        p.RESUME: (UNK, "cannot resume a running process"),
+        p.UPDATE: OK,
+        p.CHECKPOINT: OK,
+        p.EXEC: OK,
+    },
+    p.InitPaused: {
+        p.START: (UNK, "cannot start a paused process"),
+        p.DELETE: (UNK, "cannot delete a paused process"),
+        p.KILL: OK,
+        p.PAUSE: (UNK, "cannot pause a paused container"),
+        p.RESUME: OK,
+        p.UPDATE: OK,
+        p.CHECKPOINT: OK,
+        p.EXEC: (UNK, "cannot exec in a paused state"),
+    },
+    p.InitStopped: {
+        p.START: (UNK, "cannot start a stopped process"),
+        p.DELETE: OK,
+        p.KILL: OK,
+        p.PAUSE: (UNK, "cannot pause a stopped container"),
+        p.RESUME: (UNK, "cannot resume a stopped container"),
+        p.UPDATE: (UNK, "cannot update a stopped container"),
+        p.CHECKPOINT: (UNK, "cannot checkpoint a stopped container"),
+        p.EXEC: (UNK, "cannot exec in a stopped state"),
+    },
+    p.InitDeleted: {
+        p.START: (UNK, "cannot start a deleted process"),
+        p.DELETE: (NF, "cannot delete a deleted process: not found"),
+        p.KILL: (NF, "cannot kill a deleted process: not found"),
+        p.PAUSE: (UNK, "cannot pause a deleted process"),
+        p.RESUME: (UNK, "cannot resume a deleted process"),
+        p.UPDATE: (UNK, "cannot update a deleted process"),
+        p.CHECKPOINT: (UNK, "cannot checkpoint a deleted process"),
+        p.EXEC: (UNK, "cannot exec in a deleted state"),
+    },
+}
+
+EXEC_TABLE: dict[type[p.State], dict[str, tuple[int, str] | None]] = {
+    p.ExecCreated: {
+        p.START: OK,
+        p.DELETE: OK,
+        p.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
+        p.RESIZE: OK,
+    },
+    p.ExecRunning: {
+        p.START: (UNK, "cannot start a running process"),
+        p.DELETE: (UNK, "cannot delete a running process"),
+        p.KILL: OK,
+        p.RESIZE: OK,
+    },
+    p.ExecStopped: {
+        p.START: (UNK, "cannot start a stopped process"),
+        p.DELETE: OK,
+        p.KILL: (NF, "process already finished: not found"),
+        p.RESIZE: (UNK, "cannot resize a stopped container"),
+    },
+    p.ExecStartFailed: {
+        p.START: (UNK, "cannot start an exec process whose start failed"),
+        p.DELETE: OK,
+        p.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
+        p.RESIZE: OK,
+    },
+    p.ExecDeleted: {
+        p.START: (UNK, "cannot start a deleted process"),
+        p.DELETE: (NF, "cannot delete a deleted process: not found"),
+        p.KILL: (NF, "cannot kill a deleted process: not found"),
+        p.RESIZE: (UNK, "cannot resize a deleted process"),
+    },
+}
+
+
+def _check_table(table: dict[type[p.State], dict[str, tuple[int, str] | None]]) -> None:
+    for state_cls, row in table.items():
+        state = state_cls()
+        for op, expected in row.items():
+            if expected is None:
+                state.check(op)
+                assert state.allows(op)
+                continue
+            with pytest.raises(TTRPCError) as info:
+                state.check(op)
+            assert (info.value.code, info.value.message) == expected, (state_cls, op)
+            assert not state.allows(op)
+
+
+def test_init_operation_state_table() -> None:
+    _check_table(INIT_TABLE)
+
+
+def test_exec_operation_state_table() -> None:
+    _check_table(EXEC_TABLE)
+
+
+def test_status_strings() -> None:
+    assert [s.status for s in INIT_TABLE] == [
+        "created",
+        "created",
+        "running",
+        "paused",
+        "stopped",
+        "stopped",
+    ]
+    assert [s.status for s in EXEC_TABLE] == [
+        "created",
+        "running",
+        "stopped",
+        "created",
+        "stopped",
+    ]
+
+
+def _init() -> InitProcess:
+    runc = Runc.for_container(Reaper(), bundle="/b/c1", namespace="default")
+    return InitProcess("c1", "/b/c1", runc, StdioURIs(stdout="/fifo/out"))
+
+
+def _exec(init: InitProcess, exec_id: str = "e1") -> ExecProcess:
+    return ExecProcess(exec_id, init, {"args": ["true"]}, StdioURIs(terminal=True))
+
+
+@pytest.mark.parametrize(
+    ("state", "recorded"),
+    [
+        (p.InitCreated, True),
+        (p.InitCreatedCheckpoint, True),
+        (p.InitRunning, True),
+        (p.InitPaused, True),
+        (p.InitStopped, False),
+        (p.InitDeleted, False),
+    ],
+)
+def test_init_exit_by_state(state: type[p.State], recorded: bool) -> None:
+    init = _init()
+    init.state = state()
+    assert init.set_exited(137, 1_700_000_000_000_000_000) is recorded
+    if recorded:
+        assert isinstance(init.state, p.InitStopped)
+        assert (init.exit_status, init.exited_at_ns) == (137, 1_700_000_000_000_000_000)
+        assert init.has_exited
+    else:
+        assert init.state.__class__ is state
+        assert (init.exit_status, init.exited_at_ns) == (0, None)
+        assert not init.has_exited
+
+
+def test_second_exit_is_ignored() -> None:
+    init = _init()
+    init.state = p.InitRunning()
+    assert init.set_exited(3, 10)
+    assert not init.set_exited(9, 20)
+    assert (init.exit_status, init.exited_at_ns) == (3, 10)
+
+
+def test_pausing_overrides_status_and_exec_mirrors_parent() -> None:
+    init = _init()
+    init.state = p.InitRunning()
+    exe = _exec(init)
+    exe.state = p.ExecRunning()
+    assert (init.status(), exe.status()) == ("running", "running")
+    init.pausing = True
+    assert (init.status(), exe.status()) == ("pausing", "pausing")
+    init.pausing = False
+    init.state = p.InitPaused()
+    assert (init.status(), exe.status()) == ("paused", "paused")
+    init.state = p.InitStopped()
+    assert exe.status() == "running"
+
+
+def test_exec_spec_terminal_forced() -> None:
+    init = _init()
+    exe = ExecProcess("e1", init, {"args": ["sh"], "terminal": False}, StdioURIs(terminal=True))
+    assert exe.spec == {"args": ["sh"], "terminal": True}
+    assert exe.pid_file == "/b/c1/e1.pid"
+    assert exe.container_id == "c1"
+    assert init.pid_file == "/b/c1/init.pid"
+
+
+def test_exec_exit_by_state() -> None:
+    init = _init()
+    exe = _exec(init)
+    assert exe.set_exited(1, 5)
+    assert isinstance(exe.state, p.ExecStopped)
+    for state in (p.ExecStopped, p.ExecDeleted, p.ExecStartFailed):
+        other = _exec(init)
+        other.state = state()
+        assert not other.set_exited(1, 5)
+
+
+async def test_wait_released_once_for_every_waiter_before_and_after() -> None:
+    init = _init()
+    init.state = p.InitRunning()
+    released: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await init.wait()
+        released.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(5):
+            nursery.start_soon(waiter, n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert released == []
+        init.set_exited(0, 1)
+    assert sorted(released) == [0, 1, 2, 3, 4]
+    # after the exit Wait answers at once, however often it is asked
+    with trio.fail_after(1):
+        await init.wait()
+        await init.wait()
+
+
+def test_kill_error_mapping() -> None:
+    cases = {
+        "runc did not terminate successfully: exit status 1: container not running": (
+            NF,
+            "process already finished: not found",
+        ),
+        "os: process already finished": (NF, "process already finished: not found"),
+        "No Such Process": (NF, "process already finished: not found"),
+        "container does not exist": (NF, "no such container: not found"),
+        "boom": (UNK, "unknown error after kill: boom"),
+    }
+    for text, expected in cases.items():
+        err = p.kill_error(text)
+        assert (err.code, err.message) == expected
+
+
+async def test_exec_kill_guards() -> None:
+    init = _init()
+    exe = _exec(init)
+    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+        await exe.kill(9)
+    exe.state = p.ExecRunning()
+    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+        await exe.kill(9)  # running but pid unknown (0)
+    exe.pid = 123456789
+    exe.set_exited(0, 1)
+    with pytest.raises(TTRPCError, match="process already finished: not found"):
+        await exe.kill(9)
+
+
+async def test_exec_delete_is_immediate_and_removes_pid_file(tmp_path: object) -> None:
+    init = _init()
+    exe = _exec(init)
+    await exe.delete()
+    assert isinstance(exe.state, p.ExecDeleted)
+    with pytest.raises(TTRPCError, match="cannot delete a deleted process: not found"):
+        await exe.delete()
+
+
+def test_resize_without_console_is_a_noop() -> None:
+    init = _init()
+    init.resize(80, 24)
+    exe = _exec(init)
+    exe.resize(80, 24)
+    exe.state = p.ExecStopped()
+    with pytest.raises(TTRPCError, match="cannot resize a stopped container"):
+        exe.resize(80, 24)
