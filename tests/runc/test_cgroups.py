@@ -568,7 +568,7 @@ def test_v1_recursive_blkio_preferred(tmp_path: Path) -> None:
 def test_v1_gone_is_not_found(v1_tree: tuple[Path, Path]) -> None:
     root, proc = v1_tree
     cg = load_cgroup(PID, str(root), proc=str(proc))
-    assert cg is not None
+    assert isinstance(cg, CgroupV1)
     for path in set(cg.paths.values()):
         if path != str(root / "rdma"):
             shutil.rmtree(path)

@@ -145,11 +145,17 @@ class OOMWatcher:
         self._active: Counter[str] = Counter()
         self._scopes: dict[str, list[trio.CancelScope]] = {}
         self._closed = False
+        self._changed = trio.Event()
 
     @property
     def watching(self) -> frozenset[str]:
         """The container ids with a live watch."""
         return frozenset(self._active)
+
+    async def wait_stopped(self, container_id: str) -> None:
+        """Return once no watch of `container_id` is live (the group emptied or vanished)."""
+        while container_id in self._active:
+            await self._changed.wait()
 
     def add(self, container_id: str, cgroup: Cgroup) -> None:
         """Start watching `cgroup` for OOM kills, reported as `on_oom(container_id)`.
@@ -220,6 +226,8 @@ class OOMWatcher:
         self._active[container_id] -= 1
         if self._active[container_id] <= 0:
             del self._active[container_id]
+        self._changed.set()
+        self._changed = trio.Event()
         scopes = self._scopes.get(container_id)
         if scopes is not None and scope in scopes:
             scopes.remove(scope)
