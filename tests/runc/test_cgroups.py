@@ -290,6 +290,24 @@ def test_v2_load_missing(tmp_path: Path, v2_tree: tuple[Path, Path, Path]) -> No
     assert load_cgroup(PID, str(root), proc=str(proc)) is None  # no such group
     proc2 = _proc(tmp_path / "other", "1:name=systemd:/x\n")
     assert load_cgroup(PID, str(root), proc=str(proc2)) is None  # no 0:: line
+    proc3 = _proc(tmp_path / "ns", "0::/../../outside\n")
+    assert load_cgroup(PID, str(root), proc=str(proc3)) is None  # outside our namespace
+
+
+def test_v2_unreadable_file_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    group = tmp_path / "g"
+    _write(group, {"cgroup.controllers": "", "pids.current": "5\n", "memory.current": "9\n"})
+    real_open = open
+
+    def deny_pids(path: str, *args: object, **kwargs: object) -> object:
+        if str(path).endswith("pids.current"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", deny_pids)
+    got = CgroupV2(str(group)).collect()
+    assert got.pids.current == 0
+    assert got.memory.usage == 9
 
 
 def test_v2_parse_error_is_unknown(tmp_path: Path) -> None:

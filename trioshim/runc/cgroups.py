@@ -8,9 +8,9 @@ under the bare type URL, as containerd-shim-runc-v2 does.
 File names and field meanings follow containerd/cgroups v1.0.4 (the library the
 reference shim vendors), with these deliberate differences:
 
-- a missing file costs only the fields it would have filled (the reference drops
-  the rest of the controller after the first missing file, e.g. all kernel memory
-  entries when swap accounting is off);
+- a missing (or unreadable) file costs only the fields it would have filled (the
+  reference drops the rest of the controller after the first missing file, e.g. all
+  kernel memory entries when swap accounting is off);
 - v2 `cpu.stat` is read even when the cpu controller is not enabled (the kernel
   always provides usage_usec/user_usec/system_usec there);
 - v2 also fills the newer fields of the message (memory.peak, memory.swap.peak,
@@ -61,18 +61,20 @@ _MAX_UINT32: Final = (1 << 32) - 1
 # errnos that mean "this file (or the whole cgroup) is not there": ENODEV is what a
 # read returns on a cgroupfs file whose cgroup was removed after the open.
 _GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR})
+# a file we may not read is skipped like a missing one (its fields stay zero)
+_SKIPPED_ERRNOS: Final = _GONE_ERRNOS | {errno.EACCES, errno.EPERM}
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _read(path: str) -> str | None:
-    """The text of a pseudo-file, or None when it (or its cgroup) does not exist."""
+    """The text of a pseudo-file, or None when it (or its cgroup) is absent or unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
     except OSError as exc:
-        if exc.errno in _GONE_ERRNOS:
+        if exc.errno in _SKIPPED_ERRNOS:
             return None
         raise
 
@@ -692,8 +694,14 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _join(base: str, path: str) -> str:
-    return os.path.normpath(os.path.join(base, path.lstrip("/")))
+def _join(base: str, path: str) -> str | None:
+    """`base`/`path`, or None when `path` climbs out of `base` (e.g. "/../x" seen from
+    inside a cgroup namespace for a process outside it)."""
+    joined = os.path.normpath(os.path.join(base, path.lstrip("/")))
+    base = os.path.normpath(base)
+    if joined != base and not joined.startswith(base.rstrip("/") + "/"):
+        return None
+    return joined
 
 
 def load_cgroup(pid: int, root: str = DEFAULT_ROOT, *, proc: str = "/proc") -> Cgroup | None:
@@ -713,7 +721,10 @@ def load_cgroup(pid: int, root: str = DEFAULT_ROOT, *, proc: str = "/proc") -> C
     if is_unified(root):
         for controllers, path in entries:
             if not controllers:
-                cg = CgroupV2(_join(root, path))
+                directory = _join(root, path)
+                if directory is None:
+                    return None
+                cg = CgroupV2(directory)
                 return cg if cg.exists() else None
         return None
 
@@ -737,7 +748,7 @@ def load_cgroup(pid: int, root: str = DEFAULT_ROOT, *, proc: str = "/proc") -> C
             if mount_root and mount_root != "/" and (path + "/").startswith(mount_root + "/"):
                 rel = path[len(mount_root) :]
             directory = _join(candidate, rel)
-            if os.path.isdir(directory):
+            if directory is not None and os.path.isdir(directory):
                 paths[controller] = directory
     if not paths:
         return None
