@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trioshim.runc import copy as copymod
+from trioshim.runc.copy import (
+    PumpEnd,
+    StopSignal,
+    errno_text,
+    is_pipe,
+    pump,
+    set_pipe_size,
+)
+from trioshim.shim.reaper import open_reaper
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def pipes() -> Iterator[list[int]]:
+    opened: list[int] = []
+    yield opened
+    for fd in opened:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    opened += [r, w]
+    return r, w
+
+
+async def _write_all(fd: int, data: bytes, close: bool = True) -> None:
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        view = view[n:]
+    if close:
+        os.close(fd)
+
+
+async def _read_all(fd: int, sink: bytearray) -> None:
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, MiB)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        if not chunk:
+            return
+        sink += chunk
+
+
+async def test_splice_pipe_to_pipe_intact(pipes: list[int]) -> None:
+    a_r, a_w = _pipe(pipes)
+    b_r, b_w = _pipe(pipes)
+    data = os.urandom(8 * MiB + 12345)
+    got = bytearray()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_all, a_w, data)
+            nursery.start_soon(_read_all, b_r, got)
+            result = await pump(a_r, b_w)
+            os.close(b_w)
+    assert result.end is PumpEnd.EOF
+    assert result.copied == len(data)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+async def test_splice_to_fifo(tmp_path: os.PathLike[str], pipes: list[int]) -> None:
+    fifo = os.path.join(os.fspath(tmp_path), "out")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    pipes += [reader, writer]
+    src_r, src_w = _pipe(pipes)
+    assert is_pipe(writer) and is_pipe(src_r)
+    data = os.urandom(3 * MiB)
+    got = bytearray()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_all, src_w, data)
+            nursery.start_soon(_read_all, reader, got)
+            result = await pump(src_r, writer)
+            os.close(writer)
+    assert result == (PumpEnd.EOF, len(data))
+    assert got == data
+
+
+async def test_fallback_to_append_file(tmp_path: Path, pipes: list[int]) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"before\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    pipes.append(fd)
+    src_r, src_w = _pipe(pipes)
+    data = os.urandom(MiB + 7)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_all, src_w, data)
+            result = await pump(src_r, fd)
+    assert result == (PumpEnd.EOF, len(data))
+    assert path.read_bytes() == b"before\n" + data
+
+
+async def test_broken_destination(pipes: list[int]) -> None:
+    a_r, a_w = _pipe(pipes)
+    b_r, b_w = _pipe(pipes)
+    os.write(a_w, b"x" * 1000)
+    os.close(b_r)
+    with trio.fail_after(5):
+        result = await pump(a_r, b_w)
+    assert result.end is PumpEnd.BROKEN
+
+
+async def test_destination_full_then_drained(pipes: list[int]) -> None:
+    """A destination nobody reads blocks the pump (no loss, no spinning) until read."""
+    a_r, a_w = _pipe(pipes)
+    b_r, b_w = _pipe(pipes)
+    data = os.urandom(4 * MiB)
+    got = bytearray()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_all, a_w, data)
+
+            async def run() -> None:
+                await pump(a_r, b_w)
+                os.close(b_w)
+
+            nursery.start_soon(run)
+            # Everything is stuck on full pipes: all tasks block (a spinning pump never would).
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(_read_all, b_r, got)
+    assert got == data
+
+
+async def test_stop_signal_drains_and_returns(pipes: list[int]) -> None:
+    a_r, a_w = _pipe(pipes)
+    b_r, b_w = _pipe(pipes)
+    stop = StopSignal()
+    got = bytearray()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                result = await pump(a_r, b_w, stop=stop)
+                assert result == (PumpEnd.STOPPED, 12)
+                os.close(b_w)
+
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()
+            os.write(a_w, b"hello ")
+            await trio.testing.wait_all_tasks_blocked()
+            os.write(a_w, b"world!")  # still in the pipe when the signal comes
+            stop.set()
+            nursery.start_soon(_read_all, b_r, got)
+    # The writer is still open: no EOF, a stop after draining what was there.
+    assert got == b"hello world!"
+
+
+async def test_stop_signal_final_drain(pipes: list[int]) -> None:
+    a_r, a_w = _pipe(pipes)
+    b_r, b_w = _pipe(pipes)
+    os.write(a_w, b"pending")
+    stop = StopSignal()
+    stop.set()
+    result = await pump(a_r, b_w, stop=stop)
+    assert result == (PumpEnd.STOPPED, 7)
+    assert os.read(b_r, 100) == b"pending"
+
+
+async def test_pty_hangup_without_stop_returns_hangup(pipes: list[int]) -> None:
+    master, slave = os.openpty()
+    pipes.append(master)
+    tty.setraw(slave)
+    out_r, out_w = _pipe(pipes)
+    os.write(slave, b"bye")
+    os.close(slave)
+    with trio.fail_after(5):
+        result = await pump(master, out_w)
+    assert result == (PumpEnd.HANGUP, 3)
+    assert os.read(out_r, 10) == b"bye"
+
+
+async def test_pty_hangup_parks_until_stop(
+    pipes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    master, slave = os.openpty()
+    pipes.append(master)
+    tty.setraw(slave)
+    out_r, out_w = _pipe(pipes)
+    reads = 0
+    real_readv = os.readv
+
+    def counting_readv(fd: int, buffers: list[bytearray]) -> int:
+        nonlocal reads
+        if fd == master:
+            reads += 1
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(copymod.os, "readv", counting_readv)
+    stop = StopSignal()
+    results: list[copymod.PumpResult] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                results.append(await pump(master, out_w, stop=stop))
+
+            nursery.start_soon(run)
+            os.write(slave, b"last words")
+            os.close(slave)  # hang-up: the master now reads EIO and is readable forever
+            got = b""
+            while got != b"last words":
+                await trio.lowlevel.wait_readable(out_r)
+                got += os.read(out_r, 100)
+            # A pump polling the hung-up master would never block: this would hang.
+            await trio.testing.wait_all_tasks_blocked()
+            parked_reads = reads
+            await trio.testing.wait_all_tasks_blocked()
+            assert reads == parked_reads <= 4
+            assert not results
+            stop.set()
+    assert results[0].end is PumpEnd.STOPPED
+    assert results[0].copied == len(b"last words")
+
+
+async def test_cat_roundtrip_with_real_child(pipes: list[int]) -> None:
+    """1 MiB of random bytes through a real `cat`, pumped in and out by splice."""
+    data = os.urandom(MiB)
+    src_r, src_w = _pipe(pipes)  # test -> pump
+    in_r, in_w = _pipe(pipes)  # pump -> cat
+    out_r, out_w = _pipe(pipes)  # cat -> pump
+    dst_r, dst_w = _pipe(pipes)  # pump -> test
+    got = bytearray()
+    with trio.fail_after(20):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            child = reaper.spawn(["cat"], stdin=in_r, stdout=out_w)
+            os.close(in_r)
+            os.close(out_w)
+
+            async def feed() -> None:
+                assert (await pump(src_r, in_w)).end is PumpEnd.EOF
+                os.close(in_w)
+
+            async def drain() -> None:
+                assert (await pump(out_r, dst_w)).end is PumpEnd.EOF
+                os.close(dst_w)
+
+            nursery.start_soon(_write_all, src_w, data)
+            nursery.start_soon(feed)
+            nursery.start_soon(drain)
+            nursery.start_soon(_read_all, dst_r, got)
+            assert await child.wait() == 0
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_set_pipe_size_and_errno_text(pipes: list[int]) -> None:
+    r, _ = _pipe(pipes)
+    size = set_pipe_size(r, 256 * 1024)
+    if os.geteuid() == 0:
+        assert size is not None and size >= 256 * 1024
+    assert set_pipe_size(r, 4096) == size  # never shrinks
+    assert errno_text(OSError(errno.ENOENT, "x")) == "no such file or directory"
+    assert errno_text(OSError(errno.ENXIO, "x")) == "no such device or address"

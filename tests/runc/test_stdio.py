@@ -1,0 +1,497 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trioshim.runc.stdio import (
+    ProcessIO,
+    RuncStdio,
+    StdioConfig,
+    StdioDeadlineExceeded,
+    StdioError,
+    StdioMode,
+    logger_argv,
+)
+from trioshim.shim.reaper import DEVNULL, Child, Reaper, open_reaper
+
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: the client's side of the FIFOs, and a "container" spawned with runc's descriptors
+
+
+class Fifos:
+    def __init__(self, root: Path) -> None:
+        self.stdin = str(root / "c-stdin")
+        self.stdout = str(root / "c-stdout")
+        self.stderr = str(root / "c-stderr")
+        for path in (self.stdin, self.stdout, self.stderr):
+            os.mkfifo(path)
+
+
+@pytest.fixture
+def fifos(tmp_path: Path) -> Fifos:
+    return Fifos(tmp_path)
+
+
+def client_reader(path: str) -> int:
+    """What containerd's cio does before Create: open the output FIFO for reading."""
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+async def read_to_eof(fd: int, sink: bytearray | None = None) -> bytes:
+    buf = bytearray() if sink is None else sink
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, MiB)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+    finally:
+        os.close(fd)
+
+
+async def read_exactly(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = os.read(fd, n - len(buf))
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        assert chunk, "unexpected end of file"
+        buf += chunk
+    return bytes(buf)
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        view = view[n:]
+
+
+def spawn_container(reaper: Reaper, io: ProcessIO, argv: Sequence[str]) -> Child:
+    """Spawn what runc would run, on runc's descriptors (None = /dev/null)."""
+    assert io.runc_stdio is not None
+    fds = [DEVNULL if fd is None else fd for fd in io.runc_stdio]
+    return reaper.spawn(argv, stdin=fds[0], stdout=fds[1], stderr=fds[2])
+
+
+@asynccontextmanager
+async def process_io(
+    reaper: Reaper, nursery: trio.Nursery, config: StdioConfig, **kw: str
+) -> AsyncIterator[ProcessIO]:
+    io = await ProcessIO.open(
+        config,
+        nursery=nursery,
+        reaper=reaper,
+        container_id="c1",
+        process_id=kw.get("process_id", "c1"),
+        namespace=kw.get("namespace", "ns1"),
+    )
+    try:
+        yield io
+    finally:
+        await io.aclose()
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+# ---------------------------------------------------------------------------------------------
+# null and scheme selection
+
+
+async def test_null_io() -> None:
+    async with (
+        open_reaper() as reaper,
+        trio.open_nursery() as nursery,
+        process_io(reaper, nursery, StdioConfig()) as io,
+    ):
+        assert io.mode is StdioMode.NULL
+        assert io.runc_stdio == RuncStdio(None, None, None)
+        assert io.console_socket is None
+        child = spawn_container(reaper, io, ["sh", "-c", "echo hidden; echo hidden >&2"])
+        await io.after_start()
+        assert await child.wait() == 0
+        assert await io.wait_drained(1)
+
+
+async def test_unknown_scheme_and_bad_uri() -> None:
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        with pytest.raises(StdioError, match=r"^unknown STDIO scheme http$"):
+            await ProcessIO.open(
+                StdioConfig(stdout="http://x/y"),
+                nursery=nursery,
+                reaper=reaper,
+                container_id="c",
+                process_id="c",
+                namespace="ns",
+            )
+        with pytest.raises(StdioError, match="missing protocol scheme"):
+            await ProcessIO.open(
+                StdioConfig(stdout=":nope"),
+                nursery=nursery,
+                reaper=reaper,
+                container_id="c",
+                process_id="c",
+                namespace="ns",
+            )
+
+
+def test_logger_argv() -> None:
+    assert logger_argv("binary:///usr/bin/log%20ger?a=1&b&c=x%2Fy&a=2") == [
+        "/usr/bin/log ger",
+        "a",
+        "1",
+        "b",
+        "",
+        "c",
+        "x/y",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# fifo mode
+
+
+async def test_stdin_through_cat_kept_open_until_close_stdin(fifos: Fifos) -> None:
+    """1 MiB of random stdin through `cat`; the client detaches and re-attaches stdin, and the
+    container sees end of file only after close_stdin() and the client writer is gone."""
+    data = os.urandom(MiB)
+    more = os.urandom(4096)
+    fds_before = open_fds()
+    with trio.fail_after(30):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig(fifos.stdin, fifos.stdout, fifos.stderr)
+            async with process_io(reaper, nursery, cfg) as io:
+                assert io.mode is StdioMode.FIFO
+                out = client_reader(fifos.stdout)
+                err = client_reader(fifos.stderr)
+                child = spawn_container(reaper, io, ["cat"])
+                await io.after_start()
+                stdin = os.open(fifos.stdin, os.O_WRONLY | os.O_NONBLOCK)
+                got = bytearray()
+                async with trio.open_nursery() as inner:
+
+                    async def feed() -> None:
+                        await write_all(stdin, data)
+                        os.close(stdin)  # the client detaches: no end of file for cat
+
+                    inner.start_soon(feed)
+                    got += await read_exactly(out, len(data))
+                assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+                # Re-attach: cat still reads, so its stdin was never closed.
+                stdin = os.open(fifos.stdin, os.O_WRONLY | os.O_NONBLOCK)
+                await write_all(stdin, more)
+                assert await read_exactly(out, len(more)) == more
+                assert child.returncode is None
+                await io.close_stdin()
+                await io.close_stdin()  # twice is fine
+                os.close(stdin)
+                assert await child.wait() == 0
+                assert await read_to_eof(out) == b""
+                assert await read_to_eof(err) == b""
+                assert await io.wait_drained(5)
+    assert open_fds() <= fds_before
+
+
+async def test_stdout_20mb_intact_and_stderr_apart(fifos: Fifos, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    data = os.urandom(20 * 1000 * 1000)
+    blob.write_bytes(data)
+    script = f"cat {blob}; printf 'to stderr' >&2"
+    with trio.fail_after(60):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", fifos.stdout, fifos.stderr)
+            async with process_io(reaper, nursery, cfg) as io:
+                assert io.runc_stdio is not None and io.runc_stdio.stdin is None
+                out = client_reader(fifos.stdout)
+                err = client_reader(fifos.stderr)
+                child = spawn_container(reaper, io, ["sh", "-c", script])
+                await io.after_start()
+                results: dict[str, bytes] = {}
+                async with trio.open_nursery() as inner:
+
+                    async def collect(name: str, fd: int) -> None:
+                        results[name] = await read_to_eof(fd)
+
+                    inner.start_soon(collect, "out", out)
+                    inner.start_soon(collect, "err", err)
+                    assert await child.wait() == 0
+                assert await io.wait_drained(5)
+    assert hashlib.sha256(results["out"]).digest() == hashlib.sha256(data).digest()
+    assert results["err"] == b"to stderr"
+
+
+async def test_reader_goes_away_and_comes_back(fifos: Fifos, tmp_path: Path) -> None:
+    """containerd restarts: the FIFO reader closes mid-stream, the container blocks instead of
+    getting EPIPE, and a new reader receives everything, nothing lost."""
+    blob = tmp_path / "blob"
+    data = os.urandom(8 * MiB)
+    blob.write_bytes(data)
+    with trio.fail_after(60):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", fifos.stdout, "")
+            async with process_io(reaper, nursery, cfg) as io:
+                out = client_reader(fifos.stdout)
+                child = spawn_container(reaper, io, ["cat", str(blob)])
+                await io.after_start()
+                first = await read_exactly(out, 1 * MiB)
+                os.close(out)  # the reader goes away
+                # Everything stalls on full pipes: the container blocks, nobody fails.
+                await trio.testing.wait_all_tasks_blocked()
+                assert child.returncode is None
+                out = client_reader(fifos.stdout)  # ...and comes back
+                rest = await read_to_eof(out)
+                assert await child.wait() == 0
+    assert first + rest == data
+
+
+async def test_output_fifo_without_reader_hits_deadline(fifos: Fifos) -> None:
+    with trio.fail_after(10):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", fifos.stdout, "")
+            async with process_io(reaper, nursery, cfg) as io:
+                with pytest.raises(StdioDeadlineExceeded) as info:
+                    await io.after_start(timeout=0.2)
+    assert str(info.value) == (
+        "failed to start io pipe copy: unable to copy pipes: containerd-shim: opening w/o fifo "
+        f'"{fifos.stdout}" failed: context deadline exceeded'
+    )
+
+
+async def test_reader_appearing_late_is_waited_for(fifos: Fifos) -> None:
+    with trio.fail_after(10):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", fifos.stdout, "")
+            async with process_io(reaper, nursery, cfg) as io:
+                child = spawn_container(reaper, io, ["echo", "late"])
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(io.after_start)
+                    await trio.testing.wait_all_tasks_blocked()
+                    out = client_reader(fifos.stdout)
+                assert await read_to_eof(out) == b"late\n"
+                assert await child.wait() == 0
+
+
+async def test_missing_output_path_fails() -> None:
+    with trio.fail_after(10):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", "/nonexistent/out", "")
+            async with process_io(reaper, nursery, cfg) as io:
+                with pytest.raises(StdioError) as info:
+                    await io.after_start()
+    assert str(info.value) == (
+        "failed to start io pipe copy: unable to copy pipes: containerd-shim: opening file "
+        '"/nonexistent/out" failed: open /nonexistent/out: no such file or directory'
+    )
+
+
+async def test_runc_ends_owned_by_io_uid(fifos: Fifos) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("fchown to another uid needs root")
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        io = await ProcessIO.open(
+            StdioConfig(fifos.stdin, fifos.stdout, ""),
+            nursery=nursery,
+            reaper=reaper,
+            container_id="c",
+            process_id="c",
+            namespace="ns",
+            io_uid=1234,
+            io_gid=4321,
+        )
+        async with io:
+            assert io.runc_stdio is not None
+            for fd in (io.runc_stdio.stdin, io.runc_stdio.stdout):
+                assert fd is not None
+                st = os.fstat(fd)
+                assert (st.st_uid, st.st_gid) == (1234, 4321)
+                assert stat.S_ISFIFO(st.st_mode)
+                assert os.get_blocking(fd)  # runc's ends stay blocking
+            assert io.runc_stdio.stderr is None
+
+
+async def test_aclose_stops_copiers_and_closes_everything(fifos: Fifos) -> None:
+    fds_before = open_fds()
+    with trio.fail_after(10):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig(fifos.stdin, fifos.stdout, fifos.stderr)
+            io = await ProcessIO.open(
+                cfg,
+                nursery=nursery,
+                reaper=reaper,
+                container_id="c",
+                process_id="c",
+                namespace="ns",
+            )
+            out = client_reader(fifos.stdout)
+            err = client_reader(fifos.stderr)
+            child = spawn_container(reaper, io, ["sleep", "30"])
+            await io.after_start()
+            assert not await io.wait_drained(0.05)  # sleep holds its stdout open
+            await io.aclose()
+            await io.aclose()
+            child.kill()
+            await child.wait()
+            os.close(out)
+            os.close(err)
+    assert open_fds() <= fds_before
+
+
+# ---------------------------------------------------------------------------------------------
+# file mode
+
+
+async def test_file_uri_appends_both_streams(tmp_path: Path) -> None:
+    log = tmp_path / "a" / "b" / "c.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old\n")
+    uri = f"file://{log}"
+    with trio.fail_after(10):
+        async with (
+            open_reaper() as reaper,
+            trio.open_nursery() as nursery,
+            process_io(reaper, nursery, StdioConfig("", uri, uri)) as io,
+        ):
+            assert io.mode is StdioMode.FILE
+            child = spawn_container(reaper, io, ["sh", "-c", "echo out; echo err >&2"])
+            await io.after_start()
+            assert await child.wait() == 0
+            assert await io.wait_drained(5)
+    content = log.read_bytes()
+    assert content.startswith(b"old\n")
+    assert sorted(content[4:].splitlines()) == [b"err", b"out"]
+
+
+async def test_file_uri_creates_parents(tmp_path: Path) -> None:
+    log = tmp_path / "x" / "y" / "z.log"
+    uri = f"file://{log}"
+    with trio.fail_after(10):
+        async with (
+            open_reaper() as reaper,
+            trio.open_nursery() as nursery,
+            process_io(reaper, nursery, StdioConfig("", uri, "")) as io,
+        ):
+            child = spawn_container(reaper, io, ["echo", "hi"])
+            await io.after_start()
+            assert await child.wait() == 0
+            assert await io.wait_drained(5)
+    assert log.read_bytes() == b"hi\n"
+    assert stat.S_IMODE(log.stat().st_mode) & 0o644 == stat.S_IMODE(log.stat().st_mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# binary mode
+
+LOGGER = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, signal, stat, sys, time
+    out = sys.argv[sys.argv.index("out") + 1]
+    wait_term = "term" in sys.argv
+    terminated = []
+    signal.signal(signal.SIGTERM, lambda *a: terminated.append(1))
+    environ = open("/proc/self/environ", "rb").read().split(b"\\0")
+    info = {{
+        "argv": sys.argv[1:],
+        "env": sorted(e.decode() for e in environ if e),
+        "fds": {{n: stat.S_ISFIFO(os.fstat(n).st_mode) for n in (3, 4, 5)}},
+    }}
+    with open(out + "/info.json", "w") as f:
+        json.dump(info, f)
+    os.write(5, b"R")
+    os.close(5)
+    for fd, name in ((3, "stdout"), (4, "stderr")):
+        with open(out + "/" + name, "wb") as f:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                f.write(chunk)
+    if wait_term:
+        while not terminated:
+            time.sleep(0.01)
+        open(out + "/terminated", "w").close()
+    """
+)
+
+
+@pytest.fixture
+def logger(tmp_path: Path) -> Path:
+    path = tmp_path / "logger"
+    path.write_text(LOGGER.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+async def test_binary_logger(logger: Path, tmp_path: Path) -> None:
+    out = tmp_path / "logged"
+    out.mkdir()
+    uri = f"binary://{logger}?out={out}&term"
+    with trio.fail_after(20):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", uri, uri)
+            io = await ProcessIO.open(
+                cfg,
+                nursery=nursery,
+                reaper=reaper,
+                container_id="c1",
+                process_id="exec7",
+                namespace="k8s.io",
+            )
+            # The logger was awaited: it is up, saw its fds and wrote its info.
+            info = json.loads((out / "info.json").read_text())
+            assert io.mode is StdioMode.BINARY
+            assert io.runc_stdio is not None
+            assert io.runc_stdio.stdin is None
+            assert io.logger is not None and io.logger.returncode is None
+            child = spawn_container(reaper, io, ["sh", "-c", "printf O; printf E >&2"])
+            await io.after_start()
+            assert await child.wait() == 0
+            assert await io.wait_drained(1)  # the shim copies nothing itself
+            await io.aclose()  # SIGTERM, then the logger exits
+            assert io.logger is None
+    assert info["env"] == ["CONTAINER_ID=exec7", "CONTAINER_NAMESPACE=k8s.io"]
+    assert info["fds"] == {"3": True, "4": True, "5": True}
+    assert info["argv"] == ["out", str(out), "term", ""]
+    assert (out / "stdout").read_bytes() == b"O"
+    assert (out / "stderr").read_bytes() == b"E"
+    assert (out / "terminated").exists()
+
+
+async def test_binary_logger_missing() -> None:
+    uri = "binary:///nonexistent/logger"
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        with pytest.raises(StdioError, match=r"^failed to start binary process: fork/exec"):
+            await ProcessIO.open(
+                StdioConfig("", uri, uri),
+                nursery=nursery,
+                reaper=reaper,
+                container_id="c",
+                process_id="c",
+                namespace="ns",
+            )
