@@ -7,8 +7,9 @@ import trio
 import trio.testing
 
 from trioshim.runc import process as p
-from trioshim.runc.process import ExecProcess, InitProcess, StdioURIs
+from trioshim.runc.process import ExecProcess, InitProcess
 from trioshim.runc.runc_cli import Runc
+from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.ttrpc.errors import Code, TTRPCError
 
@@ -157,11 +158,11 @@ def test_status_strings() -> None:
 
 def _init() -> InitProcess:
     runc = Runc.for_container(Reaper(), bundle="/b/c1", namespace="default")
-    return InitProcess("c1", "/b/c1", runc, StdioURIs(stdout="/fifo/out"))
+    return InitProcess("c1", "/b/c1", runc, StdioConfig(stdout="/fifo/out"))
 
 
 def _exec(init: InitProcess, exec_id: str = "e1") -> ExecProcess:
-    return ExecProcess(exec_id, init, {"args": ["true"]}, StdioURIs(terminal=True))
+    return ExecProcess(exec_id, init, {"args": ["true"]}, StdioConfig(terminal=True))
 
 
 @pytest.mark.parametrize(
@@ -214,7 +215,7 @@ def test_pausing_overrides_status_and_exec_mirrors_parent() -> None:
 
 def test_exec_spec_terminal_forced() -> None:
     init = _init()
-    exe = ExecProcess("e1", init, {"args": ["sh"], "terminal": False}, StdioURIs(terminal=True))
+    exe = ExecProcess("e1", init, {"args": ["sh"], "terminal": False}, StdioConfig(terminal=True))
     assert exe.spec == {"args": ["sh"], "terminal": True}
     assert exe.pid_file == "/b/c1/e1.pid"
     assert exe.container_id == "c1"

@@ -33,16 +33,15 @@ import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import trio
 
 from trioshim.runc import runc_cli
 from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
+from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
 from trioshim.ttrpc.errors import (
     Code,
-    DeadlineExceeded,
     FailedPrecondition,
     NotFound,
     TTRPCError,
@@ -227,52 +226,17 @@ class ExecDeleted(State):
 # --- stdio as the processes see it ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StdioURIs:
-    """The stdio a process was created with, exactly as requested (State echoes them)."""
-
-    stdin: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    terminal: bool = False
-
-
-class ProcessIOLike(Protocol):
-    """The shim's side of one process's stdio (``stdio.ProcessIO``; docs/interfaces.md)."""
-
-    @property
-    def runc_stdio(self) -> Any: ...
-
-    @property
-    def console_socket(self) -> str | None: ...
-
-    async def after_start(self) -> None: ...
-
-    async def close_stdin(self) -> None: ...
-
-    def resize(self, width: int, height: int) -> None: ...
-
-    async def process_exited(self) -> None: ...
-
-    async def wait_drained(self, timeout: float) -> bool: ...  # noqa: ASYNC109
-
-    async def aclose(self) -> None: ...
-
-
-IOOpener = Callable[["Process"], Awaitable[ProcessIOLike]]
+IOOpener = Callable[["Process"], Awaitable[ProcessIO]]
 """Opens the stdio of a process (its ``id`` and ``stdio`` say what to open)."""
 
 
-def runc_stdio(io: ProcessIOLike) -> runc_cli.Stdio | None:
+def runc_stdio(io: ProcessIO) -> runc_cli.Stdio | None:
     """runc's own stdio for ``io``: its pipes, or ``None`` (captured) in terminal mode."""
     if io.console_socket is not None:
         return None
-    fds = io.runc_stdio
-    if fds is None:
+    if io.runc_stdio is None:
         return runc_cli.Stdio()
-    if isinstance(fds, runc_cli.Stdio):
-        return fds
-    stdin, stdout, stderr = fds
+    stdin, stdout, stderr = io.runc_stdio
     return runc_cli.Stdio(stdin=stdin, stdout=stdout, stderr=stderr)
 
 
@@ -282,7 +246,9 @@ def runc_stdio(io: ProcessIOLike) -> runc_cli.Stdio | None:
 class Process:
     """What init and exec processes share: identity, stdio, exit record, the Wait latch."""
 
-    def __init__(self, process_id: str, container_id: str, stdio: StdioURIs, state: State) -> None:
+    def __init__(
+        self, process_id: str, container_id: str, stdio: StdioConfig, state: State
+    ) -> None:
         self.id = process_id
         self.container_id = container_id
         self.stdio = stdio
@@ -291,7 +257,7 @@ class Process:
         self.exit_status = 0
         #: wall-clock ns of the exit; None while it has not exited (the Go zero time)
         self.exited_at_ns: int | None = None
-        self.io: ProcessIOLike | None = None
+        self.io: ProcessIO | None = None
         self.lock = trio.Lock()
         self._exited = trio.Event()
 
@@ -356,18 +322,26 @@ class Process:
             with trio.CancelScope(shield=True):
                 await io.aclose()
 
-    async def _setup_io(self, io: ProcessIOLike, what: str) -> None:
-        """``io.after_start()`` within the 30 s the reference allows (a reader must appear)."""
-        with trio.move_on_after(IO_SETUP_TIMEOUT) as scope:
-            await io.after_start()
-        if scope.cancelled_caught:
-            raise DeadlineExceeded(f"{what}: context deadline exceeded")
+    async def _start_io(self, io: ProcessIO, *, bounded: bool) -> None:
+        """``io.after_start()``: 30 s for FIFO readers / the pty master (none for a restore)."""
+        try:
+            if bounded:
+                await io.after_start(timeout=IO_SETUP_TIMEOUT)
+            else:
+                await io.after_start(timeout=None)
+        except StdioDeadlineExceeded as exc:
+            raise TTRPCError(Code.DEADLINE_EXCEEDED, str(exc)) from exc
+        except StdioError as exc:
+            raise unknown(str(exc)) from exc
 
-
-def _ensure_io_error(exc: BaseException, what: str) -> TTRPCError:
-    if isinstance(exc, TTRPCError):
-        return exc
-    return unknown(f"{what}: {exc}")
+    async def _open_io(self, open_io: IOOpener, console_what: str) -> ProcessIO:
+        try:
+            return await open_io(self)
+        except TTRPCError:
+            raise
+        except (StdioError, OSError) as exc:
+            what = console_what if self.stdio.terminal else "failed to create init process I/O"
+            raise unknown(f"{what}: {exc}") from exc
 
 
 class InitProcess(Process):
@@ -378,7 +352,7 @@ class InitProcess(Process):
         container_id: str,
         bundle: str,
         runc: Runc,
-        stdio: StdioURIs,
+        stdio: StdioConfig,
         *,
         no_pivot: bool = False,
         no_new_keyring: bool = False,
@@ -417,15 +391,7 @@ class InitProcess(Process):
         """``runc create`` (or prepare a restore); stdio set up; pid read. Unlocked: the
         process is not visible to anybody else yet. On failure everything opened is closed
         and the container may remain in runc (the caller force-deletes it)."""
-        try:
-            self.io = await open_io(self)
-        except TTRPCError:
-            raise
-        except Exception as exc:
-            what = "failed to create OCI runtime console socket"
-            if not self.stdio.terminal:
-                what = "failed to create init process I/O"
-            raise unknown(f"{what}: {exc}") from exc
+        self.io = await self._open_io(open_io, "failed to create OCI runtime console socket")
         try:
             if checkpoint:
                 self._restore = CheckpointOpts(
@@ -445,25 +411,17 @@ class InitProcess(Process):
                 )
             except RuncError as exc:
                 raise self.runtime_error("OCI runtime create failed", exc) from exc
-            await self._after_runc(self.io, bounded=True)
-            self.pid = self._read_pid_file(
-                self.pid_file, "failed to retrieve OCI runtime container pid"
-            )
+            try:
+                await self._start_io(self.io, bounded=True)
+                self.pid = self._read_pid_file(self.pid_file, _INIT_PID_ERROR)
+            except BaseException:
+                # Ours now: do not leave a created container behind in runc.
+                with trio.CancelScope(shield=True), contextlib.suppress(RuncError):
+                    await self.runc.delete(self.id, force=True)
+                raise
         except BaseException:
             await self._close_io()
             raise
-
-    async def _after_runc(self, io: ProcessIOLike, *, bounded: bool) -> None:
-        what = "failed to start io pipe copy"
-        if self.stdio.terminal:
-            what = "failed to start console copy"
-        try:
-            if bounded:
-                await self._setup_io(io, what)
-            else:
-                await io.after_start()
-        except Exception as exc:
-            raise _ensure_io_error(exc, what) from exc
 
     @staticmethod
     def _read_pid_file(path: str, what: str) -> int:
@@ -501,10 +459,8 @@ class InitProcess(Process):
             )
         except RuncError as exc:
             raise self.runtime_error("OCI runtime restore failed", exc) from exc
-        await self._after_runc(self.io, bounded=False)
-        self.pid = self._read_pid_file(
-            self.pid_file, "failed to retrieve OCI runtime container pid"
-        )
+        await self._start_io(self.io, bounded=False)
+        self.pid = self._read_pid_file(self.pid_file, _INIT_PID_ERROR)
 
     # -- delete --------------------------------------------------------------------------------
 
@@ -651,7 +607,7 @@ class ExecProcess(Process):
         exec_id: str,
         init: InitProcess,
         spec: dict[str, Any],
-        stdio: StdioURIs,
+        stdio: StdioConfig,
     ) -> None:
         super().__init__(exec_id, init.id, stdio, ExecCreated())
         self.init = init
@@ -675,15 +631,7 @@ class ExecProcess(Process):
         async with self.lock:
             state = self.state
             state.check(START)
-            try:
-                self.io = await open_io(self)
-            except TTRPCError:
-                raise
-            except Exception as exc:
-                what = "failed to create runc console socket"
-                if not self.stdio.terminal:
-                    what = "failed to create init process I/O"
-                raise unknown(f"{what}: {exc}") from exc
+            self.io = await self._open_io(open_io, "failed to create runc console socket")
             try:
                 try:
                     await self.init.runc.exec(
@@ -698,15 +646,7 @@ class ExecProcess(Process):
                     self.state = ExecStartFailed()
                     self._exited.set()
                     raise self.init.runtime_error("OCI runtime exec failed", exc) from exc
-                what = (
-                    "failed to start console copy"
-                    if self.stdio.terminal
-                    else ("failed to start io pipe copy")
-                )
-                try:
-                    await self._setup_io(self.io, what)
-                except Exception as exc:
-                    raise _ensure_io_error(exc, what) from exc
+                await self._start_io(self.io, bounded=True)
                 self.pid = InitProcess._read_pid_file(
                     self.pid_file, "failed to retrieve OCI runtime exec pid"
                 )

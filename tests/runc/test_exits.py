@@ -1,0 +1,221 @@
+"""Exit matching and event order (runc-task.md 3.3/3.4), driven without runc."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+from google.protobuf.message import Message
+
+from trioshim.runc import process as p
+from trioshim.runc.exits import GO_ZERO_TIME_SECONDS, Exits, timestamp
+from trioshim.runc.process import ExecProcess, InitProcess
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.stdio import StdioConfig
+from trioshim.shim.reaper import Exit, Reaper
+from trioshim.ttrpc.errors import Code, TTRPCError
+
+
+@dataclass(eq=False)
+class Box:
+    """The container as exit handling sees it (private PID namespace: no kill-all)."""
+
+    id: str
+    init: InitProcess
+    kill_all: bool = False
+
+    def should_kill_all(self) -> bool:
+        return self.kill_all
+
+
+@dataclass
+class Events:
+    seen: list[tuple[str, str, str, int]] = field(default_factory=list)
+
+    def publish(self, topic: str, message: Message) -> None:
+        self.seen.append(
+            (
+                topic,
+                getattr(message, "id", ""),
+                getattr(message, "exec_id", ""),
+                getattr(message, "exit_status", 0),
+            )
+        )
+
+
+def _box(container_id: str = "c1") -> Box:
+    runc = Runc.for_container(Reaper(), bundle=f"/b/{container_id}", namespace="ns")
+    return Box(container_id, InitProcess(container_id, f"/b/{container_id}", runc, StdioConfig()))
+
+
+def _exec(box: Box, exec_id: str, pid: int) -> ExecProcess:
+    e = ExecProcess(exec_id, box.init, {"args": ["sh"]}, StdioConfig())
+    e.pid = pid
+    e.state = p.ExecRunning()
+    return e
+
+
+@pytest.fixture
+async def tracker() -> AsyncIterator[tuple[Exits, Events]]:
+    events = Events()
+    async with trio.open_nursery() as nursery:
+        yield Exits(events.publish, nursery), events
+        nursery.cancel_scope.cancel()
+
+
+def test_timestamps() -> None:
+    zero = timestamp(None)
+    assert (zero.seconds, zero.nanos) == (GO_ZERO_TIME_SECONDS, 0)
+    assert zero.ToJsonString() == "0001-01-01T00:00:00Z"
+    ts = timestamp(1_700_000_000_123_456_789)
+    assert (ts.seconds, ts.nanos) == (1_700_000_000, 123_456_789)
+
+
+async def test_exit_during_create_is_held_until_started(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        exits.on_exit(Exit(100, 3, 42))  # reaped while Create was still running
+        await trio.testing.wait_all_tasks_blocked()
+        assert events.seen == []
+        events.publish("/tasks/create", Message())
+        starting.started(box, box.init)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [e[0] for e in events.seen] == ["/tasks/create", "/tasks/exit"]
+    assert events.seen[1][1:] == ("c1", "", 3)
+    assert box.init.exit_status == 3
+    assert box.init.exited_at_ns == 42
+
+
+async def test_exit_during_init_start_is_held(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    box.init.state = p.InitRunning()  # what Start does once runc start returned
+    with exits.starting(box) as starting:
+        exits.on_exit(Exit(100, 0, 1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert events.seen == []  # not in `running` during the start
+        events.publish("/tasks/start", Message())
+        starting.started(box, box.init)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [e[0] for e in events.seen] == ["/tasks/start", "/tasks/exit"]
+
+
+async def test_exit_after_start_is_handled_once(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    exits.on_exit(Exit(100, 137, 5))
+    exits.on_exit(Exit(100, 137, 6))  # the pid is no longer tracked
+    exits.on_exit(Exit(999, 1, 7))  # not ours
+    await trio.testing.wait_all_tasks_blocked()
+    assert events.seen == [("/tasks/exit", "c1", "", 137)]
+    assert exits.init_exited(box)
+
+
+async def test_init_exit_is_published_after_every_exec_exit(
+    tracker: tuple[Exits, Events],
+) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    execs = []
+    for n in range(3):
+        exits.exec_starting(box)
+        e = _exec(box, f"e{n}", 200 + n)
+        with exits.starting() as starting:
+            starting.started(box, e)
+        execs.append(e)
+    assert exits.running_execs(box) == 3
+    exits.on_exit(Exit(100, 0, 1))
+    await trio.testing.wait_all_tasks_blocked()
+    assert events.seen == []  # held: three execs still run
+    assert not box.init.has_exited
+    with pytest.raises(TTRPCError) as info:
+        exits.exec_starting(box)
+    assert info.value.code == Code.FAILED_PRECONDITION
+    assert info.value.message == "container c1 init process is not running: failed precondition"
+    for n in (2, 0, 1):
+        exits.on_exit(Exit(200 + n, 137, 2))
+    await trio.testing.wait_all_tasks_blocked()
+    assert [e[1] for e in events.seen] == ["e2", "e0", "e1", "c1"]
+    assert box.init.has_exited
+    assert exits.running_execs(box) == 0
+
+
+async def test_exec_that_exits_before_its_pid_is_known(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    exits.exec_starting(box)
+    e = ExecProcess("e1", box.init, {}, StdioConfig())
+    with exits.starting() as starting:
+        exits.on_exit(Exit(300, 0, 9))  # `true` was done before runc wrote the pid file
+        e.pid = 300
+        e.state = p.ExecRunning()
+        events.publish("/tasks/exec-started", Message())
+        starting.started(box, e)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [x[0] for x in events.seen] == ["/tasks/exec-started", "/tasks/exit"]
+    assert e.has_exited
+    assert exits.running_execs(box) == 0
+
+
+async def test_failed_exec_start_releases_its_count(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    exits.exec_starting(box)
+    exits.exec_start_failed(box)
+    exits.on_exit(Exit(100, 1, 1))
+    await trio.testing.wait_all_tasks_blocked()
+    assert events.seen == [("/tasks/exit", "c1", "", 1)]
+
+
+async def test_exit_of_a_deleted_init_publishes_nothing(tracker: tuple[Exits, Events]) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    box.init.state = p.InitDeleted()  # Delete of a never-started container
+    exits.forget(box)
+    exits.on_exit(Exit(100, 137, 1))
+    await trio.testing.wait_all_tasks_blocked()
+    assert events.seen == []
+    assert not exits.init_exited(box)
+
+
+async def test_wait_released_by_exit_for_waiters_before_and_after(
+    tracker: tuple[Exits, Events],
+) -> None:
+    exits, _ = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    released = []
+
+    async def waiter() -> None:
+        await box.init.wait()
+        released.append(box.init.exit_status)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        exits.on_exit(Exit(100, 143, 1))
+    await box.init.wait()
+    assert released == [143, 143, 143]
