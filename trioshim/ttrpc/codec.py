@@ -131,7 +131,7 @@ class RequestReceived:
     """A valid Request on a fresh odd stream id (server side)."""
 
     stream_id: int
-    request: Any  # ttrpc.Request
+    request: Request
     flags: int = 0
 
 
@@ -150,7 +150,7 @@ class ResponseReceived:
     """The Response for a pending call (client side)."""
 
     stream_id: int
-    response: Any  # ttrpc.Response
+    response: Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ class FrameDecoder:
         """Bytes received but not yet part of a returned event (including a skipped rest)."""
         return len(self._buf) + self._skip_left
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof:
             raise LocalProtocolError("receive_data after receive_eof")
         if not data:
@@ -256,7 +256,7 @@ class FrameDecoder:
         return ConnectionClosed()
 
 
-def _response_bytes(stream_id: int, response: Any, max_message_size: int) -> bytes:
+def _response_bytes(stream_id: int, response: Response, max_message_size: int) -> bytes:
     return encode_frame(
         stream_id,
         FrameType.RESPONSE,
@@ -266,7 +266,7 @@ def _response_bytes(stream_id: int, response: Any, max_message_size: int) -> byt
     )
 
 
-def _status_response(code: int, message: str, details: Iterable[Any] = ()) -> Any:
+def _status_response(code: int, message: str, details: Iterable[Any] = ()) -> Response:
     return Response(status=status_pb2.Status(code=code, message=message, details=list(details)))
 
 
@@ -295,7 +295,7 @@ class ServerConnection:
         """Ids of requests received whose reply has not been encoded yet."""
         return frozenset(self._active)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self._decoder.receive_data(data)
 
     def receive_eof(self) -> None:
@@ -338,7 +338,7 @@ class ServerConnection:
         data = _response_bytes(stream_id, _status_response(code, message), self.max_message_size)
         return ErrorReply(stream_id, code, message, data)
 
-    def send_response(self, stream_id: int, response: Any) -> bytes:
+    def send_response(self, stream_id: int, response: Response) -> bytes:
         """Encode the final Response of an active request; its id stops being active.
 
         A Response that would exceed the limit is replaced by a code-8 status reply, so no
@@ -433,7 +433,7 @@ class ClientConnection:
         """Stop waiting for ``stream_id`` (caller gave up); a late Response is dropped."""
         self._pending.discard(stream_id)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self._decoder.receive_data(data)
 
     def receive_eof(self) -> None:

@@ -1,0 +1,364 @@
+"""ttrpc client on Trio.
+
+Usage::
+
+    async with open_unix_client(path, on_close=cleanup) as client:
+        task = Stub(client, shim_pb2.DESCRIPTOR.services_by_name["Task"],
+                    metadata=[("containerd-namespace-ttrpc", "default")])
+        state = await task.State(shim_pb2.StateRequest(id="c1"))
+        # or, typed:
+        state = await client.call("containerd.task.v2.Task", "State", req, shim_pb2.StateResponse)
+
+Resource handling: the client owns its socket and one reader task, both inside the
+``async with`` block; leaving the block (or :meth:`Client.aclose`) closes the socket and waits
+for the reader to finish and ``on_close`` to return.
+
+Error handling: a status reply raises the :class:`~trioshim.ttrpc.errors.TTRPCError` subclass
+for its code. When the connection is lost (EOF, reset, broken framing, local close) every
+pending and later call raises :class:`~trioshim.ttrpc.errors.ClosedError`, and ``on_close``
+runs exactly once. Nothing else escapes the reader task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar
+
+import trio
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from trioshim.api.ttrpc.request_pb2 import Response
+
+from .codec import (
+    MAX_MESSAGE_SIZE,
+    CallFailed,
+    ClientConnection,
+    ConnectionClosed,
+    NeedData,
+    ResponseReceived,
+)
+from .errors import (
+    ClosedError,
+    DeadlineExceeded,
+    RemoteProtocolError,
+    TTRPCError,
+)
+
+__all__ = ["Client", "OnClose", "Stub", "open_client", "open_unix_client"]
+
+log = logging.getLogger("trioshim.ttrpc.client")
+
+M = TypeVar("M", bound=Message)
+
+#: Called once when the connection is gone; may be a plain or an async function.
+OnClose = Callable[[], Awaitable[None] | None]
+Metadata = Iterable[tuple[str, str]]
+
+_RECEIVE_SIZE: Final = 65536
+
+
+class _Pending:
+    __slots__ = ("error", "event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: Response | None = None
+        self.error: BaseException | None = None
+
+
+class Client:
+    """A ttrpc connection, client side. Build with :func:`open_unix_client` or
+    :func:`open_client`; calls may run concurrently from any number of tasks."""
+
+    def __init__(self, stream: trio.abc.Stream, *, on_close: OnClose | None = None) -> None:
+        self._stream = stream
+        self._on_close = on_close
+        self._protocol = ClientConnection(MAX_MESSAGE_SIZE)
+        self._send_lock = trio.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._closed: ClosedError | None = None
+        self._done = trio.Event()  # reader finished and on_close returned
+        self._in_on_close = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (sent on the wire as timeout_nano)
+    ) -> M:
+        """Call ``/<service>/<method>`` and return its reply as ``response_type``.
+
+        The effective deadline (``timeout`` seconds from now, or an enclosing Trio deadline,
+        whichever is sooner) is sent as ``timeout_nano`` and enforced here: expiry of
+        ``timeout`` raises :class:`DeadlineExceeded`; an enclosing scope cancels as usual. A
+        deadline already past fails without sending anything. A request over 4 MiB raises
+        ``ResourceExhausted`` (code 8) without sending anything.
+        """
+        local_deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(local_deadline) as scope:
+            response = await self._call(service, method, request.SerializeToString(), metadata)
+        if scope.cancelled_caught:
+            raise DeadlineExceeded()
+        message = response_type()
+        try:
+            message.ParseFromString(response.payload)
+        except DecodeError as exc:
+            raise RemoteProtocolError(
+                f"ttrpc: cannot decode {response_type.DESCRIPTOR.full_name} reply: {exc}"
+            ) from exc
+        return message
+
+    async def _call(
+        self, service: str, method: str, payload: bytes, metadata: Metadata
+    ) -> Response:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed is not None:
+            raise ClosedError() from self._closed.__cause__
+        deadline = trio.current_effective_deadline()
+        timeout_nano = 0
+        if deadline != math.inf:
+            timeout_nano = int((deadline - trio.current_time()) * 1e9)
+            if timeout_nano <= 0:
+                # Already expired: never send 0 (no deadline) or a negative timeout.
+                await trio.sleep_forever()
+        pending = _Pending()
+        stream_id: int | None = None
+        try:
+            async with self._send_lock:
+                if self._closed is not None:
+                    raise ClosedError() from self._closed.__cause__
+                stream_id, data = self._protocol.send_request(
+                    service, method, payload, timeout_nano=timeout_nano, metadata=metadata
+                )
+                self._pending[stream_id] = pending
+                # A frame cut in the middle would wreck the connection: never cancel a write.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        await self._lost(exc)
+            await pending.event.wait()
+        finally:
+            if stream_id is not None and not pending.event.is_set():
+                self._pending.pop(stream_id, None)
+                self._protocol.forget(stream_id)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.response is not None
+        response = pending.response
+        if response.HasField("status") and response.status.code != 0:
+            status = response.status
+            raise TTRPCError.from_status(status.code, status.message, list(status.details))
+        return response
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        cause: BaseException | None = None
+        try:
+            cause = await self._read_loop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._lost(cause)
+                await self._run_on_close()
+
+    async def _read_loop(self) -> BaseException | None:
+        protocol = self._protocol
+        while True:
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                return exc
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            while True:
+                try:
+                    event = protocol.next_event()
+                except RemoteProtocolError as exc:
+                    log.warning("ttrpc: closing client connection: %s", exc)
+                    return exc
+                if isinstance(event, NeedData):
+                    break
+                if isinstance(event, ConnectionClosed):
+                    return None
+                pending = self._pending.pop(event.stream_id, None)
+                if pending is None:
+                    continue
+                if isinstance(event, ResponseReceived):
+                    pending.response = event.response
+                elif isinstance(event, CallFailed):
+                    pending.error = event.error
+                pending.event.set()
+
+    async def _lost(self, cause: BaseException | None) -> None:
+        """The connection is unusable: fail everything pending, close the socket (idempotent)."""
+        if self._closed is None:
+            closed = ClosedError()
+            closed.__cause__ = cause
+            self._closed = closed
+        for pending in self._pending.values():
+            error = ClosedError()
+            error.__cause__ = self._closed.__cause__
+            pending.error = error
+            pending.event.set()
+        self._pending.clear()
+        await trio.aclose_forcefully(self._stream)
+
+    async def _run_on_close(self) -> None:
+        try:
+            if self._on_close is not None:
+                self._in_on_close = True
+                try:
+                    result = self._on_close()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("ttrpc: on_close callback failed")
+                finally:
+                    self._in_on_close = False
+        finally:
+            self._done.set()
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection (idempotent): pending calls raise ClosedError, ``on_close``
+        runs, and this returns once it has returned."""
+        if self._closed is None:
+            closed = ClosedError()
+            self._closed = closed
+        await trio.aclose_forcefully(self._stream)
+        if not self._in_on_close:
+            with trio.CancelScope(shield=True):
+                await self._done.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone and ``on_close`` has returned."""
+        await self._done.wait()
+
+
+@asynccontextmanager
+async def open_client(
+    stream: trio.abc.Stream, *, on_close: OnClose | None = None
+) -> AsyncIterator[Client]:
+    """A :class:`Client` over an already connected stream (which it takes ownership of)."""
+    async with trio.open_nursery() as nursery:
+        client = Client(stream, on_close=on_close)
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def open_unix_client(
+    path: str | bytes | os.PathLike[str], *, on_close: OnClose | None = None
+) -> AsyncIterator[Client]:
+    """Connect to a ttrpc server on a unix socket (a ``unix://`` prefix is stripped)."""
+    address = os.fspath(path)
+    if isinstance(address, str) and address.startswith("unix://"):
+        address = address[len("unix://") :]
+    stream = await trio.open_unix_socket(address)
+    async with open_client(stream, on_close=on_close) as client:
+        yield client
+
+
+class _StubMethod:
+    __slots__ = ("_client", "_metadata", "_method", "_response_type", "_service", "_timeout")
+
+    def __init__(
+        self,
+        client: Client,
+        service: str,
+        method: str,
+        response_type: type[Message],
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,
+    ) -> None:
+        self._client = client
+        self._service = service
+        self._method = method
+        self._response_type = response_type
+        self._metadata = metadata
+        self._timeout = timeout
+
+    async def __call__(
+        self,
+        request: Message,
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (sent on the wire as timeout_nano)
+    ) -> Any:
+        return await self._client.call(
+            self._service,
+            self._method,
+            request,
+            self._response_type,
+            metadata=(*self._metadata, *metadata),
+            timeout=self._timeout if timeout is None else timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ttrpc stub /{self._service}/{self._method}>"
+
+
+class Stub:
+    """Attribute-style calls for any service: ``await Stub(client, desc).State(request)``.
+
+    Each rpc of the ``ServiceDescriptor`` becomes an async method taking the request message
+    (plus optional ``metadata=`` and ``timeout=``) and returning the output message type.
+    ``metadata`` and ``timeout`` given here apply to every call.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        service: ServiceDescriptor,
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,
+    ) -> None:
+        self._client = client
+        self._service = service
+        self._methods: dict[str, _StubMethod] = {}
+        meta = tuple(metadata)
+        for method in service.methods:
+            if method.client_streaming or method.server_streaming:
+                continue
+            self._methods[method.name] = _StubMethod(
+                client,
+                service.full_name,
+                method.name,
+                GetMessageClass(method.output_type),
+                meta,
+                timeout,
+            )
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise AttributeError(f"{self._service.full_name} has no unary rpc {name!r}") from None
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *self._methods]

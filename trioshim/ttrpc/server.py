@@ -1,0 +1,588 @@
+"""ttrpc server on Trio.
+
+Usage::
+
+    server = Server()                       # peers must have our euid and egid
+    server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], TaskService())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, await open_unix_listener(path))
+        ...
+        await server.shutdown(grace=5)
+
+Handlers are looked up by rpc name on the implementation object, as
+``async def State(self, ctx: RequestContext, request: StateRequest) -> StateResponse``; an rpc
+the object does not have answers Unimplemented by itself.
+
+Resource handling: :meth:`Server.serve` owns its listener (closed when serving stops) and every
+connection accepted from it (closed, forcefully, when the connection ends, whatever happened).
+Each connection has one nursery holding its reader, its writer and its request handlers; the
+handlers of a connection are cancelled when its peer goes away.
+
+Error handling: nothing a peer sends can make :meth:`Server.serve` raise. Protocol violations
+are answered as Go's server answers them (spec 3.2) or, for a broken framing (EOF in the middle
+of a frame), end that connection only, with a log line. Exceptions escaping a handler become
+status replies (:func:`~trioshim.ttrpc.errors.status_from_exception`). Accept errors caused by
+resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) are treated as back-pressure: logged,
+then retried after a growing pause. Other accept errors propagate out of ``serve``.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import logging
+import math
+import os
+import socket as _stdlib_socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import trio
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, EncodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from trioshim.api.ttrpc.request_pb2 import Request, Response
+
+from .codec import (
+    MAX_MESSAGE_SIZE,
+    ConnectionClosed,
+    ErrorReply,
+    NeedData,
+    RequestReceived,
+    ServerConnection,
+)
+from .errors import (
+    CONTEXT_DEADLINE_EXCEEDED,
+    Code,
+    RemoteProtocolError,
+    ServerClosedError,
+    status_from_exception,
+)
+
+__all__ = [
+    "NAMESPACE_KEY",
+    "Handshake",
+    "HandshakeError",
+    "PeerCredentials",
+    "RequestContext",
+    "Server",
+    "open_unix_listener",
+    "peer_credentials",
+    "require_root",
+    "require_same_user",
+    "require_uid_gid",
+    "unix_listener_from_fd",
+]
+
+log = logging.getLogger("trioshim.ttrpc.server")
+
+#: Metadata key carrying the containerd namespace on every namespaced call.
+NAMESPACE_KEY: Final = "containerd-namespace-ttrpc"
+
+_RECEIVE_SIZE: Final = 65536
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_BACKOFF_MIN: Final = 0.001
+_ACCEPT_BACKOFF_MAX: Final = 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer credentials
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """``SO_PEERCRED`` of a unix socket: the peer's pid and effective ids at ``connect()``."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+_UCRED: Final = struct.Struct("iII")
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials:
+    """Read ``SO_PEERCRED`` (Linux) from a connected unix socket."""
+    raw = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+class HandshakeError(Exception):
+    """Raised by a handshake to refuse a connection (it is closed without a frame)."""
+
+
+#: Runs on each accepted socket before anything is read; raises HandshakeError to refuse it.
+#: Returns the peer's credentials (made available as ``RequestContext.peer``) or None.
+Handshake = Callable[[trio.socket.SocketType], PeerCredentials | None]
+
+
+def require_uid_gid(uid: int, gid: int) -> Handshake:
+    """Accept only peers with this effective uid and gid (-1: any)."""
+
+    def handshake(sock: trio.socket.SocketType) -> PeerCredentials:
+        if sock.family != _stdlib_socket.AF_UNIX:
+            raise HandshakeError("peer credentials need a unix socket")
+        try:
+            cred = peer_credentials(sock)
+        except OSError as exc:
+            raise HandshakeError(f"reading peer credentials: {exc}") from exc
+        if (uid != -1 and cred.uid != uid) or (gid != -1 and cred.gid != gid):
+            raise HandshakeError(
+                f"ttrpc: peer uid/gid {cred.uid}/{cred.gid} does not match {uid}/{gid}"
+            )
+        return cred
+
+    return handshake
+
+
+def require_same_user() -> Handshake:
+    """Accept only peers with our effective uid and gid, as read now (containerd's default)."""
+    return require_uid_gid(os.geteuid(), os.getegid())
+
+
+def require_root() -> Handshake:
+    return require_uid_gid(0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listeners
+
+
+async def open_unix_listener(
+    path: str | bytes | os.PathLike[str], *, backlog: int | None = None
+) -> trio.SocketListener:
+    """Bind and listen on a unix socket path (a leading NUL byte means an abstract address).
+
+    The path must not exist; removing a stale socket is the caller's decision.
+    """
+    sock = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.bind(os.fspath(path))
+        sock.listen(_stdlib_socket.SOMAXCONN if backlog is None else backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def unix_listener_from_fd(fd: int = 3) -> trio.SocketListener:
+    """Adopt an inherited, already listening unix socket (the shim gets it as fd 3)."""
+    sock = _stdlib_socket.socket(fileno=fd)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+# ---------------------------------------------------------------------------------------------
+# Request context
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about its request besides the message.
+
+    ``metadata`` maps each key (verbatim, as received) to its values in wire order.
+    ``deadline`` is in Trio time (``math.inf`` when the caller set none); the handler already
+    runs inside a cancel scope with that deadline.
+    """
+
+    service: str
+    method: str
+    metadata: Mapping[str, list[str]] = field(default_factory=dict)
+    deadline: float = math.inf
+    stream_id: int = 0
+    peer: PeerCredentials | None = None
+
+    @property
+    def full_method(self) -> str:
+        """``/<service>/<method>``, the form Go uses in logs and interceptors."""
+        return f"/{self.service}/{self.method}"
+
+    def get(self, key: str) -> str | None:
+        """First value for ``key`` looked up lower-cased, like Go's ``GetMetadataValue``."""
+        values = self.metadata.get(key.lower())
+        return values[0] if values else None
+
+    @property
+    def namespace(self) -> str | None:
+        """The containerd namespace (first ``containerd-namespace-ttrpc`` value), if sent."""
+        return self.get(NAMESPACE_KEY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Service registry
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    name: str
+    full_name: str
+    input_type: type[Message]
+    output_type: type[Message]
+    handler: Handler | None
+    streaming: bool
+
+
+def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict[str, _Method]:
+    methods: dict[str, _Method] = {}
+    for method in descriptor.methods:
+        full_name = f"/{descriptor.full_name}/{method.name}"
+        handler = getattr(implementation, method.name, None)
+        if handler is not None and not (callable(handler) and inspect.iscoroutinefunction(handler)):
+            raise TypeError(f"{full_name}: {handler!r} is not an async method")
+        methods[method.name] = _Method(
+            name=method.name,
+            full_name=full_name,
+            input_type=GetMessageClass(method.input_type),
+            output_type=GetMessageClass(method.output_type),
+            handler=handler,
+            streaming=bool(method.client_streaming or method.server_streaming),
+        )
+    return methods
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+
+class _UseSameUser:
+    def __repr__(self) -> str:
+        return "require_same_user()"
+
+
+_SAME_USER: Final = _UseSameUser()
+
+
+class Server:
+    """A ttrpc server: a registry of services and the connections serving them.
+
+    ``handshake`` checks each accepted socket before anything is read; the default is
+    :func:`require_same_user` evaluated at construction, ``None`` accepts everyone.
+    """
+
+    def __init__(self, *, handshake: Handshake | _UseSameUser | None = _SAME_USER) -> None:
+        self._handshake: Handshake | None = (
+            require_same_user() if isinstance(handshake, _UseSameUser) else handshake
+        )
+        self._services: dict[str, dict[str, _Method]] = {}
+        self._closing = False
+        self._accept_scopes: set[trio.CancelScope] = set()
+        self._connections: set[_Connection] = set()
+        # Connection tasks accepted but not finished (counted from accept, so none is missed).
+        self._connection_tasks = 0
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    # -- registry -------------------------------------------------------------------------
+
+    def register(self, service: ServiceDescriptor, implementation: object) -> None:
+        """Serve ``service`` (a protobuf ``ServiceDescriptor``) with ``implementation``.
+
+        Each rpc is looked up on ``implementation`` by name; missing ones answer
+        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too.
+        """
+        if service.full_name in self._services:
+            raise ValueError(f"service {service.full_name} is already registered")
+        self._services[service.full_name] = _bind_methods(service, implementation)
+
+    @property
+    def services(self) -> list[str]:
+        return list(self._services)
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        listener: trio.abc.Listener[trio.abc.Stream],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve connections from ``listener`` until shutdown or close.
+
+        Reports readiness through ``task_status`` once accepting. Owns ``listener`` (closed as
+        soon as accepting stops) and the connections accepted from it: returns when the
+        server was shut down or closed and all of them are gone. Raises
+        :class:`ServerClosedError` if the server was already shut down when called.
+        """
+        if self._closing:
+            await listener.aclose()
+            raise ServerClosedError()
+        async with listener, trio.open_nursery() as nursery:
+            with trio.CancelScope() as accept_scope:
+                self._accept_scopes.add(accept_scope)
+                try:
+                    task_status.started()
+                    await self._accept_loop(listener, nursery)
+                finally:
+                    self._accept_scopes.discard(accept_scope)
+                    with trio.CancelScope(shield=True):
+                        await listener.aclose()
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
+    ) -> None:
+        backoff = _ACCEPT_BACKOFF_MIN
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "ttrpc: accept failed (%s), retrying in %.3fs",
+                    os.strerror(exc.errno or 0),
+                    backoff,
+                )
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = _ACCEPT_BACKOFF_MIN
+            if self._connection_tasks == 0:
+                self._all_closed = trio.Event()
+            self._connection_tasks += 1
+            nursery.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            peer: PeerCredentials | None = None
+            if self._handshake is not None:
+                sock = getattr(stream, "socket", None)
+                try:
+                    if sock is None:
+                        raise HandshakeError("stream has no socket to check")
+                    peer = self._handshake(sock)
+                except HandshakeError as exc:
+                    log.warning("ttrpc: refusing connection after handshake: %s", exc)
+                    return
+            if self._closing:
+                return
+            connection = _Connection(self, stream, peer)
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+        finally:
+            await trio.aclose_forcefully(stream)
+            self._connection_tasks -= 1
+            if self._connection_tasks == 0:
+                self._all_closed.set()
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def _stop_accepting(self) -> None:
+        self._closing = True
+        for scope in list(self._accept_scopes):
+            scope.cancel()
+
+    async def shutdown(self, grace: float = math.inf) -> None:
+        """Stop accepting, close idle connections, let active ones finish, then close all.
+
+        In-flight requests (and new ones arriving on their connections) are served until the
+        connection has nothing in flight, then it is closed; after ``grace`` seconds whatever is
+        left is closed forcefully (handlers cancelled) and this returns without waiting.
+        """
+        self._stop_accepting()
+        for connection in list(self._connections):
+            connection.close_when_idle()
+        with trio.move_on_after(grace):
+            await self._all_closed.wait()
+            return
+        log.warning(
+            "ttrpc: shutdown grace of %ss expired with %d connection(s) left",
+            grace,
+            len(self._connections),
+        )
+        self.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection now (their handlers are cancelled)."""
+        self._stop_accepting()
+        for connection in list(self._connections):
+            connection.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until no connection is left."""
+        await self._all_closed.wait()
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _lookup(self, request: Request) -> _Method | tuple[int, str]:
+        methods = self._services.get(request.service)
+        if methods is None:
+            return Code.UNIMPLEMENTED, f"service {request.service}"
+        method = methods.get(request.method)
+        if method is None:
+            return Code.UNIMPLEMENTED, f"method {request.method}"
+        if method.streaming:
+            return Code.UNIMPLEMENTED, f"{method.full_name}: streaming is not supported"
+        if method.handler is None:
+            return Code.UNIMPLEMENTED, f"{method.full_name}: not implemented"
+        return method
+
+
+def _status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> Response:
+    response = Response()
+    response.status.code = code
+    response.status.message = message
+    response.status.details.extend(details)
+    return response
+
+
+class _Connection:
+    """One accepted connection: a reader, a writer and the handlers, in one nursery."""
+
+    def __init__(
+        self, server: Server, stream: trio.abc.Stream, peer: PeerCredentials | None
+    ) -> None:
+        self._server = server
+        self._stream = stream
+        self._peer = peer
+        self._protocol = ServerConnection(MAX_MESSAGE_SIZE)
+        self._scope = trio.CancelScope()
+        self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[tuple[bytes, bool]](
+            math.inf
+        )
+        # Requests received whose reply is not yet written (nor abandoned).
+        self._in_flight = 0
+        self._close_when_idle = False
+
+    def close(self) -> None:
+        self._scope.cancel()
+
+    def close_when_idle(self) -> None:
+        self._close_when_idle = True
+        if self._in_flight == 0:
+            self._scope.cancel()
+
+    def _request_done(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._close_when_idle:
+            self._scope.cancel()
+
+    async def run(self) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                await self._reader(nursery)
+                nursery.cancel_scope.cancel()
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        protocol = self._protocol
+        while True:
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("ttrpc: connection lost: %r", exc)
+                return
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            while True:
+                try:
+                    event = protocol.next_event()
+                except RemoteProtocolError as exc:
+                    log.warning("ttrpc: closing connection: %s", exc)
+                    return
+                if isinstance(event, NeedData):
+                    break
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, ErrorReply):
+                    log.debug(
+                        "ttrpc: rejecting frame on stream %d: %s", event.stream_id, event.message
+                    )
+                    self._outgoing_send.send_nowait((event.data, False))
+                elif isinstance(event, RequestReceived):
+                    self._in_flight += 1
+                    nursery.start_soon(self._handle, event, trio.current_time())
+
+    async def _writer(self) -> None:
+        async for data, completes_request in self._outgoing_receive:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("ttrpc: write failed, closing connection: %r", exc)
+                self._scope.cancel()
+                return
+            if completes_request:
+                self._request_done()
+
+    async def _handle(self, event: RequestReceived, received_at: float) -> None:
+        stream_id = event.stream_id
+        try:
+            response = await self._dispatch(event.request, stream_id, received_at)
+        except BaseException:
+            # Cancelled (the connection is going away): no reply.
+            self._protocol.abandon(stream_id)
+            self._request_done()
+            raise
+        self._outgoing_send.send_nowait((self._protocol.send_response(stream_id, response), True))
+
+    async def _dispatch(self, request: Request, stream_id: int, received_at: float) -> Response:
+        found = self._server._lookup(request)
+        if not isinstance(found, _Method):
+            return _status_response(*found)
+        assert found.handler is not None
+        try:
+            message = found.input_type.FromString(request.payload)
+        except DecodeError as exc:
+            return _status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
+        metadata: dict[str, list[str]] = {}
+        for kv in request.metadata:
+            metadata.setdefault(kv.key, []).append(kv.value)
+        deadline = math.inf
+        if request.timeout_nano:
+            deadline = received_at + request.timeout_nano / 1e9
+        ctx = RequestContext(
+            service=request.service,
+            method=request.method,
+            metadata=metadata,
+            deadline=deadline,
+            stream_id=stream_id,
+            peer=self._peer,
+        )
+        if deadline <= trio.current_time():
+            return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+        try:
+            with trio.CancelScope(deadline=deadline) as scope:
+                result = await found.handler(ctx, message)
+            if scope.cancelled_caught:
+                return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+        except Exception as exc:
+            code, text, details = status_from_exception(exc)
+            if code == Code.UNKNOWN:
+                log.warning("ttrpc: %s failed", found.full_name, exc_info=True)
+            else:
+                log.debug("ttrpc: %s: %s", found.full_name, text)
+            return _status_response(code, text, details)
+        return self._encode_result(found, result)
+
+    @staticmethod
+    def _encode_result(method: _Method, result: object) -> Response:
+        if result is None:
+            return _status_response(Code.UNKNOWN, "ttrpc: marshal called with nil")
+        if not isinstance(result, Message) or (
+            result.DESCRIPTOR.full_name != method.output_type.DESCRIPTOR.full_name
+        ):
+            return _status_response(
+                Code.INTERNAL,
+                "ttrpc: error marshaling payload: "
+                f"{method.full_name} returned {type(result).__name__}, "
+                f"want {method.output_type.DESCRIPTOR.full_name}",
+            )
+        try:
+            payload = result.SerializeToString()
+        except EncodeError as exc:
+            return _status_response(Code.INTERNAL, f"ttrpc: error marshaling payload: {exc}")
+        return Response(payload=payload)
