@@ -578,22 +578,27 @@ class ProcessIO:
             output = self._own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         done = trio.Event()
 
+        output_open = True
+
         def output_done(end: PumpEnd) -> None:
+            nonlocal output_open
+            if not output_open:
+                return
+            output_open = False
             if end is PumpEnd.BROKEN:
                 log.warning("%s: error copying console output: broken", self.process_id)
             for fd in (output, keeper, *extra):
                 if fd is not None:
                     self._close(fd)
-            done.set()
 
         async def job() -> None:
             try:
                 await cons.copy(stdin=stdin_r, output=output, output_done=output_done)
             finally:
-                if not done.is_set():
-                    output_done(PumpEnd.STOPPED)
+                output_done(PumpEnd.STOPPED)  # if copy() failed before its output side ended
                 if stdin_r is not None:
                     self._close(stdin_r)
+                done.set()  # drained: output copied, master closed
 
         cons = console
         self._run([("console", job)], [done])
