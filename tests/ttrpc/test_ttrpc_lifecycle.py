@@ -231,3 +231,45 @@ async def test_require_uid_gid_and_credentials(nursery: trio.Nursery, sock_path:
     with a, b:
         cred = peer_credentials(a)
         assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.geteuid(), os.getegid())
+
+
+class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose accept fails with the given errors, then waits to be closed."""
+
+    def __init__(self, errors: list[OSError]) -> None:
+        self.errors = errors
+        self.attempts: list[float] = []
+        self.closed = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        self.attempts.append(trio.current_time())
+        if self.errors:
+            raise self.errors.pop(0)
+        await self.closed.wait()
+        raise trio.ClosedResourceError
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_accept_capacity_errors_back_off(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    listener = FlakyListener([OSError(errno.EMFILE, "too many"), OSError(errno.ENFILE, "x")])
+    server = Server(handshake=None)
+    await nursery.start(server.serve, listener)
+    await trio.sleep(0.5)  # virtual time: the retries happen at 1 ms and 3 ms
+    assert listener.attempts == [0, pytest.approx(0.001), pytest.approx(0.003)]
+    assert "accept failed" in caplog.text
+    await server.shutdown()
+    assert listener.closed.is_set()
+
+
+async def test_other_accept_errors_propagate() -> None:
+    import errno
+
+    server = Server(handshake=None)
+    with pytest.raises(OSError, match="bad fd"):
+        await server.serve(FlakyListener([OSError(errno.EBADF, "bad fd")]))

@@ -275,8 +275,8 @@ class Server:
         self._closing = False
         self._accept_scopes: set[trio.CancelScope] = set()
         self._connections: set[_Connection] = set()
-        # Connection tasks accepted but not finished (counted from accept, so none is missed).
-        self._connection_tasks = 0
+        # Open listeners plus connections accepted and not yet closed (counted from accept).
+        self._open_resources = 0
         self._all_closed = trio.Event()
         self._all_closed.set()
 
@@ -314,16 +314,26 @@ class Server:
         if self._closing:
             await listener.aclose()
             raise ServerClosedError()
-        async with listener, trio.open_nursery() as nursery:
-            with trio.CancelScope() as accept_scope:
-                self._accept_scopes.add(accept_scope)
-                try:
+        self._acquire()  # the listener, until it is closed
+        accept_scope = trio.CancelScope()
+        self._accept_scopes.add(accept_scope)
+        accept_error: OSError | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                with accept_scope:
                     task_status.started()
                     await self._accept_loop(listener, nursery)
-                finally:
-                    self._accept_scopes.discard(accept_scope)
-                    with trio.CancelScope(shield=True):
-                        await listener.aclose()
+            except OSError as exc:
+                # A fatal accept error ends this serve() and its connections, then propagates.
+                accept_error = exc
+                nursery.cancel_scope.cancel()
+            finally:
+                self._accept_scopes.discard(accept_scope)
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+                self._release()
+        if accept_error is not None:
+            raise accept_error
 
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
@@ -346,9 +356,7 @@ class Server:
                 backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
                 continue
             backoff = _ACCEPT_BACKOFF_MIN
-            if self._connection_tasks == 0:
-                self._all_closed = trio.Event()
-            self._connection_tasks += 1
+            self._acquire()
             nursery.start_soon(self._run_connection, stream)
 
     async def _run_connection(self, stream: trio.abc.Stream) -> None:
@@ -373,9 +381,17 @@ class Server:
                 self._connections.discard(connection)
         finally:
             await trio.aclose_forcefully(stream)
-            self._connection_tasks -= 1
-            if self._connection_tasks == 0:
-                self._all_closed.set()
+            self._release()
+
+    def _acquire(self) -> None:
+        if self._open_resources == 0:
+            self._all_closed = trio.Event()
+        self._open_resources += 1
+
+    def _release(self) -> None:
+        self._open_resources -= 1
+        if self._open_resources == 0:
+            self._all_closed.set()
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -411,7 +427,7 @@ class Server:
             connection.close()
 
     async def wait_closed(self) -> None:
-        """Wait until no connection is left."""
+        """Wait until no listener and no connection is left open."""
         await self._all_closed.wait()
 
     # -- dispatch -------------------------------------------------------------------------
