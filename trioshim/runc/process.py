@@ -316,6 +316,10 @@ class Process:
         if self.io is not None and self.stdio.terminal:
             self.io.resize(width & 0xFFFF, height & 0xFFFF)
 
+    async def release_io(self) -> None:
+        """Close the stdio for good (the container is gone)."""
+        await self._close_io()
+
     async def _close_io(self) -> None:
         io, self.io = self.io, None
         if io is not None:

@@ -1,0 +1,604 @@
+"""The task service in-process, with real runc and a busybox rootfs (runc-task.md section 8).
+
+The service runs in the test's Trio run with a real reaper (this process is made a child
+subreaper, so container inits are reaped here) and records the events it publishes. RPC
+handlers are called directly; the ttrpc layer has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
+from trioshim.api.containerd.types import mount_pb2
+from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.runc.exits import GO_ZERO_TIME_SECONDS
+from trioshim.runc.service import TaskService
+from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
+from trioshim.shim.shutdown import ShutdownService
+from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.ttrpc.server import RequestContext
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runc") is None, reason="needs root and runc"
+)
+
+CTX = RequestContext(service="containerd.task.v2.Task", method="test")
+
+
+@dataclass
+class Recorder:
+    """The events the service publishes, in order."""
+
+    events: list[tuple[str, Message]] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def publish(self, topic: str, message: Message) -> None:
+        self.events.append((topic, message))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def topics(self, container_id: str | None = None) -> list[str]:
+        return [
+            t
+            for t, m in self.events
+            if container_id is None or getattr(m, "container_id", None) == container_id
+        ]
+
+    def of(self, topic: str) -> list[Any]:
+        return [m for t, m in self.events if t == topic]
+
+    async def wait_for(self, topic: str, count: int = 1) -> None:
+        with trio.fail_after(20):
+            while len(self.of(topic)) < count:
+                await self.changed.wait()
+
+
+@dataclass
+class Harness:
+    service: TaskService
+    events: Recorder
+    shutdown: ShutdownService
+    reaper: Reaper
+    tmp: Path
+    rootfs: Path
+    runc_root: Path
+
+    async def bundle(
+        self,
+        container_id: str,
+        args: Sequence[str],
+        *,
+        pid_namespace: bool = True,
+        edit: Any = None,
+    ) -> Path:
+        bundle = self.tmp / container_id
+        bundle.mkdir()
+        (await self.reaper.run(["runc", "spec", "--bundle", str(bundle)])).check()
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = list(args)
+        spec["root"] = {"path": "rootfs", "readonly": True}
+        if not pid_namespace:
+            spec["linux"]["namespaces"] = [
+                ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"
+            ]
+        if edit is not None:
+            edit(spec)
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
+
+    def create_request(self, container_id: str, bundle: Path, **kwargs: Any) -> Any:
+        options = any_pb2.Any(
+            type_url="containerd.runc.v1.Options",
+            value=oci_pb2.Options(root=str(self.runc_root)).SerializeToString(),
+        )
+        fields: dict[str, Any] = {
+            "id": container_id,
+            "bundle": str(bundle),
+            "rootfs": [
+                mount_pb2.Mount(type="bind", source=str(self.rootfs), options=["rbind", "ro"])
+            ],
+            "options": options,
+        }
+        fields.update(kwargs)
+        return api.CreateTaskRequest(**fields)
+
+    async def create(self, container_id: str, args: Sequence[str], **kwargs: Any) -> Any:
+        bundle = await self.bundle(
+            container_id,
+            args,
+            pid_namespace=kwargs.pop("pid_namespace", True),
+            edit=kwargs.pop("edit", None),
+        )
+        return await self.call("Create", self.create_request(container_id, bundle, **kwargs))
+
+    async def call(self, rpc: str, request: Message) -> Any:
+        return await getattr(self.service, rpc)(api, CTX, request)
+
+    async def fails(self, rpc: str, request: Message) -> TTRPCError:
+        with pytest.raises(TTRPCError) as info:
+            await self.call(rpc, request)
+        return info.value
+
+    async def run_to_exit(self, container_id: str, args: Sequence[str], **kwargs: Any) -> Any:
+        await self.create(container_id, args, **kwargs)
+        await self.call("Start", api.StartRequest(id=container_id))
+        with trio.fail_after(20):
+            return await self.call("Wait", api.WaitRequest(id=container_id))
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Harness]:
+    set_child_subreaper(True)
+    recorder = Recorder()
+    shutdown = ShutdownService()
+    runc_root = tmp_path / "runc-root"
+    try:
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            service = TaskService(
+                namespace="testns",
+                reaper=reaper,
+                publisher=recorder,
+                shutdown=shutdown,
+                nursery=nursery,
+            )
+            await nursery.start(service.run)
+            h = Harness(service, recorder, shutdown, reaper, tmp_path, busybox_rootfs, runc_root)
+            try:
+                yield h
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _cleanup(h)
+                nursery.cancel_scope.cancel()
+    finally:
+        set_child_subreaper(False)
+
+
+async def _cleanup(h: Harness) -> None:
+    for container in list(h.service.containers.values()):
+        runc = container.init.runc
+        for cmd in (["kill", "--all", container.id, "9"], ["delete", "--force", container.id]):
+            await h.reaper.run(runc.command(cmd))
+        await container.unmount_rootfs()
+
+
+def _is_mounted(path: Path) -> bool:
+    return any(
+        line.split()[4] == str(path)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+async def test_lifecycle_events_files_and_cleanup(harness: Harness) -> None:
+    h = harness
+    reply = await h.create("c1", ["sh", "-c", "exit 3"])
+    bundle = h.tmp / "c1"
+    assert reply.pid > 0
+    assert int((bundle / "init.pid").read_text()) == reply.pid
+    assert json.loads((bundle / "options.json").read_text()) == {"root": str(h.runc_root)}
+    assert (bundle / "runtime").read_text() == ""
+    assert oct((bundle / "options.json").stat().st_mode & 0o777) == "0o600"
+    assert (bundle / "log.json").exists()
+    assert _is_mounted(bundle / "rootfs")
+
+    state = await h.call("State", api.StateRequest(id="c1"))
+    assert (state.id, state.pid, state.status) == ("c1", reply.pid, task_types.CREATED)
+    assert state.bundle == str(bundle)
+    assert state.exited_at.seconds == GO_ZERO_TIME_SECONDS
+    connect = await h.call("Connect", api.ConnectRequest(id="c1"))
+    assert (connect.shim_pid, connect.task_pid) == (os.getpid(), reply.pid)
+
+    started = await h.call("Start", api.StartRequest(id="c1"))
+    assert started.pid == reply.pid
+    with trio.fail_after(20):
+        waited = await h.call("Wait", api.WaitRequest(id="c1"))
+    assert waited.exit_status == 3
+    assert waited.exited_at.seconds > 0
+    await h.events.wait_for("/tasks/exit")
+    state = await h.call("State", api.StateRequest(id="c1"))
+    assert (state.status, state.exit_status) == (task_types.STOPPED, 3)
+
+    # a second Start, a Kill and a Shutdown while the container is still held
+    err = await h.fails("Start", api.StartRequest(id="c1"))
+    assert (err.code, err.message) == (Code.UNKNOWN, "cannot start a stopped process")
+    err = await h.fails("Kill", api.KillRequest(id="c1", signal=9))
+    assert (err.code, err.message) == (Code.NOT_FOUND, "process already finished: not found")
+    await h.call("Shutdown", api.ShutdownRequest(id="c1"))
+    assert not h.shutdown.is_shutdown
+
+    deleted = await h.call("Delete", api.DeleteRequest(id="c1"))
+    assert (deleted.pid, deleted.exit_status) == (reply.pid, 3)
+    assert deleted.exited_at == waited.exited_at
+    assert h.events.topics("c1") == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
+    exit_event = h.events.of("/tasks/exit")[0]
+    assert (exit_event.id, exit_event.pid, exit_event.exit_status) == ("c1", reply.pid, 3)
+    assert exit_event.exited_at == waited.exited_at
+    assert not _is_mounted(bundle / "rootfs")
+
+    err = await h.fails("State", api.StateRequest(id="c1"))
+    assert (err.code, err.message) == (Code.NOT_FOUND, "container not created: not found")
+    err = await h.fails("Kill", api.KillRequest(id="c1", signal=9))
+    assert err.code == Code.NOT_FOUND
+    connect = await h.call("Connect", api.ConnectRequest(id="c1"))
+    assert connect.task_pid == 0
+    runc_list = await h.reaper.run(["runc", "--root", str(h.runc_root / "testns"), "list", "-q"])
+    assert runc_list.stdout.strip() == b""
+
+    await h.call("Shutdown", api.ShutdownRequest(id="c1"))
+    assert h.shutdown.is_shutdown
+
+
+async def test_exit_codes_by_signal(harness: Harness) -> None:
+    h = harness
+    await h.create("k1", ["sleep", "1000"])
+    await h.call("Start", api.StartRequest(id="k1"))
+    await h.call("Kill", api.KillRequest(id="k1", signal=signal.SIGKILL))
+    with trio.fail_after(20):
+        waited = await h.call("Wait", api.WaitRequest(id="k1"))
+    assert waited.exit_status == 137
+    # exec killed by SIGTERM (not pid 1, so the default action applies)
+    await h.create("k2", ["sleep", "1000"])
+    await h.call("Start", api.StartRequest(id="k2"))
+    await _exec(h, "k2", "e1", ["sleep", "1000"])
+    await h.call("Start", api.StartRequest(id="k2", exec_id="e1"))
+    await h.call("Kill", api.KillRequest(id="k2", exec_id="e1", signal=signal.SIGTERM))
+    with trio.fail_after(20):
+        waited = await h.call("Wait", api.WaitRequest(id="k2", exec_id="e1"))
+    assert waited.exit_status == 143
+    state = await h.call("State", api.StateRequest(id="k2", exec_id="e1"))
+    assert (state.id, state.status, state.exit_status) == ("e1", task_types.STOPPED, 143)
+    err = await h.fails("Kill", api.KillRequest(id="k2", exec_id="e1", signal=9))
+    assert (err.code, err.message) == (Code.NOT_FOUND, "process already finished: not found")
+    await h.call("Delete", api.DeleteRequest(id="k2", exec_id="e1"))
+    assert not (h.tmp / "k2" / "e1.pid").exists()
+    err = await h.fails("State", api.StateRequest(id="k2", exec_id="e1"))
+    assert (err.code, err.message) == (Code.NOT_FOUND, "process does not exist e1: not found")
+
+
+async def _exec(
+    h: Harness, container_id: str, exec_id: str, args: Sequence[str], **kw: Any
+) -> None:
+    spec = {
+        "args": list(args),
+        "cwd": "/",
+        "env": ["PATH=/bin:/usr/bin"],
+        "user": {"uid": 0, "gid": 0},
+    }
+    await h.call(
+        "Exec",
+        api.ExecProcessRequest(
+            id=container_id,
+            exec_id=exec_id,
+            spec=any_pb2.Any(
+                type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                value=json.dumps(spec).encode(),
+            ),
+            **kw,
+        ),
+    )
+
+
+# --- execs ------------------------------------------------------------------------------------
+
+
+async def test_exec_rules(harness: Harness) -> None:
+    h = harness
+    await h.create("x1", ["sleep", "1000"])
+    # allowed while created; an id in use is AlreadyExists; unstarted kill is FailedPrecondition
+    await _exec(h, "x1", "e1", ["sh", "-c", "exit 7"])
+    err = await h.fails("Exec", _exec_request("x1", "e1", ["true"]))
+    assert (err.code, err.message) == (Code.ALREADY_EXISTS, "id e1: already exists")
+    err = await h.fails("Kill", api.KillRequest(id="x1", exec_id="e1", signal=9))
+    assert (err.code, err.message) == (
+        Code.FAILED_PRECONDITION,
+        "process not created: failed precondition",
+    )
+    await h.call("Start", api.StartRequest(id="x1"))
+    started = await h.call("Start", api.StartRequest(id="x1", exec_id="e1"))
+    assert started.pid > 0
+    with trio.fail_after(20):
+        waited = await h.call("Wait", api.WaitRequest(id="x1", exec_id="e1"))
+    assert waited.exit_status == 7
+    await h.events.wait_for("/tasks/exit")
+    assert h.events.topics("x1") == [
+        "/tasks/create",
+        "/tasks/exec-added",
+        "/tasks/start",
+        "/tasks/exec-started",
+        "/tasks/exit",
+    ]
+    exit_event = h.events.of("/tasks/exit")[0]
+    assert (exit_event.id, exit_event.pid, exit_event.exit_status) == ("e1", started.pid, 7)
+    err = await h.fails("Delete", api.DeleteRequest(id="x1"))
+    assert (err.code, err.message) == (Code.UNKNOWN, "cannot delete a running process")
+    deleted = await h.call("Delete", api.DeleteRequest(id="x1", exec_id="e1"))
+    assert (deleted.pid, deleted.exit_status) == (started.pid, 7)
+    await _exec(h, "x1", "e1", ["true"])  # the id is free again
+    # bad args: runc exec fails, Wait returns at once, a retry is refused
+    await _exec(h, "x1", "bad", ["/no/such/binary"])
+    err = await h.fails("Start", api.StartRequest(id="x1", exec_id="bad"))
+    assert err.code == Code.UNKNOWN
+    assert err.message.startswith("OCI runtime exec failed: exec failed: "), err.message
+    with trio.fail_after(5):
+        waited = await h.call("Wait", api.WaitRequest(id="x1", exec_id="bad"))
+    assert (waited.exit_status, waited.exited_at.seconds) == (0, GO_ZERO_TIME_SECONDS)
+    err = await h.fails("Start", api.StartRequest(id="x1", exec_id="bad"))
+    assert err.message == "cannot start an exec process whose start failed"
+    # after the init exited: Exec RPC refused by state, a pending exec's Start by bookkeeping
+    await _exec(h, "x1", "late", ["true"])
+    await h.call("Kill", api.KillRequest(id="x1", signal=9))
+    with trio.fail_after(20):
+        await h.call("Wait", api.WaitRequest(id="x1"))
+    err = await h.fails("Exec", _exec_request("x1", "e2", ["true"]))
+    assert (err.code, err.message) == (Code.UNKNOWN, "cannot exec in a stopped state")
+    err = await h.fails("Start", api.StartRequest(id="x1", exec_id="late"))
+    assert (err.code, err.message) == (
+        Code.FAILED_PRECONDITION,
+        "container x1 init process is not running: failed precondition",
+    )
+    err = await h.fails("CloseIO", api.CloseIORequest(id="x1", exec_id="nope", stdin=True))
+    assert (err.code, err.message) == (Code.UNKNOWN, "process does not exist nope: not found")
+    await h.call("Delete", api.DeleteRequest(id="x1"))
+
+
+def _exec_request(container_id: str, exec_id: str, args: Sequence[str]) -> Any:
+    spec = {"args": list(args), "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
+    return api.ExecProcessRequest(
+        id=container_id,
+        exec_id=exec_id,
+        spec=any_pb2.Any(type_url="x", value=json.dumps(spec).encode()),
+    )
+
+
+async def test_concurrent_execs_and_init_exit_last(harness: Harness) -> None:
+    h = harness
+    await h.create("m1", ["sleep", "1000"], pid_namespace=False)
+    await h.call("Start", api.StartRequest(id="m1"))
+    n = 20
+    for i in range(n):
+        # mixed: instant exits and long sleepers (those die by the kill-all)
+        args = ["true"] if i % 2 else ["sleep", "1000"]
+        await _exec(h, "m1", f"e{i}", args)
+    pids: dict[str, int] = {}
+
+    async def start(i: int) -> None:
+        reply = await h.call("Start", api.StartRequest(id="m1", exec_id=f"e{i}"))
+        pids[f"e{i}"] = reply.pid
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(start, i)
+    await h.events.wait_for("/tasks/exit", n // 2)
+    # the init dies; no PID namespace of its own, so the shim runs `runc kill --all`
+    await h.call("Kill", api.KillRequest(id="m1", signal=9))
+    await h.events.wait_for("/tasks/exit", n + 1)
+    exits = h.events.of("/tasks/exit")
+    assert len(exits) == n + 1
+    assert exits[-1].id == "m1"
+    by_id = {e.id: e for e in exits}
+    for i in range(n):
+        assert by_id[f"e{i}"].pid == pids[f"e{i}"]
+        assert by_id[f"e{i}"].exit_status == (0 if i % 2 else 137)
+    started = [m.exec_id for m in h.events.of("/tasks/exec-started")]
+    assert sorted(started) == sorted(pids)
+    topics = h.events.topics("m1")
+    for i in range(n):
+        exec_events = [
+            t
+            for t, m in h.events.events
+            if getattr(m, "exec_id", None) == f"e{i}" or getattr(m, "id", None) == f"e{i}"
+        ]
+        assert exec_events == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]
+    assert topics[-1] == "/tasks/exit"
+
+
+async def test_pids_pause_resume(harness: Harness) -> None:
+    h = harness
+    await h.create("p1", ["sleep", "1000"])
+    err = await h.fails("Pause", api.PauseRequest(id="p1"))
+    assert err.message == "cannot pause task in created state"
+    await h.call("Start", api.StartRequest(id="p1"))
+    await _exec(h, "p1", "e1", ["sleep", "1000"])
+    exec_pid = (await h.call("Start", api.StartRequest(id="p1", exec_id="e1"))).pid
+    pids = await h.call("Pids", api.PidsRequest(id="p1"))
+    by_pid = {p.pid: p for p in pids.processes}
+    init_pid = h.service.containers["p1"].init.pid
+    assert set(by_pid) == {init_pid, exec_pid}
+    assert not by_pid[init_pid].HasField("info")
+    info = by_pid[exec_pid].info
+    assert info.type_url == "containerd.runc.v1.ProcessDetails"
+    assert oci_pb2.ProcessDetails.FromString(info.value).exec_id == "e1"
+
+    err = await h.fails("Resume", api.ResumeRequest(id="p1"))
+    assert err.message == "cannot resume a running process"
+    await h.call("Pause", api.PauseRequest(id="p1"))
+    state = await h.call("State", api.StateRequest(id="p1"))
+    assert state.status == task_types.PAUSED
+    state = await h.call("State", api.StateRequest(id="p1", exec_id="e1"))
+    assert state.status == task_types.PAUSED
+    err = await h.fails("Exec", _exec_request("p1", "e2", ["true"]))
+    assert err.message == "cannot exec in a paused state"
+    err = await h.fails("Delete", api.DeleteRequest(id="p1"))
+    assert err.message == "cannot delete a paused process"
+    await h.call("Resume", api.ResumeRequest(id="p1"))
+    state = await h.call("State", api.StateRequest(id="p1"))
+    assert state.status == task_types.RUNNING
+    assert h.events.topics("p1")[-2:] == ["/tasks/paused", "/tasks/resumed"]
+
+    # killed while paused: ends stopped, and the cgroup is thawed
+    await h.call("Pause", api.PauseRequest(id="p1"))
+    await h.call("Kill", api.KillRequest(id="p1", signal=9))
+    with trio.fail_after(20):
+        waited = await h.call("Wait", api.WaitRequest(id="p1"))
+    assert waited.exit_status == 137
+    state = await h.call("State", api.StateRequest(id="p1"))
+    assert state.status == task_types.STOPPED
+
+
+async def test_update_and_stats(harness: Harness) -> None:
+    h = harness
+    await h.create("u1", ["sleep", "1000"])
+    await h.call("Start", api.StartRequest(id="u1"))
+    stats = await h.call("Stats", api.StatsRequest(id="u1"))
+    assert stats.stats.type_url in (
+        "io.containerd.cgroups.v1.Metrics",
+        "io.containerd.cgroups.v2.Metrics",
+    )
+    limit = 48 * 1024 * 1024
+    resources = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode(),
+    )
+    await h.call("Update", api.UpdateTaskRequest(id="u1", resources=resources))
+    runc = h.service.containers["u1"].init.runc
+    state = json.loads((await h.reaper.run(runc.command(["state", "u1"]))).check().stdout)
+    assert state["status"] == "running"
+    cgroup = h.service.containers["u1"].cgroup
+    assert cgroup is not None
+    from trioshim.api.cgroups.v1 import metrics_pb2 as v1
+
+    if stats.stats.type_url.endswith("v1.Metrics"):
+        metrics = v1.Metrics.FromString(cgroup.metrics().value)
+        assert metrics.memory.usage.limit == limit
+    bad = any_pb2.Any(type_url="x", value=b"{not json")
+    err = await h.fails("Update", api.UpdateTaskRequest(id="u1", resources=bad))
+    assert err.code == Code.UNKNOWN
+    err = await h.fails("Update", api.UpdateTaskRequest(id="u1"))
+    assert err.code == Code.INVALID_ARGUMENT
+    err = await h.fails("Stats", api.StatsRequest(id="nope"))
+    assert err.code == Code.NOT_FOUND
+
+
+async def test_checkpoint_failure_names_criu_log(harness: Harness) -> None:
+    h = harness
+    await h.create("ck", ["sleep", "1000"])
+    err = await h.fails("Checkpoint", api.CheckpointTaskRequest(id="ck", path=str(h.tmp / "img")))
+    assert err.message == "cannot checkpoint a task in created state"
+    await h.call("Start", api.StartRequest(id="ck"))
+    err = await h.fails("Checkpoint", api.CheckpointTaskRequest(id="ck", path=str(h.tmp / "img")))
+    assert err.code == Code.UNKNOWN
+    assert err.message.endswith(f" path= {h.tmp / 'ck' / 'criu-dump.log'}"), err.message
+    assert "\n" not in err.message
+    # the default work dir is removed again; the container keeps running
+    assert not (h.tmp / "ck" / "work" / "criu-work").exists()
+    state = await h.call("State", api.StateRequest(id="ck"))
+    assert state.status == task_types.RUNNING
+
+
+# --- odd lifecycles and failures --------------------------------------------------------------
+
+
+async def test_delete_of_never_started_container(harness: Harness) -> None:
+    h = harness
+    await h.create("n1", ["sleep", "1000"])
+    waiter_done = trio.Event()
+
+    async def waiter() -> None:
+        await h.call("Wait", api.WaitRequest(id="n1"))
+        waiter_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        deleted = await h.call("Delete", api.DeleteRequest(id="n1"))
+        assert deleted.exit_status == 0
+        assert deleted.exited_at.seconds == GO_ZERO_TIME_SECONDS
+        nursery.cancel_scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.events.topics("n1") == ["/tasks/create", "/tasks/delete"]
+    assert not _is_mounted(h.tmp / "n1" / "rootfs")
+
+
+async def test_quick_exit_still_one_exit_after_start(harness: Harness) -> None:
+    h = harness
+    for n in range(5):
+        waited = await h.run_to_exit(f"q{n}", ["true"])
+        assert waited.exit_status == 0
+        await h.events.wait_for("/tasks/exit", n + 1)
+        assert h.events.topics(f"q{n}") == ["/tasks/create", "/tasks/start", "/tasks/exit"]
+
+
+async def test_create_failures_unmount_and_report(harness: Harness) -> None:
+    h = harness
+    # invalid config.json
+    bundle = await h.bundle("f1", ["true"])
+    (bundle / "config.json").write_text("{not json")
+    err = await h.fails("Create", h.create_request("f1", bundle))
+    assert err.code == Code.UNKNOWN
+    assert err.message.startswith("OCI runtime create failed: "), err.message
+    assert not _is_mounted(bundle / "rootfs")
+    assert "f1" not in h.service.containers
+    # runc missing
+    bundle = await h.bundle("f2", ["true"])
+    options = any_pb2.Any(
+        type_url="containerd.runc.v1.Options",
+        value=oci_pb2.Options(binary_name="no-such-runc").SerializeToString(),
+    )
+    err = await h.fails("Create", h.create_request("f2", bundle, options=options))
+    assert err.message.startswith(
+        "OCI runtime create failed: unable to retrieve OCI runtime error ("
+    ), err.message
+    assert err.message.endswith('exec: "no-such-runc": executable file not found in $PATH')
+    assert (bundle / "runtime").read_text() == "no-such-runc"
+    assert not _is_mounted(bundle / "rootfs")
+    # a mount that fails
+    bundle = await h.bundle("f3", ["true"])
+    mounts = [
+        mount_pb2.Mount(type="bind", source=str(h.rootfs), options=["rbind", "ro"]),
+        mount_pb2.Mount(type="bind", source=str(h.tmp / "missing"), options=["bind"]),
+    ]
+    err = await h.fails("Create", h.create_request("f3", bundle, rootfs=mounts))
+    assert err.message.startswith("failed to mount rootfs component &{bind "), err.message
+    assert not _is_mounted(bundle / "rootfs")
+    # unknown stdout scheme
+    bundle = await h.bundle("f4", ["true"])
+    err = await h.fails("Create", h.create_request("f4", bundle, stdout="http://x/y"))
+    assert err.message == "failed to create init process I/O: unknown STDIO scheme http"
+    assert not _is_mounted(bundle / "rootfs")
+    # the service keeps working
+    waited = await h.run_to_exit("ok", ["true"])
+    assert waited.exit_status == 0
+
+
+async def test_duplicate_create_keeps_the_live_container(harness: Harness) -> None:
+    h = harness
+    await h.create("d1", ["sleep", "1000"])
+    bundle = h.tmp / "d1"
+    err = await h.fails("Create", h.create_request("d1", bundle))
+    assert err.code == Code.ALREADY_EXISTS
+    assert _is_mounted(bundle / "rootfs")
+    await h.call("Start", api.StartRequest(id="d1"))
+
+
+async def test_file_stdout(harness: Harness) -> None:
+    h = harness
+    log = h.tmp / "logs" / "f.log"
+    uri = f"file://{log}"
+    waited = await h.run_to_exit(
+        "o1", ["sh", "-c", "echo out; echo err >&2"], stdout=uri, stderr=uri
+    )
+    assert waited.exit_status == 0
+    await h.call("Delete", api.DeleteRequest(id="o1"))
+    assert sorted(log.read_text().split()) == ["err", "out"]

@@ -1,0 +1,508 @@
+"""The task service: the 17 RPCs of ``containerd.task.v2.Task`` (and ``.v3``) over runc.
+
+One :class:`TaskService` per shim daemon serves every container grouped into it. It is one
+plugin of the shim framework (:data:`REGISTRATION`): it gets the reaper, the event publisher
+and the shutdown service from the framework, and hands the ttrpc server one implementation per
+API version (the v2 and v3 messages are field-identical, only their package differs).
+
+Error codes follow containerd-shim-runc-v2 v1.6.20 (runc-task.md section 2): an unknown
+container is NotFound ``container not created``, an unknown exec NotFound ``process does not
+exist <id>``, state refusals are bare Unknown texts, runc failures carry runc's own message.
+Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better:
+- the init's TaskExit is always its container's last (execs first), an exec Start after the
+  init exited is FailedPrecondition, and a retried exec Start after a failed ``runc exec`` is
+  refused instead of crashing;
+- a second Create for a live id is AlreadyExists instead of unmounting the live rootfs;
+- an exit of a process deleted before it exited publishes nothing after its TaskDelete;
+- Wait is cancellable; a Create that fails after ``runc create`` force-deletes the container.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, Final, Protocol
+
+import trio
+from google.protobuf import empty_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+
+from trioshim.api.containerd.events import task_pb2 as events
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
+from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
+from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.runc.cgroups import Cgroup
+from trioshim.runc.container import Container, decode_options, type_name
+from trioshim.runc.exits import Exits, timestamp
+from trioshim.runc.oom import OOMWatcher, open_oom_watcher
+from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
+from trioshim.runc.runc_cli import CheckpointOpts, RuncError
+from trioshim.runc.stdio import ProcessIO, StdioConfig
+from trioshim.shim.plugin import (
+    EVENT_PLUGIN,
+    INTERNAL_PLUGIN,
+    REAPER_PLUGIN,
+    TTRPC_PLUGIN,
+    InitContext,
+    Registration,
+)
+from trioshim.shim.reaper import Reaper
+from trioshim.ttrpc.errors import AlreadyExists, InvalidArgument, NotFound, TTRPCError
+from trioshim.ttrpc.server import RequestContext
+
+log = logging.getLogger(__name__)
+
+EMPTY: Final = empty_pb2.Empty()
+PROCESS_DETAILS_TYPE: Final = "containerd.runc.v1.ProcessDetails"
+CHECKPOINT_OPTIONS_TYPE: Final = "containerd.runc.v1.CheckpointOptions"
+
+TASK_CREATE: Final = "/tasks/create"
+TASK_START: Final = "/tasks/start"
+TASK_DELETE: Final = "/tasks/delete"
+TASK_EXEC_ADDED: Final = "/tasks/exec-added"
+TASK_EXEC_STARTED: Final = "/tasks/exec-started"
+TASK_PAUSED: Final = "/tasks/paused"
+TASK_RESUMED: Final = "/tasks/resumed"
+TASK_OOM: Final = "/tasks/oom"
+
+RPCS: Final = (
+    "State",
+    "Create",
+    "Start",
+    "Delete",
+    "Pids",
+    "Pause",
+    "Resume",
+    "Checkpoint",
+    "Kill",
+    "Exec",
+    "ResizePty",
+    "CloseIO",
+    "Update",
+    "Wait",
+    "Stats",
+    "Connect",
+    "Shutdown",
+)
+
+_STATUS: Final = {
+    "created": task_types.CREATED,
+    "running": task_types.RUNNING,
+    "stopped": task_types.STOPPED,
+    "paused": task_types.PAUSED,
+    "pausing": task_types.PAUSING,
+}
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, message: Message) -> None: ...
+
+
+class Shutdown(Protocol):
+    def shutdown(self, reason: str = ...) -> None: ...
+
+
+class TaskService:
+    """The runc task service of one shim daemon (every container grouped into it).
+
+    Build with :func:`open_task_service` (or :meth:`start` in a nursery): it needs its exit
+    subscription and OOM watcher running before the first RPC.
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        reaper: Reaper,
+        publisher: Publisher,
+        shutdown: Shutdown,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.namespace = namespace
+        self.reaper = reaper
+        self.publisher = publisher
+        self.shutdown = shutdown
+        self.nursery = nursery
+        self.containers: dict[str, Container] = {}
+        self._creating: set[str] = set()
+        self.exits = Exits(self._publish, nursery)
+        self.oom: OOMWatcher | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Match exits and watch for OOM kills until cancelled; ``started`` once both run."""
+        with self.reaper.subscribe() as exits:
+            async with open_oom_watcher(self._on_oom) as watcher:
+                self.oom = watcher
+                task_status.started()
+                try:
+                    await self.exits.run(exits)
+                finally:
+                    self.oom = None
+
+    def ttrpc_services(self) -> Iterable[tuple[ServiceDescriptor, object]]:
+        return [
+            (task_v2.DESCRIPTOR.services_by_name["Task"], _Handlers(self, task_v2)),
+            (task_v3.DESCRIPTOR.services_by_name["Task"], _Handlers(self, task_v3)),
+        ]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _publish(self, topic: str, message: Message) -> None:
+        try:
+            self.publisher.publish(topic, message)
+        except Exception:
+            log.exception("failed to queue event %s", topic)
+
+    def _on_oom(self, container_id: str) -> None:
+        self._publish(TASK_OOM, events.TaskOOM(container_id=container_id))
+
+    def _watch_oom(self, container: Container) -> None:
+        if container.cgroup is None or self.oom is None:
+            return
+        if container.id in self.oom.watching:
+            return
+        try:
+            self.oom.add(container.id, container.cgroup)
+        except Exception as exc:
+            log.warning("add cgroup of %s to the OOM monitor: %s", container.id, exc)
+
+    def container(self, container_id: str) -> Container:
+        container = self.containers.get(container_id)
+        if container is None:
+            raise NotFound("container not created")
+        return container
+
+    def _io_opener(self, options: oci_pb2.Options) -> IOOpener:
+        async def open_io(process: Process) -> ProcessIO:
+            return await ProcessIO.open(
+                StdioConfig(
+                    process.stdio.stdin,
+                    process.stdio.stdout,
+                    process.stdio.stderr,
+                    process.stdio.terminal,
+                ),
+                nursery=self.nursery,
+                reaper=self.reaper,
+                container_id=process.container_id,
+                process_id=process.id,
+                namespace=self.namespace,
+                io_uid=options.io_uid,
+                io_gid=options.io_gid,
+            )
+
+        return open_io
+
+    # -- the RPCs (api: the shim_pb2 module of the caller's API version) -------------------
+
+    async def Create(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container_id = request.id
+        if container_id in self.containers or container_id in self._creating:
+            raise AlreadyExists(f"container {container_id}")
+        namespace = self.namespace or ctx.namespace
+        if not namespace:
+            raise InvalidArgument("create namespace: namespace is required")
+        self._creating.add(container_id)
+        try:
+            with self.exits.starting() as starting:
+                options = decode_options(request.options if request.HasField("options") else None)
+                container = await Container.create(
+                    request,
+                    namespace=namespace,
+                    reaper=self.reaper,
+                    open_io=self._io_opener(options),
+                )
+                self.containers[container_id] = container
+                self._publish(
+                    TASK_CREATE,
+                    events.TaskCreate(
+                        container_id=container_id,
+                        bundle=request.bundle,
+                        rootfs=list(request.rootfs),
+                        io=events.TaskIO(
+                            stdin=request.stdin,
+                            stdout=request.stdout,
+                            stderr=request.stderr,
+                            terminal=request.terminal,
+                        ),
+                        checkpoint=request.checkpoint,
+                        pid=container.init.pid,
+                    ),
+                )
+                self._watch_oom(container)
+                starting.started(container, container.init)
+        finally:
+            self._creating.discard(container_id)
+        return api.CreateTaskResponse(pid=container.init.pid)
+
+    async def Start(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        if isinstance(process, InitProcess):
+            with self.exits.starting(container) as starting:
+                try:
+                    await process.start()
+                except BaseException:
+                    starting.started(container, process)
+                    raise
+                if container.cgroup is None and process.pid > 0:
+                    container.load_cgroup(process.pid)
+                self._watch_oom(container)
+                self._publish(
+                    TASK_START, events.TaskStart(container_id=container.id, pid=process.pid)
+                )
+                starting.started(container, process)
+        else:
+            assert isinstance(process, ExecProcess)
+            self.exits.exec_starting(container)
+            with self.exits.starting() as starting:
+                try:
+                    await process.start(self._io_opener(container.options))
+                except BaseException:
+                    self.exits.exec_start_failed(container)
+                    starting.started(container, process)
+                    raise
+                self._publish(
+                    TASK_EXEC_STARTED,
+                    events.TaskExecStarted(
+                        container_id=container.id, exec_id=process.id, pid=process.pid
+                    ),
+                )
+                starting.started(container, process)
+        return api.StartResponse(pid=process.pid)
+
+    async def Delete(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        if isinstance(process, ExecProcess):
+            await process.delete()
+            container.remove_exec(process.id)
+        else:
+            assert isinstance(process, InitProcess)
+            # `runc delete` kills a never-started init: that exit is the delete's doing, not
+            # the process's, so it is held back (and dropped once the delete succeeded).
+            with self.exits.starting(container) as held:
+                try:
+                    await process.delete(container.unmount_rootfs if container.rootfs else None)
+                except BaseException:
+                    held.started(container, process)
+                    raise
+            if self.containers.get(container.id) is container:
+                del self.containers[container.id]
+            self.exits.forget(container)
+            if self.oom is not None:
+                self.oom.discard(container.id)
+            for exec_process in list(container.execs.values()):
+                await exec_process.release_io()
+            self._publish(
+                TASK_DELETE,
+                events.TaskDelete(
+                    container_id=container.id,
+                    pid=process.pid,
+                    exit_status=process.exit_status,
+                    exited_at=timestamp(process.exited_at_ns),
+                ),
+            )
+        return api.DeleteResponse(
+            pid=process.pid,
+            exit_status=process.exit_status,
+            exited_at=timestamp(process.exited_at_ns),
+        )
+
+    async def Exec(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        exec_id = request.exec_id
+        if not container.reserve(exec_id):
+            raise AlreadyExists(f"id {exec_id}")
+        try:
+            container.init.check_exec()
+            try:
+                spec = json.loads(request.spec.value or b"")
+            except ValueError as exc:
+                text = str(exc) if request.spec.value else "unexpected end of JSON input"
+                raise unknown(text) from exc
+            if not isinstance(spec, dict):
+                raise unknown("json: cannot unmarshal into Go value of type specs.Process")
+            process = ExecProcess(
+                exec_id,
+                container.init,
+                spec,
+                StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal),
+            )
+        except BaseException:
+            container.release(exec_id)
+            raise
+        container.add_exec(process)
+        self._publish(
+            TASK_EXEC_ADDED, events.TaskExecAdded(container_id=container.id, exec_id=exec_id)
+        )
+        return EMPTY
+
+    async def ResizePty(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        async with process.lock:
+            process.resize(request.width, request.height)
+        return EMPTY
+
+    async def State(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        return api.StateResponse(
+            id=process.id,
+            bundle=container.bundle,
+            pid=process.pid,
+            status=_STATUS.get(process.status(), task_types.UNKNOWN),
+            stdin=process.stdio.stdin,
+            stdout=process.stdio.stdout,
+            stderr=process.stdio.stderr,
+            terminal=process.stdio.terminal,
+            exit_status=process.exit_status,
+            exited_at=timestamp(process.exited_at_ns),
+        )
+
+    async def Pause(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        await container.init.pause()
+        self._publish(TASK_PAUSED, events.TaskPaused(container_id=container.id))
+        return EMPTY
+
+    async def Resume(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        await container.init.resume()
+        self._publish(TASK_RESUMED, events.TaskResumed(container_id=container.id))
+        return EMPTY
+
+    async def Kill(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        if isinstance(process, InitProcess):
+            await process.kill(request.signal, all=request.all)
+        else:
+            assert isinstance(process, ExecProcess)
+            await process.kill(request.signal)
+        return EMPTY
+
+    async def Pids(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        try:
+            pids = await container.init.runc.ps(container.id)
+        except RuncError as exc:
+            raise unknown(str(exc)) from exc
+        processes = []
+        for pid in pids:
+            info = task_types.ProcessInfo(pid=pid)
+            exec_process = container.find_exec_by_pid(pid)
+            if exec_process is not None:
+                details = oci_pb2.ProcessDetails(exec_id=exec_process.id)
+                info.info.type_url = PROCESS_DETAILS_TYPE
+                info.info.value = details.SerializeToString()
+            processes.append(info)
+        return api.PidsResponse(processes=processes)
+
+    async def CloseIO(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        try:
+            process = container.process(request.exec_id)
+        except TTRPCError as exc:
+            raise unknown(exc.message) from exc  # the reference skips ToGRPC here
+        try:
+            await process.close_stdin()
+        except OSError as exc:
+            raise unknown(f"close stdin: {exc}") from exc
+        return EMPTY
+
+    async def Checkpoint(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        opts = oci_pb2.CheckpointOptions()
+        if request.HasField("options") and request.options.type_url:
+            if type_name(request.options.type_url) != CHECKPOINT_OPTIONS_TYPE:
+                raise unknown(f"type with url {request.options.type_url}: not found")
+            opts.ParseFromString(request.options.value)
+        await container.init.checkpoint(
+            request.path,
+            CheckpointOpts(
+                work_path=opts.work_path,
+                tcp_established=opts.open_tcp,
+                ext_unix_sk=opts.external_unix_sockets,
+                shell_job=opts.terminal,
+                file_locks=opts.file_locks,
+                empty_namespaces=tuple(opts.empty_namespaces),
+            ),
+            exit=opts.exit,
+        )
+        return EMPTY
+
+    async def Update(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        if not request.HasField("resources"):
+            raise InvalidArgument("resources are required")
+        await container.init.update(request.resources.value)
+        return EMPTY
+
+    async def Wait(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        process = container.process(request.exec_id)
+        await process.wait()
+        return api.WaitResponse(
+            exit_status=process.exit_status, exited_at=timestamp(process.exited_at_ns)
+        )
+
+    async def Stats(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.container(request.id)
+        cgroup: Cgroup | None = container.cgroup
+        if cgroup is None:
+            raise NotFound("cgroup does not exist")
+        return api.StatsResponse(stats=cgroup.metrics())
+
+    async def Connect(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        container = self.containers.get(request.id)
+        return api.ConnectResponse(
+            shim_pid=os.getpid(), task_pid=container.init.pid if container is not None else 0
+        )
+
+    async def Shutdown(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
+        if self.containers or self._creating:
+            return EMPTY
+        self.shutdown.shutdown("no containers left")
+        return EMPTY
+
+
+class _Handlers:
+    """The ttrpc implementation of one API version: every RPC bound to the shared service."""
+
+    def __init__(self, service: TaskService, api: ModuleType) -> None:
+        for name in RPCS:
+            setattr(self, name, functools.partial(getattr(service, name), api))
+
+
+# --- the plugin ---------------------------------------------------------------------------------
+
+
+async def init_plugin(ctx: InitContext) -> TaskService:
+    """Plugin init: the service over the framework's reaper, publisher and shutdown service."""
+    service = TaskService(
+        namespace=ctx.namespace,
+        reaper=ctx.get(REAPER_PLUGIN),
+        publisher=ctx.get(EVENT_PLUGIN),
+        shutdown=ctx.get(INTERNAL_PLUGIN, "shutdown"),
+        nursery=ctx.nursery,
+    )
+    await ctx.nursery.start(service.run)
+    return service
+
+
+REGISTRATION: Final = Registration(
+    type=TTRPC_PLUGIN,
+    id="task",
+    init=init_plugin,
+    requires=(EVENT_PLUGIN, INTERNAL_PLUGIN, REAPER_PLUGIN),
+)
+"""The runc task service as a plugin of :func:`trioshim.shim.run`."""
