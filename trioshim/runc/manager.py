@@ -1,0 +1,115 @@
+"""How ``containerd-shim-trioshim-v2`` describes itself to the shim framework.
+
+- grouping key (shim-v2.md 2, step 1): annotation ``io.containerd.trioshim.v2.group``, then
+  ``io.kubernetes.cri.sandbox-id``, else the container id;
+- ``shim_cgroup`` from the runtime options on the start helper's stdin: the new daemon is moved
+  into that cgroup;
+- the ``delete`` action (shim-v2.md 3): ``runc delete --force`` with the bundle's runtime and
+  root, the rootfs unmounted, the pid from ``init.pid``; every file may be missing (a second run
+  must still succeed);
+- ``-info``: ``RuntimeInfo{name: io.containerd.trioshim.v2}``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Final
+
+from google.protobuf import any_pb2
+
+from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.runc import runc_cli
+from trioshim.runc.cgroups import is_unified
+from trioshim.runc.container import (
+    OPTIONS_TYPE,
+    read_options,
+    read_runtime,
+    type_name,
+    unmount_all,
+)
+from trioshim.runc.runc_cli import Runc, RuncError
+from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
+
+RUNTIME_NAME: Final = "io.containerd.trioshim.v2"
+GROUP_ANNOTATION: Final = "io.containerd.trioshim.v2.group"
+SANDBOX_ANNOTATION: Final = "io.kubernetes.cri.sandbox-id"
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+
+
+def runc_options(options: any_pb2.Any | None) -> oci_pb2.Options | None:
+    """The runc options in an ``Any`` (None for another type, or none at all)."""
+    if options is None or type_name(options.type_url) != OPTIONS_TYPE:
+        return None
+    opts = oci_pb2.Options()
+    opts.ParseFromString(options.value)
+    return opts
+
+
+def join_shim_cgroup(pid: int, shim_cgroup: str, root: str = CGROUP_ROOT) -> None:
+    """Move ``pid`` into ``shim_cgroup``: under the unified root on cgroup v2, into that
+    static path of every hierarchy that has it on v1."""
+    relative = shim_cgroup.lstrip("/")
+    if is_unified(root):
+        with open(os.path.join(root, relative, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        return
+    joined = 0
+    for hierarchy in sorted(os.listdir(root)):
+        procs = os.path.join(root, hierarchy, relative, "cgroup.procs")
+        if os.path.islink(os.path.join(root, hierarchy)) or not os.path.exists(procs):
+            continue
+        with open(procs, "w") as f:
+            f.write(str(pid))
+        joined += 1
+    if not joined:
+        raise FileNotFoundError(f"cgroup {shim_cgroup} does not exist in any hierarchy")
+
+
+class RuncManager(Manager):
+    """The lifecycle hooks of the runc shim."""
+
+    name = RUNTIME_NAME
+    group_annotations = (GROUP_ANNOTATION, SANDBOX_ANNOTATION)
+
+    def after_spawn(self, ctx: StartContext, pid: int) -> None:
+        opts = runc_options(ctx.options)
+        if opts is not None and opts.shim_cgroup:
+            try:
+                join_shim_cgroup(pid, opts.shim_cgroup)
+            except OSError as exc:
+                raise RuntimeError(f"failed to join cgroup {opts.shim_cgroup}: {exc}") from exc
+
+    async def stop(self, ctx: StopContext) -> StopStatus:
+        """Clean up after a daemon that is gone: force-delete in runc, unmount, report."""
+        bundle = ctx.bundle
+        container_id = ctx.flags.id
+        root = ""
+        try:
+            opts = read_options(bundle)
+            if opts is not None:
+                root = opts.root
+        except Exception as exc:
+            ctx.log.warning("failed to read options.json of %s: %s", container_id, exc)
+        try:
+            binary = read_runtime(bundle)
+        except OSError as exc:
+            ctx.log.warning("failed to read runtime of %s: %s", container_id, exc)
+            binary = ""
+        runc = Runc.for_container(
+            ctx.reaper, bundle=bundle, namespace=ctx.flags.namespace, binary=binary, root=root
+        )
+        try:
+            await runc.delete(container_id, force=True)
+        except RuncError as exc:
+            ctx.log.warning("failed to remove runc container %s: %s", container_id, exc)
+        try:
+            await unmount_all(os.path.join(bundle, "rootfs"))
+        except OSError as exc:
+            ctx.log.warning("failed to cleanup rootfs mount of %s: %s", container_id, exc)
+        try:
+            pid = runc_cli.read_pid_file(os.path.join(bundle, runc_cli.INIT_PID_FILE))
+        except (OSError, ValueError) as exc:
+            ctx.log.warning("failed to read init pid file of %s: %s", container_id, exc)
+            pid = 0
+        return StopStatus(pid=max(pid, 0), exit_status=128 + 9, exited_at_ns=time.time_ns())
