@@ -65,12 +65,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.failed:
         funcargs = getattr(item, "funcargs", {})
+        seen: set[int] = set()
         for value in funcargs.values():
-            if isinstance(value, PrivateContainerd):
+            # The daemon itself, or a helper object that carries one as `.containerd`.
+            daemon = value if isinstance(value, PrivateContainerd) else None
+            if daemon is None and isinstance(getattr(value, "containerd", None), PrivateContainerd):
+                daemon = value.containerd
+            if daemon is not None and id(daemon) not in seen:
+                seen.add(id(daemon))
                 report.sections.append(
-                    (f"containerd log tail ({value.log_path})", value.log_tail())
+                    (f"containerd log tail ({daemon.log_path})", daemon.log_tail())
                 )
-                break
 
 
 @pytest.fixture(scope="session")

@@ -403,16 +403,26 @@ oom_score = 0
         return shim_socket_path(self.address, namespace or self.namespace, id)
 
     def shim_pids(self) -> list[int]:
-        """Pids of shim processes started for this containerd (their argv has `-address ADDR`)."""
+        """Pids of shim processes started for this containerd: a `containerd-shim*` argv with
+        `-address ADDR`, or with `TTRPC_ADDRESS=<our ttrpc socket>` in its environment."""
         found = []
+        marker = f"TTRPC_ADDRESS={self.ttrpc_address}".encode()
         for pid in _pids():
             argv = _proc_cmdline(pid)
             if not any(os.path.basename(a).startswith("containerd-shim") for a in argv):
                 continue
-            for i, a in enumerate(argv[:-1]):
-                if a in ("-address", "--address") and argv[i + 1] == self.address:
-                    found.append(pid)
-                    break
+            if any(
+                a in ("-address", "--address") and argv[i + 1] == self.address
+                for i, a in enumerate(argv[:-1])
+            ):
+                found.append(pid)
+                continue
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ:
+                found.append(pid)
         return found
 
     def mounts(self) -> list[str]:

@@ -1,0 +1,309 @@
+"""Helpers for the end-to-end tests (see conftest.py for the fixtures)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import struct
+import subprocess
+import termios
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+
+REFERENCE = "io.containerd.runc.v2"
+TRIOSHIM = "io.containerd.trioshim.v2"
+RUNTIMES = {"runc": REFERENCE, "trioshim": TRIOSHIM}
+
+# Every container id a test ever used, per containerd: for the final "nothing left" check.
+USED_IDS: dict[str, list[str]] = {}
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll until predicate() is truthy and return its value; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class EventLog:
+    """`ctr events` in the background; lines parsed as (namespace, topic, payload dict)."""
+
+    def __init__(self, containerd: PrivateContainerd) -> None:
+        self.containerd = containerd
+        self.proc = containerd.ctr_popen(
+            "events", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.raw: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        # ctr subscribes asynchronously: give it a moment to be registered.
+        time.sleep(0.3)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            # "<date> <time> <tz-offset> <tz> <namespace> <topic> <json>"
+            parts = line.split(" ", 6)
+            with self._lock:
+                self.raw.append(line)
+                if len(parts) == 7 and parts[5].startswith("/"):
+                    try:
+                        payload = json.loads(parts[6])
+                    except ValueError:
+                        payload = {"_raw": parts[6]}
+                    self.events.append((parts[4], parts[5], payload))
+
+    def for_container(self, cid: str) -> list[tuple[str, dict[str, Any]]]:
+        ns = self.containerd.namespace
+        with self._lock:
+            return [
+                (topic, p)
+                for (n, topic, p) in self.events
+                if n == ns and (p.get("container_id") == cid or p.get("id") == cid)
+            ]
+
+    def wait_topic(self, cid: str, topic: str, timeout: float = 15.0) -> list[tuple[str, Any]]:
+        return wait_for(
+            lambda: (evs := self.for_container(cid)) and any(t == topic for t, _ in evs) and evs,
+            timeout,
+            what=f"event {topic} for {cid}; got {self.for_container(cid)}",
+        )
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._thread.join(10)
+
+
+class E2E:
+    """One test's view of containerd: runtime, rootfs, container ids and `ctr` shortcuts."""
+
+    def __init__(
+        self, containerd: PrivateContainerd, rootfs: Path, runtime: str, test_name: str
+    ) -> None:
+        self.containerd = containerd
+        self.rootfs = str(rootfs)
+        self.runtime = runtime
+        self.short = "ts" if runtime == TRIOSHIM else "rc"
+        stem = test_name.split("[")[0].removeprefix("test_").replace("_", "-")[:24]
+        self.stem = "-".join(part for part in stem.split("-") if part)
+        self.ids: list[str] = []
+        self._n = 0
+
+    @property
+    def namespace(self) -> str:
+        return self.containerd.namespace
+
+    def new_id(self, tag: str = "") -> str:
+        self._n += 1
+        cid = f"{self.stem}{'-' + tag if tag else ''}-{self.short}-{self._n}"
+        self.ids.append(cid)
+        USED_IDS.setdefault(self.containerd.address, []).append(cid)
+        return cid
+
+    # -------------------------------------------------------------- ctr shortcuts
+
+    def ctr(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        return self.containerd.ctr(*args, **kwargs)
+
+    def run_argv(self, cid: str, *cmd: str, opts: tuple[str, ...] = ()) -> list[str]:
+        return ["run", "--runtime", self.runtime, *opts, "--rootfs", self.rootfs, cid, *cmd]
+
+    def run(
+        self,
+        *cmd: str,
+        cid: str | None = None,
+        opts: tuple[str, ...] = (),
+        input: bytes | str | None = None,
+        timeout: float = 60.0,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess[Any]:
+        """`ctr run --rm --runtime R [opts] --rootfs DIR ID CMD...` (foreground)."""
+        cid = cid or self.new_id()
+        return self.ctr(
+            *self.run_argv(cid, *cmd, opts=("--rm", *opts)),
+            input=input,
+            timeout=timeout,
+            text=text,
+        )
+
+    def run_detached(
+        self, *cmd: str, cid: str | None = None, opts: tuple[str, ...] = (), null_io: bool = True
+    ) -> str:
+        """`ctr run -d [--null-io] ...`; returns the container id once the task is RUNNING."""
+        cid = cid or self.new_id()
+        io = ("--null-io",) if null_io else ()
+        r = self.ctr(*self.run_argv(cid, *cmd, opts=("-d", *io, *opts)), timeout=60)
+        assert r.returncode == 0, f"ctr run -d failed: {r.stderr}"
+        self.wait_status(cid, "RUNNING")
+        return cid
+
+    def tasks(self) -> dict[str, tuple[int, str]]:
+        """`ctr task ls` as {id: (pid, status)}."""
+        r = self.ctr("task", "ls", timeout=30)
+        assert r.returncode == 0, r.stderr
+        out = {}
+        for line in r.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) == 3:
+                out[fields[0]] = (int(fields[1]), fields[2])
+        return out
+
+    def status(self, cid: str) -> str | None:
+        entry = self.tasks().get(cid)
+        return entry[1] if entry else None
+
+    def wait_status(self, cid: str, status: str | None, timeout: float = 15.0) -> None:
+        wait_for(
+            lambda: self.status(cid) == status,
+            timeout,
+            what=f"task {cid} to be {status} (is {self.status(cid)})",
+        )
+
+    def pids(self, cid: str) -> list[int]:
+        r = self.ctr("task", "ps", cid, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return [int(line.split()[0]) for line in r.stdout.splitlines()[1:] if line.strip()]
+
+    def exec(
+        self,
+        cid: str,
+        *cmd: str,
+        exec_id: str,
+        opts: tuple[str, ...] = (),
+        input: bytes | str | None = None,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[Any]:
+        return self.ctr(
+            "task", "exec", *opts, "--exec-id", exec_id, cid, *cmd, input=input, timeout=timeout
+        )
+
+    def delete_task(self, cid: str, *opts: str) -> int:
+        """`ctr task delete`; returns the task's exit status (ctr 1.6 exits 0 and only logs
+        `task ID exit with non-zero exit code N`)."""
+        r = self.ctr("task", "delete", *opts, cid, timeout=60)
+        assert r.returncode == 0, f"ctr task delete {cid} failed: {r.stderr}"
+        m = re.search(r"exit with non-zero exit code (\d+)", r.stderr)
+        return int(m.group(1)) if m else 0
+
+    def kill_and_delete(self, cid: str) -> int:
+        """SIGKILL the task, wait until STOPPED, delete it and the container; returns the
+        task's exit status."""
+        r = self.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
+        assert r.returncode == 0, r.stderr
+        self.wait_status(cid, "STOPPED")
+        status = self.delete_task(cid)
+        c = self.ctr("container", "delete", cid, timeout=60)
+        assert c.returncode == 0, c.stderr
+        return status
+
+    def events(self) -> EventLog:
+        return EventLog(self.containerd)
+
+    # -------------------------------------------------------------- leftovers
+
+    def shim_pids_for(self, cid: str) -> list[int]:
+        found = []
+        for pid in self.containerd.shim_pids():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for i, a in enumerate(argv[:-1]):
+                if a in (b"-id", b"--id") and argv[i + 1] == cid.encode():
+                    found.append(pid)
+        return found
+
+    def leftovers(self, ids: list[str] | None = None) -> list[str]:
+        """Everything still present for `ids` (default: this test's ids)."""
+        ids = self.ids if ids is None else ids
+        c = self.containerd
+        left: list[str] = []
+        tasks = self.tasks()
+        r = self.ctr("container", "ls", "-q", timeout=30)
+        containers = set(r.stdout.split())
+        for cid in ids:
+            if cid in tasks:
+                left.append(f"task {cid} ({tasks[cid][1]})")
+            if cid in containers:
+                left.append(f"container {cid}")
+            left += [f"shim process {p} for {cid}" for p in self.shim_pids_for(cid)]
+            left += [f"shim socket {s} for {cid}" for s in c.shim_sockets([cid])]
+            if c.bundle(cid).exists():
+                left.append(f"bundle {c.bundle(cid)}")
+            if (RUNC_ROOT / c.namespace / cid).exists():
+                left.append(f"runc state {RUNC_ROOT / c.namespace / cid}")
+        for m in c.mounts():
+            if any(f"/{cid}/" in m + "/" for cid in ids):
+                left.append(f"mount {m}")
+        return left
+
+    def force_cleanup(self) -> None:
+        tasks = self.tasks()
+        for cid in self.ids:
+            if cid in tasks:
+                self.ctr("task", "kill", "-a", "-s", "SIGKILL", cid, timeout=30)
+                self.ctr("task", "delete", "-f", cid, timeout=60)
+        r = self.ctr("container", "ls", "-q", timeout=30)
+        for cid in self.ids:
+            if cid in r.stdout.split():
+                self.ctr("container", "delete", cid, timeout=60)
+        for cid in self.ids:
+            for pid in self.shim_pids_for(cid):
+                os.kill(pid, 9)
+
+
+# ------------------------------------------------------------------------------- tty
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class PtyReader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                self.buf = self.buf[m.end() :]
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} on the tty within {timeout}s: {self.buf!r}")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # EIO: the other side is gone
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"tty closed before {pattern!r}: {self.buf!r}")
+                self.buf += chunk

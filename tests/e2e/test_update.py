@@ -1,0 +1,89 @@
+"""Update (no ctr has `task update`): called on the shim's own socket with our ttrpc client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from google.protobuf import any_pb2
+
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from trioshim.ttrpc.client import Stub, open_unix_client
+from trioshim.ttrpc.errors import TTRPCError
+
+from .helpers import E2E
+
+# What containerd's typeurl puts in UpdateTaskRequest.resources for specs.LinuxResources.
+LINUX_RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+NAMESPACE_KEY = "containerd-namespace-ttrpc"
+
+
+def _call_shim(e2e: E2E, cid: str, method: str, request: Any) -> Any:
+    address = e2e.containerd.shim_address(cid)
+
+    async def call() -> Any:
+        with trio.fail_after(30):
+            async with open_unix_client(address) as client:
+                task = Stub(
+                    client,
+                    shim_pb2.DESCRIPTOR.services_by_name["Task"],
+                    metadata=[(NAMESPACE_KEY, e2e.namespace)],
+                    timeout=20,
+                )
+                try:
+                    return await getattr(task, method)(request)
+                except TTRPCError as e:  # returned, so no nursery wraps it in a group
+                    return e
+
+    result = trio.run(call)
+    if isinstance(result, TTRPCError):
+        raise result
+    return result
+
+
+def _memory_limit(e2e: E2E, cid: str) -> int:
+    r = e2e.ctr("task", "metrics", "--format", "json", cid)
+    assert r.returncode == 0, r.stderr
+    memory = json.loads(r.stdout)["memory"]
+    if "usage" in memory and isinstance(memory["usage"], dict):  # cgroup v1
+        return int(memory["usage"]["limit"])
+    return int(memory["usage_limit"])  # cgroup v2
+
+
+def _resources(limit: int) -> any_pb2.Any:
+    return any_pb2.Any(
+        type_url=LINUX_RESOURCES_URL,
+        value=json.dumps({"memory": {"limit": limit}}).encode(),
+    )
+
+
+def test_update_memory_limit(e2e: E2E) -> None:
+    cid = e2e.run_detached("/bin/sleep", "1000", opts=("--memory-limit", str(256 << 20)))
+    assert _memory_limit(e2e, cid) == 256 << 20
+
+    _call_shim(
+        e2e, cid, "Update", shim_pb2.UpdateTaskRequest(id=cid, resources=_resources(64 << 20))
+    )
+    assert _memory_limit(e2e, cid) == 64 << 20
+
+    # The container keeps running under the new limit and still answers.
+    r = e2e.exec(cid, "/bin/echo", "alive", exec_id="after-update")
+    assert (r.returncode, r.stdout) == (0, "alive\n"), r.stderr
+    assert e2e.kill_and_delete(cid) == 137
+
+
+def test_update_unknown_container(e2e: E2E) -> None:
+    cid = e2e.run_detached("/bin/sleep", "1000")
+    try:
+        _call_shim(
+            e2e,
+            cid,
+            "Update",
+            shim_pb2.UpdateTaskRequest(id="nosuch", resources=_resources(1 << 26)),
+        )
+    except TTRPCError as e:
+        assert e.code == 5, e  # NotFound
+    else:
+        raise AssertionError("Update of an unknown container succeeded")
+    assert e2e.kill_and_delete(cid) == 137

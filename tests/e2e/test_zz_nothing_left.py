@@ -1,0 +1,36 @@
+"""Runs last (file order): after every e2e test, nothing of ours is left on the machine."""
+
+from __future__ import annotations
+
+from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+
+from .helpers import USED_IDS, wait_for
+
+
+def test_nothing_left_behind(containerd: PrivateContainerd) -> None:
+    ns = containerd.namespace
+    ids = USED_IDS.get(containerd.address, [])
+
+    def leftovers() -> list[str]:
+        left = [f"shim process {pid}" for pid in containerd.shim_pids()]
+        left += [f"socket {s}" for s in containerd.shim_sockets(ids)]
+        left += [f"mount {m}" for m in containerd.mounts()]
+        tasks = containerd.ctr("task", "ls", "-q", timeout=30).stdout.split()
+        left += [f"task {t}" for t in tasks]
+        conts = containerd.ctr("container", "ls", "-q", timeout=30).stdout.split()
+        left += [f"container {c}" for c in conts]
+        bundles = containerd.state / "io.containerd.runtime.v2.task" / ns
+        if bundles.is_dir():
+            left += [f"bundle {b}" for b in bundles.iterdir()]
+        workdirs = containerd.root / "io.containerd.runtime.v2.task" / ns
+        if workdirs.is_dir():
+            left += [f"work dir {w}" for w in workdirs.iterdir()]
+        runc_state = RUNC_ROOT / ns
+        if runc_state.is_dir():
+            left += [f"runc state {r}" for r in runc_state.iterdir()]
+        return left
+
+    try:
+        wait_for(lambda: not leftovers(), timeout=10, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"left behind after the e2e tests: {leftovers()}") from None
