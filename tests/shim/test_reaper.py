@@ -213,31 +213,35 @@ async def test_parked_exits_bounded() -> None:
 
 ORPHAN_SCRIPT = textwrap.dedent(
     """
-    import trio
+    import os, signal
+    import trio, trio.testing
     from trioshim.shim.reaper import open_reaper, is_child_subreaper
+
+    async def orphan(reaper):
+        # The shell exits at once; its background sleep is reparented to us.
+        done = await reaper.run(["/bin/sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])
+        return int(done.stdout)
 
     async def main():
         async with open_reaper(subreaper=True) as reaper:
             assert is_child_subreaper()
-            # Slow orphan: its exit happens after wait_for() has parked.
-            done = await reaper.run(["/bin/sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])
-            slow = int(done.stdout)
-            # Fast orphan: it may be reaped (and parked) before wait_for() is called.
-            fast_cmd = "/bin/sh -c 'exit 5' >/dev/null 2>&1 & echo $!"
-            done = await reaper.run(["/bin/sh", "-c", fast_cmd])
-            fast = int(done.stdout)
+            early, late = await orphan(reaper), await orphan(reaper)
+            with reaper.subscribe() as exits:
+                # The early orphan dies (and is parked) before anyone asks for it.
+                os.kill(early, signal.SIGTERM)
+                while (await exits.receive()).pid != early:
+                    pass
+            got = {}
+            async def wait(pid):
+                got[pid] = (await reaper.wait_for(pid)).status
             async with trio.open_nursery() as nursery:
-                got = {}
-                async def wait(pid):
-                    got[pid] = (await reaper.wait_for(pid)).status
-                nursery.start_soon(wait, slow)
-                nursery.start_soon(wait, fast)
+                # The late one dies while wait_for() is parked on it.
+                nursery.start_soon(wait, late)
                 await trio.testing.wait_all_tasks_blocked()
-                import os, signal
-                os.kill(slow, signal.SIGKILL)
-            print(got[slow], got[fast])
+                os.kill(late, signal.SIGKILL)
+            await wait(early)
+            print(got[early], got[late])
 
-    import trio.testing
     trio.run(main)
     """
 )
@@ -249,4 +253,4 @@ async def test_orphans_reaped_as_subreaper() -> None:
     async with open_reaper() as reaper:
         done = await reaper.run([sys.executable, "-c", ORPHAN_SCRIPT])
     assert done.status == 0, done.stderr.decode()
-    assert done.stdout.split() == [b"137", b"5"]
+    assert done.stdout.split() == [b"143", b"137"]

@@ -1,0 +1,406 @@
+"""The entry point: ``run(manager, argv, registry) -> int`` and the three processes.
+
+- ``start`` (synchronous, no Trio): read the options on stdin, compute the grouping key and
+  the address, bind the socket (reuse a live one, replace a stale one), write the ``address``
+  file, **fork** the daemon (imports are already paid: no second interpreter start-up on the
+  critical path; ``gc.freeze()`` first so the daemon shares pages copy-on-write), move it to
+  its own process group with stdio on ``/dev/null`` (containerd waits for EOF on the helper's
+  output), set its OOM score to containerd's + 1, print the address and nothing else.
+- ``delete``: the manager's :meth:`~trioshim.shim.manager.Manager.stop` (with a reaper), then
+  the raw ``DeleteResponse`` on stdout; removes a socket a dead daemon leaked.
+- no action: the daemon, on fd 3 or ``-socket`` (the forked daemon gets its socket directly).
+- ``-info``: ``RuntimeInfo`` on stdout; ``-v``: version text.
+
+Nothing here calls ``sys.exit``; :func:`main` (the console-script entry) is the only place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import gc
+import os
+import platform
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, NoReturn
+
+import trio
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from trioshim.shim import address as addr
+from trioshim.shim.daemon import DaemonConfig, serve_daemon
+from trioshim.shim.flags import USAGE, FlagError, Flags, parse_flags, validate_identifier
+from trioshim.shim.log import open_log_fifo, setup_logger
+from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
+from trioshim.shim.plugin import Registry, default_registry
+from trioshim.shim.reaper import open_reaper, set_child_subreaper
+
+__all__ = ["StartError", "daemon_main", "main", "run"]
+
+_BOOTSTRAP_PREFIX = "type.googleapis.com/"
+_SCHED_CORE_ENV = "SCHED_CORE"
+_DELETE_LOG = "trioshim.delete"
+
+
+class StartError(Exception):
+    """The start action failed (message goes to containerd through the combined output)."""
+
+
+@dataclass(frozen=True)
+class _IO:
+    stdin: BinaryIO
+    stdout: BinaryIO
+    stderr: BinaryIO
+
+
+def run(
+    manager: Manager,
+    argv: Sequence[str] | None = None,
+    registry: Registry | None = None,
+    *,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run the shim action ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    ``registry`` holds the daemon's plugins (default :data:`default_registry`). The streams
+    and ``environ`` default to the process's; tests pass their own.
+    """
+    io = _IO(
+        stdin or sys.stdin.buffer,
+        stdout or sys.stdout.buffer,
+        stderr or sys.stderr.buffer,
+    )
+    env = os.environ if environ is None else environ
+    registry = default_registry if registry is None else registry
+    try:
+        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    except FlagError as exc:
+        _say(io.stderr, f"{exc}\n" + (USAGE if exc.usage else ""))
+        return 2 if exc.usage else 1
+    if flags.help:
+        _say(io.stderr, USAGE)
+        return 0
+    if flags.version:
+        _say(
+            io.stdout,
+            f"{sys.argv[0] if sys.argv else manager.name}:\n"
+            f"  Version:  {manager.version}\n"
+            f"  Revision: {manager.revision}\n"
+            f"  Python version: {platform.python_version()}\n\n",
+        )
+        return 0
+    try:
+        if flags.info:
+            return _info(manager, io)
+        validate_identifier("namespace", flags.namespace)
+        validate_identifier("id", flags.id)
+        if flags.action == "start":
+            return _start(manager, flags, registry, io, env)
+        if flags.action == "delete":
+            return _delete(manager, flags, io)
+        if flags.action == "":
+            return daemon_main(manager, flags, registry, ttrpc_address=_ttrpc_address(flags, env))
+        raise FlagError(f"unknown action {flags.action!r} (start, delete, or none for the daemon)")
+    except Exception as exc:
+        _say(io.stderr, f"{manager.name}: {exc}\n")
+        return 1
+
+
+def main(manager: Manager, registry: Registry | None = None) -> NoReturn:
+    """Console-script entry: ``sys.exit(run(manager, registry=registry))``."""
+    sys.exit(run(manager, registry=registry))
+
+
+def _say(stream: BinaryIO, text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text.encode())
+        stream.flush()
+
+
+def _ttrpc_address(flags: Flags, env: Mapping[str, str]) -> str:
+    value = env.get("TTRPC_ADDRESS") or (flags.address + ".ttrpc" if flags.address else "")
+    return value.removeprefix("unix://")
+
+
+# ---------------------------------------------------------------------------------------------
+# -info
+
+
+def _info(manager: Manager, io: _IO) -> int:
+    data = io.stdin.read()
+    info = manager.info(data)
+    io.stdout.write(info.SerializeToString())
+    io.stdout.flush()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# start
+
+
+def _parse_stdin(
+    data: bytes, flags: Flags
+) -> tuple[any_pb2.Any | None, bootstrap_pb2.BootstrapParams | None]:
+    """Options ``Any`` (pre-2.3) or ``BootstrapParams`` (2.3+; told apart by its instance id
+    and namespace matching our flags, shim-v2.md 8.3)."""
+    if not data:
+        return None, None
+    params = bootstrap_pb2.BootstrapParams()
+    with contextlib.suppress(DecodeError):
+        params.ParseFromString(data)
+        if params.instance_id == flags.id and params.namespace == flags.namespace:
+            options = next(
+                (
+                    ext.value
+                    for ext in params.extensions
+                    if not ext.value.type_url.startswith(_BOOTSTRAP_PREFIX)
+                ),
+                None,
+            )
+            return options, params
+    options = any_pb2.Any()
+    try:
+        options.ParseFromString(data)
+    except DecodeError as exc:
+        raise StartError(f"unreadable options on stdin ({len(data)} bytes): {exc}") from exc
+    if not options.type_url:
+        raise StartError(f"unreadable options on stdin ({len(data)} bytes): no type URL")
+    return options, None
+
+
+def _adjust_oom_score(pid: int) -> None:
+    """Daemon's ``oom_score_adj`` = containerd's + 1 (clamped); permission errors ignored."""
+    try:
+        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+            score = int(f.read().strip())
+        value = max(-1000, min(1000, score + 1))
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except PermissionError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
+            return
+        raise StartError(f"failed to adjust OOM score for shim: {exc}") from exc
+
+
+def _sched_core_create() -> None:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # PR_SCHED_CORE=62, PR_SCHED_CORE_CREATE=1, pid 0, PIDTYPE_PGID=2
+    if libc.prctl(62, 1, 0, 2, 0) != 0:
+        err = ctypes.get_errno()
+        raise StartError(f"enable sched core support: {os.strerror(err)}")
+
+
+def _bind(address: str) -> socket.socket | None:
+    """Bind the address; ``None`` when a live daemon already serves it (reuse)."""
+    try:
+        return addr.new_socket(address)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise StartError(f"create new shim socket: {exc}") from exc
+    if addr.can_connect(address):
+        return None
+    addr.remove_socket(address)
+    try:
+        return addr.new_socket(address)
+    except OSError as exc:
+        raise StartError(f"try create new shim socket 2x: {exc}") from exc
+
+
+def _start(
+    manager: Manager, flags: Flags, registry: Registry, io: _IO, env: Mapping[str, str]
+) -> int:
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    options, bootstrap = _parse_stdin(io.stdin.read(), flags)
+    ttrpc_address = _ttrpc_address(flags, env)
+    debug = flags.debug
+    if bootstrap is not None:
+        if bootstrap.containerd_ttrpc_address:
+            ttrpc_address = bootstrap.containerd_ttrpc_address.removeprefix("unix://")
+        debug = debug or bootstrap.log_level <= bootstrap_pb2.LOG_LEVEL_DEBUG
+    if debug != flags.debug:
+        flags = dataclasses.replace(flags, debug=debug)
+    ctx = StartContext(
+        flags=flags,
+        bundle=bundle,
+        ttrpc_address=ttrpc_address,
+        options=options,
+        bootstrap=bootstrap,
+    )
+    key = manager.grouping_key(ctx)
+    socket_dir = manager.socket_dir
+    if bootstrap is not None and bootstrap.HasField("socket_dir") and bootstrap.socket_dir:
+        socket_dir = bootstrap.socket_dir
+    address = addr.socket_address(flags.address, flags.namespace, key, socket_dir=socket_dir)
+    address_file = os.path.join(bundle, "address")
+
+    sock = _bind(address)
+    if sock is None:
+        addr.write_address(address_file, address)
+        _say(io.stdout, address)
+        return 0
+
+    pid = 0
+    try:
+        addr.write_address(address_file, address)
+        if env.get(_SCHED_CORE_ENV):
+            _sched_core_create()
+        pid = _fork_daemon(manager, flags, registry, sock, address, bundle, ttrpc_address)
+        sock.close()
+        manager.after_spawn(ctx, pid)
+        _adjust_oom_score(pid)
+    except BaseException:
+        sock.close()
+        addr.remove_socket(address)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address_file)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        raise
+    _say(io.stdout, address)
+    return 0
+
+
+def _fork_daemon(
+    manager: Manager,
+    flags: Flags,
+    registry: Registry,
+    sock: socket.socket,
+    address: str,
+    bundle: str,
+    ttrpc_address: str,
+) -> int:
+    """Fork the daemon (no exec). The child never returns into the caller."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    gc.disable()
+    gc.freeze()  # what the imports built stays shared with the daemon, untouched by its GC
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.enable()
+        raise
+    if pid != 0:
+        gc.enable()
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        return pid
+    # -- the daemon (child) -----------------------------------------------------------------
+    status = 1
+    try:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
+        os.chdir(bundle)
+        gc.enable()
+        status = daemon_main(
+            manager,
+            flags,
+            registry,
+            ttrpc_address=ttrpc_address,
+            listener=sock,
+            socket_address=address,
+            bundle=bundle,
+        )
+    finally:
+        os._exit(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# the daemon
+
+
+def daemon_main(
+    manager: Manager,
+    flags: Flags,
+    registry: Registry,
+    *,
+    ttrpc_address: str,
+    listener: socket.socket | None = None,
+    socket_address: str | None = None,
+    bundle: str | None = None,
+    subreaper: bool = True,
+) -> int:
+    """Set up the process (log FIFO as fd 2, subreaper, SIGPIPE ignored) and ``trio.run``
+    the daemon. Returns its exit status."""
+    bundle = os.path.abspath(bundle or flags.bundle or os.getcwd())
+    log_fd = open_log_fifo(os.path.join(bundle, "log"))
+    log = setup_logger(log_fd, debug=flags.debug, static={"runtime": manager.name})
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if subreaper:
+        set_child_subreaper()
+    config = DaemonConfig(
+        flags=flags,
+        manager=manager,
+        registry=registry,
+        bundle=bundle,
+        ttrpc_address=ttrpc_address,
+        log=log,
+        listener=listener,
+        socket_address=socket_address,
+    )
+    return trio.run(serve_daemon, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# delete
+
+
+def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    log = setup_logger(
+        stream=io.stderr, debug=flags.debug, static={"runtime": manager.name}, name=_DELETE_LOG
+    )
+
+    async def stop() -> StopStatus:
+        # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT):
+            async with open_reaper() as reaper:
+                return await manager.stop(StopContext(flags, bundle, reaper, log))
+
+    status = trio.run(stop)
+    _remove_leaked_socket(bundle)
+    ns = status.exited_at_ns
+    response = shim_pb2.DeleteResponse(
+        pid=status.pid,
+        exit_status=status.exit_status,
+        exited_at=timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000),
+    )
+    io.stdout.write(response.SerializeToString())
+    io.stdout.flush()
+    return 0
+
+
+def _remove_leaked_socket(bundle: str) -> None:
+    """The socket named in ``address`` if nothing serves it any more (a SIGKILLed daemon)."""
+    try:
+        address = addr.read_address(os.path.join(bundle, "address"))
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        path = addr.socket_path(address)
+        if os.path.exists(path) and not addr.can_connect(address):
+            addr.remove_socket(address)
