@@ -111,11 +111,14 @@ class Client:
         deadline already past fails without sending anything. A request over 4 MiB raises
         ``ResourceExhausted`` (code 8) without sending anything.
         """
-        local_deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.move_on_at(local_deadline) as scope:
-            response = await self._call(service, method, request.SerializeToString(), metadata)
-        if scope.cancelled_caught:
-            raise DeadlineExceeded()
+        payload = request.SerializeToString()
+        if timeout is None:
+            response = await self._call(service, method, payload, metadata)
+        else:
+            with trio.move_on_at(trio.current_time() + timeout) as scope:
+                response = await self._call(service, method, payload, metadata)
+            if scope.cancelled_caught:
+                raise DeadlineExceeded()
         message = response_type()
         try:
             message.ParseFromString(response.payload)

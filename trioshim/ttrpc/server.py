@@ -455,7 +455,13 @@ def _status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> 
 
 
 class _Connection:
-    """One accepted connection: a reader, a writer and the handlers, in one nursery."""
+    """One accepted connection: its reader and its request handlers, in one nursery.
+
+    Frames are written whole under ``_send_lock`` by whichever task has one to send (the reader
+    for protocol rejections, a handler for its reply). Those writes are not shielded: the only
+    thing that cancels a task of the connection is the end of the connection itself, so a frame
+    cut short by cancellation is never followed by another one.
+    """
 
     def __init__(
         self, server: Server, stream: trio.abc.Stream, peer: PeerCredentials | None
@@ -465,9 +471,7 @@ class _Connection:
         self._peer = peer
         self._protocol = ServerConnection(MAX_MESSAGE_SIZE)
         self._scope = trio.CancelScope()
-        self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[tuple[bytes, bool]](
-            math.inf
-        )
+        self._send_lock = trio.Lock()
         # Requests received whose reply is not yet written (nor abandoned).
         self._in_flight = 0
         self._close_when_idle = False
@@ -488,7 +492,6 @@ class _Connection:
     async def run(self) -> None:
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
                 await self._reader(nursery)
                 nursery.cancel_scope.cancel()
 
@@ -518,32 +521,32 @@ class _Connection:
                     log.debug(
                         "ttrpc: rejecting frame on stream %d: %s", event.stream_id, event.message
                     )
-                    self._outgoing_send.send_nowait((event.data, False))
+                    if not await self._write(event.data):
+                        return
                 elif isinstance(event, RequestReceived):
                     self._in_flight += 1
                     nursery.start_soon(self._handle, event, trio.current_time())
 
-    async def _writer(self) -> None:
-        async for data, completes_request in self._outgoing_receive:
+    async def _write(self, frame: bytes) -> bool:
+        """Write one whole frame; False when the connection broke (it is being closed)."""
+        async with self._send_lock:
             try:
-                await self._stream.send_all(data)
+                await self._stream.send_all(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("ttrpc: write failed, closing connection: %r", exc)
                 self._scope.cancel()
-                return
-            if completes_request:
-                self._request_done()
+                return False
+        return True
 
     async def _handle(self, event: RequestReceived, received_at: float) -> None:
         stream_id = event.stream_id
         try:
             response = await self._dispatch(event.request, stream_id, received_at)
-        except BaseException:
-            # Cancelled (the connection is going away): no reply.
+            await self._write(self._protocol.send_response(stream_id, response))
+        finally:
+            # Cancelled (the connection is going away): no reply; a no-op once replied.
             self._protocol.abandon(stream_id)
             self._request_done()
-            raise
-        self._outgoing_send.send_nowait((self._protocol.send_response(stream_id, response), True))
 
     async def _dispatch(self, request: Request, stream_id: int, received_at: float) -> Response:
         found = self._server._lookup(request)
