@@ -362,3 +362,18 @@ async def test_service_registered_twice() -> None:
 
     with pytest.raises(TypeError, match="not an async method"):
         Server().register(TEST_SERVICE, NotAsync())
+
+
+async def test_timeout_while_peer_does_not_read(
+    autojump_clock: trio.testing.MockClock, pair: Pair
+) -> None:
+    # The request is far bigger than the socket buffers and the peer reads nothing: the write
+    # stalls; the timeout still fires, and the connection, left with half a frame, is closed.
+    big = wrappers_pb2.BytesValue(value=bytes(MAX - 100))
+    with pytest.raises(DeadlineExceeded):
+        await pair.client.call(SERVICE, "Blob", big, wrappers_pb2.UInt64Value, timeout=5)
+    assert trio.current_time() == pytest.approx(5)
+    await pair.client.wait_closed()
+    with pytest.raises(ClosedError):
+        await echo_call(pair.client, "x")
+    assert pair.closes == ["closed"]

@@ -151,11 +151,10 @@ class Client:
                     service, method, payload, timeout_nano=timeout_nano, metadata=metadata
                 )
                 self._pending[stream_id] = pending
-                # A frame cut in the middle would wreck the connection: never cancel a write.
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self._stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                try:
+                    await self._write_frame(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    with trio.CancelScope(shield=True):
                         await self._lost(exc)
             await pending.event.wait()
         finally:
@@ -170,6 +169,35 @@ class Client:
             status = response.status
             raise TTRPCError.from_status(status.code, status.message, list(status.details))
         return response
+
+    async def _write_frame(self, frame: bytes) -> None:
+        """Write one whole frame.
+
+        Cancellation (a caller's deadline) is honoured while the frame waits for room in the
+        socket buffer. Cut in the middle, the frame would corrupt the stream: the connection
+        is then closed (pending calls get ClosedError). Streams other than sockets are written
+        shielded instead.
+        """
+        sock = getattr(self._stream, "socket", None)
+        if not isinstance(sock, trio.socket.SocketType):
+            with trio.CancelScope(shield=True):
+                await self._stream.send_all(frame)
+            return
+        view = memoryview(frame)
+        try:
+            while view:
+                try:
+                    # Raises Cancelled only before writing anything of this chunk.
+                    sent = await sock.send(view)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"ttrpc: write failed: {exc}") from exc
+                view = view[sent:]
+        except trio.Cancelled:
+            if len(view) != len(frame):
+                log.warning("ttrpc: call cancelled in the middle of a frame, closing connection")
+                with trio.CancelScope(shield=True):
+                    await self._lost(None)
+            raise
 
     # -- reading ----------------------------------------------------------------------------
 
