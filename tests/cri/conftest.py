@@ -19,6 +19,21 @@ from tests.support.containerd_lines import FETCHED_LINE_NAMES, LINE_NAMES, LineC
 from tests.support.cri import CRIContainerd
 from tests.support.pause_image import build_pause_image
 
+# "containerd-1.7 runc" -> what test_one_shim_serves_the_pod saw; printed at the end of the run.
+_SHIMS_PER_POD: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def shims_per_pod() -> dict[str, str]:
+    return _SHIMS_PER_POD
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SHIMS_PER_POD:
+        terminalreporter.section("CRI: shim daemons per pod (observed)")
+        for key, value in sorted(_SHIMS_PER_POD.items()):
+            terminalreporter.write_line(f"{key}: {value}")
+
 
 @pytest.fixture(scope="session")
 def pause_image_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:

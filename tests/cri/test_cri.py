@@ -58,6 +58,7 @@ class PodRun:
     shim_pid: int = 0
     shim_socket: str = ""
     shims_per_pod: int = -1
+    observed: dict[str, str] = field(default_factory=dict)
 
     @property
     def pb(self) -> Any:
@@ -90,12 +91,14 @@ def step(fn: F) -> F:
 
 
 @pytest.fixture(scope="class", params=list(HANDLERS))
-def pod(request: pytest.FixtureRequest, cri_containerd: CRIContainerd) -> Iterator[PodRun]:
+def pod(
+    request: pytest.FixtureRequest, cri_containerd: CRIContainerd, shims_per_pod: dict[str, str]
+) -> Iterator[PodRun]:
     handler = request.param
     name = f"pod-{handler}"
     log_dir = cri_containerd.pods_dir / name
     log_dir.mkdir(parents=True, exist_ok=True)
-    run = PodRun(cri_containerd, cri_containerd.client(), handler, log_dir)
+    run = PodRun(cri_containerd, cri_containerd.client(), handler, log_dir, observed=shims_per_pod)
     yield run
     # Whatever the steps left (a failed run): remove it so the next handler starts clean.
     if cri_containerd.running:
@@ -125,6 +128,18 @@ def log_lines(path: Path) -> list[tuple[str, str]]:
         assert m, f"not a CRI log line: {raw!r}"
         out.append((m.group(2), m.group(4)))
     return out
+
+
+def test_handlers_configured(cri_containerd: CRIContainerd) -> None:
+    """CRI is up with both handlers (what `crictl info` shows) and the runtime is ready."""
+    c = cri_containerd.client()
+    st = c.runtime.Status(c.pb.StatusRequest(verbose=True), timeout=30)
+    runtimes = json.loads(st.info["config"])["containerd"]["runtimes"]
+    assert {name: runtimes[name]["runtimeType"] for name in HANDLERS} == HANDLERS
+    conditions = {x.type: x.status for x in st.status.conditions}
+    assert conditions["RuntimeReady"] is True
+    assert conditions["NetworkReady"] is False  # no CNI here: host-network pods only
+    assert c.version().runtime_version == cri_containerd.line.version
 
 
 def shim_address(bundle: Path) -> str:
@@ -245,6 +260,10 @@ class TestPodLifecycle:
         c = pod.containerd
         shims = c.shims()
         pod.shims_per_pod = len(shims)
+        pod.observed[f"{c.line.id} {pod.handler}"] = (
+            f"{len(shims)} for {1 + len(pod.containers)} containers (sandbox + "
+            f"{len(pod.containers)}): {[' '.join(argv[:2]) for _, argv in shims]}"
+        )
         print(
             f"{c.line.id} {pod.handler}: {len(shims)} shim daemon(s) for 1 pod of "
             f"{1 + len(pod.containers)} containers: {shims}"
@@ -268,6 +287,7 @@ class TestPodLifecycle:
             pb.StopContainerRequest(container_id=pod.containers["c2"], timeout=10), timeout=60
         )
         graceful = time.monotonic() - t0
+        print(f"graceful stop: {graceful:.2f}s")
         st = pod.rt.ContainerStatus(
             pb.ContainerStatusRequest(container_id=pod.containers["c2"]), timeout=30
         ).status
@@ -283,6 +303,7 @@ class TestPodLifecycle:
             pb.StopContainerRequest(container_id=pod.containers["c1"], timeout=2), timeout=60
         )
         forced = time.monotonic() - t0
+        print(f"forced stop: {forced:.2f}s")
         st = pod.rt.ContainerStatus(
             pb.ContainerStatusRequest(container_id=pod.containers["c1"]), timeout=30
         ).status
