@@ -23,12 +23,14 @@ from trioshim.shim.plugin import (
     register,
 )
 from trioshim.shim.publisher import Publisher
-from trioshim.shim.reaper import Child, Completed, Exit, Reaper, open_reaper
+from trioshim.shim.reaper import DEVNULL, PIPE, Child, Completed, Exit, Reaper, open_reaper
 from trioshim.shim.shutdown import ShutdownService
 
 __all__ = [
+    "DEVNULL",
     "EVENT_PLUGIN",
     "INTERNAL_PLUGIN",
+    "PIPE",
     "REAPER_PLUGIN",
     "TTRPC_PLUGIN",
     "Child",

@@ -16,8 +16,9 @@ Shutdown is requested through the shutdown service (the Shutdown RPC with no tas
 SIGTERM/SIGINT) and then runs, in this order, each stage observable in a trace:
 
 1. ``stop accepting``: the listener is closed;
-2. ``in-flight``: requests already running get ``Manager.shutdown_grace`` seconds, then are
-   cancelled (``in-flight cancelled``) or finished (``in-flight done``);
+2. ``in-flight``: requests already running get ``Manager.shutdown_grace`` seconds to finish
+   (``in-flight done``), then their connections are closed and the handlers cancelled, given
+   at most 1 s more to unwind (``in-flight cancelled``);
 3. ``publisher``: no new events; queued ones drain for at most 5 s, else the error
    ``publisher not closed`` is logged and the exit status is 1;
 4. ``callbacks``: the shutdown service's callbacks, in registration order (bounded, 10 s);
@@ -67,6 +68,7 @@ __all__ = ["PUBLISHER_TIMEOUT", "DaemonConfig", "serve_daemon"]
 
 PUBLISHER_TIMEOUT: Final = 5.0
 CALLBACKS_TIMEOUT: Final = 10.0
+CANCELLED_UNWIND_TIMEOUT: Final = 1.0
 
 
 @dataclass
@@ -235,7 +237,9 @@ async def _shutdown_sequence(
     with trio.move_on_after(config.manager.shutdown_grace) as grace:
         await server.shutdown()
     if grace.cancelled_caught:
-        server.close()
+        server.close()  # cancels the handlers still running; let them unwind (bounded)
+        with trio.move_on_after(CANCELLED_UNWIND_TIMEOUT):
+            await server.wait_closed()
         trace("in-flight cancelled")
     else:
         trace("in-flight done")

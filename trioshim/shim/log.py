@@ -160,14 +160,14 @@ def open_log_fifo(path: str, *, stderr: bool = True) -> int | None:
     """Open the log FIFO for our handler (non-blocking) and, if ``stderr``, make fd 2 a
     blocking copy. ``None`` (and fd 2 untouched) when there is no FIFO or no reader."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ENXIO, errno.ENOENT):
             return None
         raise
     if stderr:
         try:
-            blocking = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            blocking = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return fd
         flags = fcntl.fcntl(blocking, fcntl.F_GETFL)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,7 +26,7 @@ from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from trioshim.api.containerd.services.ttrpc.events.v1 import events_pb2
-from trioshim.ttrpc import ClosedError, open_unix_client
+from trioshim.ttrpc import ClosedError, open_client
 from trioshim.ttrpc.client import Client
 
 __all__ = [
@@ -99,6 +98,9 @@ class Publisher:
         self._closed = False
         self.delivered = 0
         self.dropped = 0
+        self._client: Client | None = None
+        self._client_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery
 
     # -- producer side ------------------------------------------------------------------------
 
@@ -140,10 +142,9 @@ class Publisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The single sender: forward queued events in order until cancelled. Connects lazily
-        and keeps one connection."""
-        async with AsyncExitStack() as connection, trio.open_nursery() as retries:
-            self._connection = connection
-            self._client: Client | None = None
+        and keeps one connection (held by a child task, see :meth:`_hold_client`)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             async for item in self._receive:
                 if item.count > self._max_requeue:
@@ -157,11 +158,11 @@ class Publisher:
                 except Exception as exc:
                     self._log.error(
                         "forward event: %s",
-                        exc or type(exc).__name__,
+                        str(exc) or type(exc).__name__,
                         extra={"fields": {"topic": item.envelope.topic}},
                     )
                     item.count += 1
-                    retries.start_soon(self._requeue_later, item)
+                    nursery.start_soon(self._requeue_later, item)
                 else:
                     self._settle(delivered=True)
 
@@ -178,19 +179,30 @@ class Publisher:
         if self._outstanding == 0:
             self._drained.set()
 
+    async def _hold_client(self, *, task_status: trio.TaskStatus[Client]) -> None:
+        # The connection lives in its own task so that its nursery nests properly; the
+        # sender cancels _client_scope to drop it.
+        stream = await trio.open_unix_socket(self.address)
+        async with open_client(stream) as client:
+            with trio.CancelScope() as scope:
+                self._client_scope = scope
+                task_status.started(client)
+                await trio.sleep_forever()
+
     async def _connect(self) -> Client:
         if self._client is not None and not self._client.closed:
             return self._client
-        await self._disconnect()
+        self._disconnect()
         with trio.fail_after(self._dial_timeout):
-            self._client = await self._connection.enter_async_context(
-                open_unix_client(self.address)
-            )
-        return self._client
+            client: Client = await self._nursery.start(self._hold_client)
+        self._client = client
+        return client
 
-    async def _disconnect(self) -> None:
+    def _disconnect(self) -> None:
         self._client = None
-        await self._connection.aclose()
+        if self._client_scope is not None:
+            self._client_scope.cancel()
+            self._client_scope = None
 
     async def _forward(self, envelope: events_pb2.Envelope) -> None:
         request = events_pb2.ForwardRequest(envelope=envelope)
@@ -208,7 +220,7 @@ class Publisher:
                 )
                 return
             except ClosedError:
-                await self._disconnect()
+                self._disconnect()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
