@@ -82,6 +82,10 @@ def registry(trace: list[str], *extra: Registration) -> Registry:
     return Registry([Registration(TTRPC_PLUGIN, "task", init, requires=(EVENT_PLUGIN,)), *extra])
 
 
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def stages(trace: list[str]) -> list[str]:
     """The shutdown part of a trace (from the request on)."""
     start = next(i for i, s in enumerate(trace) if s.startswith("shutdown:"))
@@ -105,7 +109,7 @@ async def test_serves_plugins_unimplemented_and_raising_handler() -> None:
         assert (await shim.task.Connect(shim_pb2.ConnectRequest(id="t"))).shim_pid
         await shim.task.Shutdown(shim_pb2.ShutdownRequest(id="t"))
         assert await shim.wait() == 0
-        assert not os.path.exists(shim.socket_path)
+        assert not exists(shim.socket_path)
     assert stages(shim.trace) == [
         "shutdown: Shutdown RPC",
         "stop accepting",
@@ -158,7 +162,7 @@ async def test_publisher_that_never_completes_ends_shutdown_at_exactly_5s(
             status = await shim.wait()
             assert trio.current_time() - started == 5.0
             assert status == 1
-            assert not os.path.exists(shim.socket_path)
+            assert not exists(shim.socket_path)
     assert "publisher not closed" in stages(shim.trace)
     assert any('level=error msg="publisher not closed"' in line for line in shim.log)
     assert stages(shim.trace)[-2:] == ["socket removed", "exit 1"]
@@ -204,9 +208,7 @@ async def test_stack_dump_on_sigusr1() -> None:
     trace: list[str] = []
     async with open_shim(Quick(), registry(trace), handle_signals=True) as shim:
         os.kill(os.getpid(), signal.SIGUSR1)
-        while not any(BEGIN in line for line in shim.log):
-            await trio.sleep(0.01)
-    dump = next(line for line in shim.log if BEGIN in line)
+        dump = await shim.wait_for_log(BEGIN)
     assert END in dump and "level=info" in dump
     assert "serve_daemon" in dump  # a Trio task's await frame
     assert "Current thread" in dump or "Thread 0x" in dump  # faulthandler's thread dump
@@ -242,9 +244,9 @@ async def _exit_path(extra: Registration) -> list[str]:
     trace: list[str] = []
     config, path, tmp = daemon_config(registry(trace, extra), trace)
     with tmp:
-        assert os.path.exists(path)
+        assert exists(path)
         assert await serve_daemon(config) == 1
-        assert not os.path.exists(path)
+        assert not exists(path)
     return trace
 
 
@@ -264,7 +266,7 @@ async def test_plugin_init_failure_removes_socket() -> None:
 async def test_crash_inside_the_nursery_removes_socket_and_leaves_no_task() -> None:
     async def crashing(ctx: InitContext) -> object:
         async def background() -> None:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             raise ValueError("plugin task crashed")
 
         ctx.nursery.start_soon(background)
@@ -292,7 +294,7 @@ async def test_missing_ttrpc_service_and_bad_fd3_are_errors() -> None:
     with tmp:
         assert await serve_daemon(config) == 1
         assert "crash: required that ttrpc service" in trace
-        assert not os.path.exists(path)
+        assert not exists(path)
     trace.clear()
     config, path, tmp = daemon_config(registry(trace), trace)
     with tmp:
@@ -302,7 +304,7 @@ async def test_missing_ttrpc_service_and_bad_fd3_are_errors() -> None:
             pytest.skip("fd 3 happens to be a socket in this process")
         assert await serve_daemon(config) == 1
         assert any(s.startswith("crash: no listening socket") for s in trace)
-        assert not os.path.exists(path)
+        assert not exists(path)
 
 
 def _fd3_is_socket() -> bool:

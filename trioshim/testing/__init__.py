@@ -194,9 +194,12 @@ class _Lines(logging.Handler):
     def __init__(self, lines: list[str]) -> None:
         super().__init__()
         self.lines = lines
+        self.changed = trio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
 
 
 class ShimStartupError(RuntimeError):
@@ -230,6 +233,17 @@ class ShimHandle:
     client: Client = field(init=False)
     task: Stub = field(init=False)
     """``containerd.task.v2.Task`` on :attr:`client`, with the namespace header."""
+
+    _lines: _Lines | None = field(default=None, repr=False)
+
+    async def wait_for_log(self, text: str) -> str:
+        """Until a log record containing ``text`` exists; that record."""
+        assert self._lines is not None
+        while True:
+            for line in self.log:
+                if text in line:
+                    return line
+            await self._lines.changed.wait()
 
     def shutdown(self, reason: str = "test") -> None:
         """Request shutdown (like SIGTERM); see :meth:`wait`."""
@@ -282,6 +296,7 @@ async def open_shim(
                 config=None,  # type: ignore[arg-type]
                 trace=[] if trace is None else trace,
                 log=lines,
+                _lines=handler,
             )
 
             def on_stage(stage: str) -> None:
