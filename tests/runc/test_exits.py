@@ -219,3 +219,27 @@ async def test_wait_released_by_exit_for_waiters_before_and_after(
         exits.on_exit(Exit(100, 143, 1))
     await box.init.wait()
     assert released == [143, 143, 143]
+
+
+async def test_second_start_of_a_running_exec_is_counted_once(
+    tracker: tuple[Exits, Events],
+) -> None:
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    exits.exec_starting(box)
+    e = _exec(box, "e1", 200)
+    with exits.starting() as starting:
+        starting.started(box, e)
+    # Start again: refused by the state machine, the service then reports the failure
+    exits.exec_starting(box)
+    with exits.starting() as starting:
+        exits.exec_start_failed(box)
+        starting.started(box, e)
+    assert exits.running_execs(box) == 1
+    exits.on_exit(Exit(200, 0, 1))
+    exits.on_exit(Exit(100, 0, 2))
+    await trio.testing.wait_all_tasks_blocked()
+    assert [x[1] for x in events.seen] == ["e1", "c1"]

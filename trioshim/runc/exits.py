@@ -168,7 +168,9 @@ class Exits:
             return
         if process.has_exited:
             return  # its exit was handled already (a failed re-Start of a stopped init)
-        self._running.setdefault(pid, []).append((container, process))
+        entries = self._running.setdefault(pid, [])
+        if not any(c is container and p is process for c, p in entries):
+            entries.append((container, process))  # (a failed second Start re-announces it)
 
     def exec_starting(self, container: ContainerLike) -> None:
         """Count an exec about to start; refused once the container's init has exited."""
