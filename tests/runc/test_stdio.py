@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -333,6 +334,21 @@ async def test_runc_ends_owned_by_io_uid(fifos: Fifos) -> None:
                 assert stat.S_ISFIFO(st.st_mode)
                 assert os.get_blocking(fd)  # runc's ends stay blocking
             assert io.runc_stdio.stderr is None
+
+
+async def test_stdin_pipe_not_enlarged(fifos: Fifos) -> None:
+    """Only output pipes grow: stdin buffering before Start stays what the reference has
+    (`ctr run` loses its CloseIO when all of stdin fits in the buffers before Start)."""
+    async with (
+        open_reaper() as reaper,
+        trio.open_nursery() as nursery,
+        process_io(reaper, nursery, StdioConfig(fifos.stdin, fifos.stdout, "")) as io,
+    ):
+        assert io.runc_stdio is not None
+        assert io.runc_stdio.stdin is not None and io.runc_stdio.stdout is not None
+        assert fcntl.fcntl(io.runc_stdio.stdin, fcntl.F_GETPIPE_SZ) == 65536
+        if os.geteuid() == 0:
+            assert fcntl.fcntl(io.runc_stdio.stdout, fcntl.F_GETPIPE_SZ) > 65536
 
 
 async def test_aclose_stops_copiers_and_closes_everything(fifos: Fifos) -> None:

@@ -336,7 +336,11 @@ class ProcessIO:
 
     def _pipe(self, *, runc_reads: bool, name: str) -> tuple[int, int]:
         """A pipe for one stream: returns (runc's end, our non-blocking end)."""
-        r, w = self._new_pipe()
+        # Output pipes are enlarged (fewer, bigger splices). The stdin pipe keeps the default
+        # 64 KiB: what it buffers before the container reads is what a client can push before
+        # Start returns, and `ctr run` only wires up CloseIO once the task exists (stdin that
+        # all fits in the buffers by then never gets its CloseIO, and the container hangs).
+        r, w = self._new_pipe(large=not runc_reads)
         runc_end, ours = (r, w) if runc_reads else (w, r)
         self._runc_ends.append(runc_end)
         set_nonblocking(ours)
@@ -348,11 +352,11 @@ class ProcessIO:
                 raise StdioError(f"failed to chown {name}: {errno_text(exc)}") from exc
         return runc_end, ours
 
-    def _new_pipe(self) -> tuple[int, int]:
+    def _new_pipe(self, *, large: bool = False) -> tuple[int, int]:
         r, w = os.pipe2(os.O_CLOEXEC)
         self._own(r)
         self._own(w)
-        if os.geteuid() == 0:  # unprivileged users have a per-user budget of pipe pages
+        if large and os.geteuid() == 0:  # unprivileged users have a budget of pipe pages
             set_pipe_size(w)
         return r, w
 
@@ -362,8 +366,8 @@ class ProcessIO:
         if not self.namespace:
             raise StdioError("namespace is required: failed precondition")
         argv = logger_argv(uri)
-        out_r, out_w = self._new_pipe()
-        err_r, err_w = self._new_pipe()
+        out_r, out_w = self._new_pipe(large=True)
+        err_r, err_w = self._new_pipe(large=True)
         ready_r, ready_w = self._new_pipe()
         env = {"CONTAINER_ID": self.process_id, "CONTAINER_NAMESPACE": self.namespace}
         try:
