@@ -1,0 +1,469 @@
+"""What every benchmark shares: result rows, statistics, the runtimes, the private containerd.
+
+Resource handling: :class:`BenchEnv` owns one temp dir (short, under /tmp), one private
+containerd with a namespace unique to the run, a busybox rootfs, and (when ours is not installed
+on the PATH) a generated ``containerd-shim-trioshim-v2`` launcher. ``close()`` removes all of it
+and kills every shim process that carries this containerd's address, whatever state the
+benchmarks left things in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import REPO
+from tests.support.containerd import (
+    RUNC_ROOT,
+    ContainerdError,
+    PrivateContainerd,
+    default_path,
+)
+from tests.support.rootfs import build_busybox_rootfs
+
+REFERENCE_RUNTIME = "io.containerd.runc.v2"
+OURS_RUNTIME = "io.containerd.trioshim.v2"
+REFERENCE_BINARY = "containerd-shim-runc-v2"
+OURS_BINARY = "containerd-shim-trioshim-v2"
+
+
+# ----------------------------------------------------------------------------------- output
+
+
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the table)."""
+    sys.stderr.write(f"[bench {time.monotonic() - _T0:7.1f}s] {message}\n")
+    sys.stderr.flush()
+
+
+def short_error(exc: BaseException | str, limit: int = 300) -> str:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class Row:
+    """One metric, measured for the reference and for ours. ``ratio`` is ours / reference."""
+
+    bench: str
+    metric: str
+    unit: str
+    better: str  # "lower" or "higher"
+    reference: float | None = None
+    ours: float | None = None
+    reference_error: str | None = None
+    ours_error: str | None = None
+    aim: str = ""
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference is None or self.ours is None or self.reference == 0:
+            return None
+        return self.ours / self.reference
+
+    def set(self, key: str, value: float | None = None, error: str | None = None) -> None:
+        if key == "ref":
+            self.reference, self.reference_error = value, error
+        else:
+            self.ours, self.ours_error = value, error
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+
+@dataclass
+class BenchResult:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "p90": percentile(values, 90),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def proc_argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def proc_ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def all_pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss, Private_Dirty... of one process from /proc/<pid>/smaps_rollup (kB)."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------------------- runtimes
+
+
+@dataclass
+class Runtime:
+    key: str  # "ref" or "ours"
+    label: str
+    name: str  # the containerd runtime name
+    binary_name: str  # the binary containerd looks up on its PATH
+    group_annotation: str
+    binary: str | None = None  # resolved path, when known
+    unavailable: str | None = None  # why it cannot run (ours before it lands)
+
+    @property
+    def short(self) -> str:
+        return "rc" if self.key == "ref" else "ts"
+
+
+def _which(name: str, path: str) -> str | None:
+    return shutil.which(name, path=path)
+
+
+def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
+    """A console-script launcher for ours, as pip would write it, when the package is in the
+    tree but not installed in the venv. Returns (path, None) or (None, why not)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import trioshim.runc.main as m; assert callable(m.main)"],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        tail = probe.stderr.strip().splitlines()[-1:] or ["?"]
+        return None, f"{OURS_BINARY} not installed and trioshim.runc.main not importable: {tail[0]}"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / OURS_BINARY
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from trioshim.runc.main import main\n"
+        "sys.exit(main())\n"
+    )
+    path.chmod(0o755)
+    return str(path), None
+
+
+# ------------------------------------------------------------------------------- environment
+
+
+class BenchEnv:
+    """One private containerd, a busybox rootfs and the two runtimes, for one run."""
+
+    def __init__(self, *, smoke_timeout: float = 30.0, log_level: str = "info") -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
+        self.bin_dir = self.base / "bin"
+        self.smoke_timeout = smoke_timeout
+        self._n = 0
+        path = default_path()
+        self.reference = Runtime(
+            "ref",
+            "runc-v2 (Go)",
+            REFERENCE_RUNTIME,
+            REFERENCE_BINARY,
+            "io.containerd.runc.v2.group",
+            binary=_which(REFERENCE_BINARY, path),
+        )
+        self.ours = Runtime(
+            "ours",
+            "trioshim",
+            OURS_RUNTIME,
+            OURS_BINARY,
+            "io.containerd.trioshim.v2.group",
+            binary=_which(OURS_BINARY, path),
+        )
+        if self.reference.binary is None:
+            self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
+        if self.ours.binary is None:
+            self.ours.binary, self.ours.unavailable = _ours_launcher(self.bin_dir)
+            if self.ours.binary is not None:
+                path = f"{self.bin_dir}:{path}"
+        self.containerd = PrivateContainerd(
+            base_dir=self.base / "c", path=path, log_level=log_level
+        )
+        self.rootfs: Path | None = None
+        self.started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log(f"private containerd in {self.base} (namespace {self.containerd.namespace})")
+        self.containerd.start()
+        self.started = True
+        self.rootfs = build_busybox_rootfs(self.base / "rootfs")
+
+    def check_ours(self) -> None:
+        """Smoke-test ours once (`ctr run --rm ... /bin/echo`) so that a shim that does not
+        work yet fails every benchmark at once with its error instead of a timeout each."""
+        rt = self.ours
+        if rt.unavailable:
+            log(f"ours unavailable: {rt.unavailable}")
+            return
+        cid = self.new_id(rt, "smoke")
+        try:
+            r = self.containerd.ctr(
+                *self.run_argv(rt, cid, "/bin/echo", "trioshim-ok", rm=True),
+                timeout=self.smoke_timeout,
+            )
+        except ContainerdError as exc:
+            rt.unavailable = f"smoke test hung: {short_error(str(exc).splitlines()[0])}"
+        else:
+            if r.returncode != 0 or "trioshim-ok" not in r.stdout:
+                rt.unavailable = f"smoke test failed (rc {r.returncode}): {short_error(r.stderr)}"
+        if rt.unavailable:
+            log(f"ours unavailable: {rt.unavailable}")
+            self.reset(rt)
+        else:
+            log(f"ours works: {rt.binary}")
+
+    def close(self) -> list[str]:
+        """Remove everything; returns what had to be cleaned by force."""
+        forced: list[str] = []
+        if self.started:
+            with contextlib.suppress(Exception):
+                forced += self.containerd.stop()
+        for pid in self.shim_pids(None):
+            forced.append(f"shim pid {pid} {' '.join(proc_argv(pid))[:120]}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        ns_root = RUNC_ROOT / self.containerd.namespace
+        with contextlib.suppress(OSError):
+            ns_root.rmdir()
+        shutil.rmtree(self.base, ignore_errors=True)
+        return forced
+
+    # -- containers -------------------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        return self.containerd.namespace
+
+    def new_id(self, rt: Runtime, tag: str) -> str:
+        self._n += 1
+        return f"{tag}-{rt.short}-{self._n}"
+
+    def run_argv(
+        self,
+        rt: Runtime,
+        cid: str,
+        *cmd: str,
+        rm: bool = False,
+        detach: bool = False,
+        null_io: bool = False,
+        opts: Sequence[str] = (),
+    ) -> list[str]:
+        flags = ["--runtime", rt.name]
+        if rm:
+            flags.append("--rm")
+        if detach:
+            flags.append("-d")
+        if null_io:
+            flags.append("--null-io")
+        assert self.rootfs is not None
+        return ["run", *flags, *opts, "--rootfs", str(self.rootfs), cid, *cmd]
+
+    def ctr(self, *args: str, timeout: float = 60.0, check: bool = False) -> Any:
+        return self.containerd.ctr(*args, timeout=timeout, check=check)
+
+    def run_detached(
+        self, rt: Runtime, cid: str, *cmd: str, opts: Sequence[str] = (), timeout: float = 60.0
+    ) -> None:
+        r = self.ctr(
+            *self.run_argv(rt, cid, *cmd, detach=True, null_io=True, opts=opts), timeout=timeout
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"ctr run -d {cid} failed: {short_error(r.stderr)}")
+
+    def remove(self, cids: Iterable[str], timeout: float = 60.0) -> None:
+        """Kill (SIGKILL) and delete tasks and containers; errors are ignored."""
+        for cid in cids:
+            self.ctr("task", "kill", "-a", "-s", "SIGKILL", cid, timeout=timeout)
+        for cid in cids:
+            self.ctr("task", "rm", "-f", cid, timeout=timeout)
+            self.ctr("container", "rm", cid, timeout=timeout)
+
+    def tasks(self) -> list[str]:
+        r = self.ctr("task", "ls", "-q", timeout=30)
+        return r.stdout.split()
+
+    def containers(self) -> list[str]:
+        r = self.ctr("container", "ls", "-q", timeout=30)
+        return r.stdout.split()
+
+    def reset(self, rt: Runtime) -> list[str]:
+        """Remove every task and container of ``rt`` (ids carry ``-<short>-``), wait up to 10 s
+        for its shims to exit, then kill those left; returns what was left over."""
+        left: list[str] = []
+        marker = f"-{rt.short}-"
+        try:
+            ids = [c for c in self.containers() if marker in c]
+            if ids:
+                left += [f"container {c}" for c in ids]
+                self.remove(ids, timeout=20)
+        except ContainerdError as exc:
+            left.append(f"ctr hung during clean-up: {short_error(exc)}")
+        # Shims exit after their last container is gone; give them a moment, then force.
+        if not wait_until(lambda: not self.shim_pids(rt), timeout=10):
+            for pid in self.shim_pids(rt):
+                left.append(f"shim pid {pid} alive 10s later: {' '.join(proc_argv(pid))[:160]}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ContainerdError):
+                ids = [c for c in self.containers() if marker in c]
+                if ids:
+                    self.remove(ids, timeout=20)
+        return left
+
+    # -- shim processes ---------------------------------------------------------------------
+
+    def shim_pids(self, rt: Runtime | None) -> list[int]:
+        """Shim processes (daemons, start/delete helpers, any forking parent) of ``rt`` (or of
+        both) that belong to this containerd: the binary in their first arguments and this
+        containerd's address in their argv or its ttrpc address in their environment."""
+        names = (
+            [REFERENCE_BINARY, OURS_BINARY] if rt is None else [rt.binary_name]
+        )  # python launchers: [python, script, ...]
+        found: list[int] = []
+        me = os.getpid()
+        for pid in all_pids():
+            if pid == me:
+                continue
+            argv = proc_argv(pid)
+            if not any(os.path.basename(a) in names for a in argv[:3]):
+                continue
+            if self.containerd.address in argv or (
+                proc_environ(pid).get("TTRPC_ADDRESS") == self.containerd.ttrpc_address
+            ):
+                found.append(pid)
+        return found
+
+    def leftover_sockets(self, keys: Iterable[str], namespace: str | None = None) -> list[Path]:
+        from tests.support.containerd import shim_socket_path
+
+        ns = namespace or self.namespace
+        return [
+            p
+            for p in (shim_socket_path(self.containerd.address, ns, k) for k in keys)
+            if os.path.lexists(p)
+        ]
+
+
+def bench_guard(result: BenchResult, fn: Callable[[], None]) -> None:
+    """Run one benchmark body; an exception becomes the benchmark's error, never a crash."""
+    t0 = time.monotonic()
+    try:
+        fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        result.error = short_error(exc, 600)
+        log(f"{result.name}: failed: {result.error}")
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        result.seconds = time.monotonic() - t0
