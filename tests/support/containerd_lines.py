@@ -8,12 +8,15 @@ sources, lists or installed packages is touched. The same mechanism brings the C
 from `golang-k8s-cri-api-dev` (sid).
 
 Cache: `$TRIOSHIM_CACHE_DIR`, else `$XDG_CACHE_HOME/trioshim`, else `~/.cache/trioshim` (one
-download per line per machine, shared by every clone and CI run). Layout:
+download per line per machine, shared by every clone and CI run). The first miss fetches
+everything missing at once: one `apt-get update` (trixie + sid, main, ~20 MB of lists, deleted
+afterwards) and one `apt-get download` (~62 MB of .debs, deleted after unpacking). Layout:
 
-    <cache>/apt/{sources.list,lists/}            private apt state
-    <cache>/containerd/<line>/usr/bin/...         unpacked binaries (containerd, ctr, shims)
-    <cache>/containerd/<line>/VERSION             Debian version; written last (= complete)
-    <cache>/cri-api/api.proto, VERSION            the CRI API, same scheme
+    <cache>/apt/sources.list                      private apt sources (lists/ while fetching)
+    <cache>/containerd/<line>/usr/bin/...         containerd, ctr, containerd-shim-runc-v2
+    <cache>/containerd/<line>/VERSION             Debian version; present = complete
+    <cache>/cri-api/usr/share/gocode/.../api.proto, VERSION     the CRI API, same scheme
+    <cache>/cri-api/py-<hash>/                    generated gRPC modules (tests.support.cri)
 
 `python -m tests.support.containerd_lines` fetches everything and prints paths and timings.
 """
@@ -180,7 +183,8 @@ def _apt_options() -> list[str]:
         "Dir::Etc::SourceParts=/dev/null",
         "-o",
         f"Dir::State::Lists={d / 'lists'}",
-        # No package caches anywhere (the system's docker-clean conf does this too).
+        # No binary package cache on disk (as the system's docker-clean conf has it): each apt
+        # call parses the lists, so everything missing is downloaded in ONE call.
         "-o",
         "Dir::Cache::pkgcache=",
         "-o",
@@ -214,15 +218,27 @@ def _apt_update(suites: tuple[str, ...] = ("trixie", "sid")) -> None:
     stamp.touch()
 
 
-def _apt_download(spec: str, dest: Path) -> Path:
-    """`apt-get download spec` into dest; returns the .deb."""
+def _apt_download(specs: list[str], dest: Path) -> list[Path]:
+    """One `apt-get download SPEC...` into dest; returns the .debs."""
     dest.mkdir(parents=True, exist_ok=True)
-    before = set(dest.glob("*.deb"))
-    _run(["apt-get", *_apt_options(), "download", spec], cwd=dest, timeout=900)
-    new = sorted(set(dest.glob("*.deb")) - before)
-    if len(new) != 1:
-        raise RuntimeError(f"apt-get download {spec} produced {new}")
-    return new[0]
+    _run(["apt-get", *_apt_options(), "download", *specs], cwd=dest, timeout=900)
+    return sorted(dest.glob("*.deb"))
+
+
+def _pick_deb(debs: list[Path], package: str, version_prefix: str) -> Path:
+    """The .deb of `package` whose version starts with `version_prefix` (the same package comes
+    from two suites: containerd 1.7 from trixie, 2.1 from sid)."""
+    found = [
+        d
+        for d in debs
+        if d.name.split("_")[0] == package and _deb_version(d).startswith(version_prefix)
+    ]
+    if len(found) != 1:
+        raise RuntimeError(
+            f"no single {package} {version_prefix}* among {[d.name for d in debs]}: "
+            f"did the suite move on? update LINE_SPECS in {__file__}"
+        )
+    return found[0]
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> str:
@@ -236,42 +252,85 @@ def _deb_version(deb: Path) -> str:
     return _run(["dpkg-deb", "-f", str(deb), "Version"]).strip()
 
 
-def _fetch_unpacked(
-    key: str, spec: str, keep: list[str], check_version: str | None = None
-) -> tuple[Path, str]:
-    """Download `spec` (e.g. `containerd/sid`), unpack it, keep only the `keep` paths (relative,
-    inside the package), install the result atomically as <cache>/<key>. Cached: returns at once
-    when <cache>/<key>/VERSION exists."""
-    final = cache_dir() / key
-    with _locked(key.replace("/", "_")):
-        if (final / "VERSION").is_file():
-            return final, (final / "VERSION").read_text().strip()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=final.parent, prefix=".fetch-") as tmp:
-            t = Path(tmp)
-            with _locked("apt"):
-                _apt_update()
-                deb = _apt_download(spec, t / "deb")
+@dataclass(frozen=True)
+class _Fetch:
+    """One package to bring into <cache>/<key>: `spec` for apt-get download (`pkg/suite`), the
+    paths inside the package to keep, and the Debian version prefix it must have."""
+
+    key: str
+    spec: str
+    keep: tuple[str, ...]
+    version_prefix: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return cache_dir() / self.key
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "VERSION").is_file()
+
+
+def _line_fetch(name: str) -> _Fetch:
+    spec = LINE_SPECS[name]
+    bins = ("containerd", "ctr", "containerd-shim-runc-v2")
+    return _Fetch(
+        f"containerd/{name}",
+        f"containerd/{spec.suite}",
+        tuple(f"usr/bin/{b}" for b in bins),
+        spec.expect.rsplit(".", 1)[0] + ".",  # accept a newer x.y.* of the suite
+    )
+
+
+CRI_API_REL = "usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"
+_CRI_FETCH = _Fetch("cri-api", "golang-k8s-cri-api-dev/sid", (CRI_API_REL,))
+
+
+def _all_fetches() -> list[_Fetch]:
+    return [_line_fetch(n) for n in FETCHED_LINE_NAMES] + [_CRI_FETCH]
+
+
+def _ensure(item: _Fetch) -> Path:
+    """<cache>/<key> for `item`. On a miss, everything else missing is fetched along with it:
+    one `apt-get update` and one `apt-get download` per machine, whatever the tests ask first."""
+    if item.done:
+        return item.dir
+    with _locked("fetch"):
+        missing = [f for f in _all_fetches() if not f.done]
+        if item not in missing and not item.done:
+            missing.append(item)
+        if missing:
+            _fetch(missing)
+    return item.dir
+
+
+def _fetch(items: list[_Fetch]) -> None:
+    base = cache_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base, prefix=".fetch-") as tmp:
+        t = Path(tmp)
+        _apt_update()
+        debs = _apt_download([f.spec for f in items], t / "deb")
+        for f in items:
+            deb = _pick_deb(debs, f.spec.split("/")[0], f.version_prefix)
             version = _deb_version(deb)
-            if check_version is not None and not version.startswith(check_version):
-                raise RuntimeError(
-                    f"{spec} is {version}, not a {check_version} release: the suite moved on; "
-                    f"update LINE_SPECS in {__file__}"
-                )
-            unpacked = t / "x"
+            unpacked = t / "x" / f.key
+            unpacked.mkdir(parents=True)
             _run(["dpkg", "-x", str(deb), str(unpacked)], timeout=300)
-            out = t / "out"
-            for rel in keep:
+            out = t / "out" / f.key
+            for rel in f.keep:
                 src = unpacked / rel
                 if not src.exists():
                     raise RuntimeError(f"{deb.name} has no {rel}")
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 src.rename(out / rel)
             (out / "VERSION").write_text(version + "\n")
-            if final.exists():  # a half-made leftover without VERSION
-                shutil.rmtree(final)
-            out.rename(final)
-        return final, version
+            if f.dir.exists():  # a half-made leftover without VERSION
+                shutil.rmtree(f.dir)
+            f.dir.parent.mkdir(parents=True, exist_ok=True)
+            out.rename(f.dir)
+    # The lists (~40 MB) only serve the next fetch, which is rare and refreshes them anyway.
+    shutil.rmtree(_apt_dir() / "lists", ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------- lines
@@ -303,15 +362,7 @@ def get_line(name: str) -> ContainerdLine:
             shim_runc_v2=os.path.join(bin_dir, "containerd-shim-runc-v2"),
         )
     else:
-        upstream = spec.expect.rsplit(".", 1)[0] + "."  # accept x.y.* of the suite
-        bins = ("containerd", "ctr", "containerd-shim-runc-v2")
-        root, _ = _fetch_unpacked(
-            f"containerd/{name}",
-            f"containerd/{spec.suite}",
-            [f"usr/bin/{b}" for b in bins],
-            check_version=upstream,
-        )
-        b = root / "usr" / "bin"
+        b = _ensure(_line_fetch(name)) / "usr" / "bin"
         line = ContainerdLine(
             name=name,
             version=_binary_version(str(b / "containerd")),
@@ -327,9 +378,7 @@ def get_line(name: str) -> ContainerdLine:
 
 def cri_api_proto() -> Path:
     """The CRI `api.proto` (package runtime.v1) from Debian's golang-k8s-cri-api-dev (sid)."""
-    rel = "usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"
-    root, _ = _fetch_unpacked("cri-api", "golang-k8s-cri-api-dev/sid", [rel])
-    return root / rel
+    return _ensure(_CRI_FETCH) / CRI_API_REL
 
 
 # ---------------------------------------------------------------------------------- daemons
