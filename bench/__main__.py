@@ -77,6 +77,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="ttrpc: alternate the two servers this many times per point (3)",
     )
     p.add_argument(
+        "--ttrpc-paced-rate",
+        type=float,
+        default=200.0,
+        help="ttrpc: calls/s offered in the open-loop point, at most 64 in flight (200; 0: skip)",
+    )
+    p.add_argument(
         "--stdout-bytes", type=int, default=1_000_000_000, help="bytes through stdout (1e9)"
     )
     p.add_argument(
