@@ -1,4 +1,5 @@
-"""Fixtures for the containerd-lines and CRI suites (all `e2e`: root, real binaries).
+"""Fixtures for the containerd-lines and CRI suites (all `e2e`: root, real binaries; the e2e
+requirements are checked by tests/conftest.py's setup hook before these fixtures run).
 
 - `line_containerd`: a private containerd of one fetched line (1.7, 2.1), module-scoped, for
   plain `ctr` tests.
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_e2e
 from tests.support.containerd_lines import FETCHED_LINE_NAMES, LINE_NAMES, LineContainerd, get_line
 from tests.support.cri import CRIContainerd
 from tests.support.pause_image import build_pause_image
@@ -37,13 +37,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def pause_image_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_e2e()
     return build_pause_image(tmp_path_factory.mktemp("pause") / "pause.tar")
 
 
 @pytest.fixture(scope="module", params=FETCHED_LINE_NAMES, ids=lambda n: f"containerd-{n}")
 def line_containerd(request: pytest.FixtureRequest) -> Iterator[LineContainerd]:
-    require_e2e()
     daemon = LineContainerd(get_line(request.param))
     try:
         daemon.start()
@@ -56,7 +54,6 @@ def line_containerd(request: pytest.FixtureRequest) -> Iterator[LineContainerd]:
 def cri_containerd(
     request: pytest.FixtureRequest, pause_image_tar: Path
 ) -> Iterator[CRIContainerd]:
-    require_e2e()
     daemon = CRIContainerd(get_line(request.param), image_tar=pause_image_tar)
     try:
         daemon.start()

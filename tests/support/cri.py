@@ -178,13 +178,24 @@ class CRIContainerd(LineContainerd):
         )
         self._client: CRIClient | None = None
 
-    def disabled_plugins(self) -> list[str]:
-        cri = {
+    # What CRI needs loaded (on 2.x the sandbox controllers and the transfer service too),
+    # whatever the base class disables.
+    CRI_PLUGINS = frozenset(
+        {
             "io.containerd.grpc.v1.cri",
             "io.containerd.cri.v1.runtime",
             "io.containerd.cri.v1.images",
+            "io.containerd.podsandbox.controller.v1.podsandbox",
+            "io.containerd.sandbox.controller.v1.shim",
+            "io.containerd.grpc.v1.sandbox-controllers",
+            "io.containerd.transfer.v1.local",
+            "io.containerd.grpc.v1.transfer",
+            "io.containerd.snapshotter.v1.native",
         }
-        return [p for p in super().disabled_plugins() if p not in cri]
+    )
+
+    def disabled_plugins(self) -> list[str]:
+        return [p for p in super().disabled_plugins() if p not in self.CRI_PLUGINS]
 
     def start(self) -> None:
         for d in (self.cni_dir / "bin", self.cni_dir / "net.d", self.pods_dir):
