@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def e2e(session: nox.Session) -> None:
     """End-to-end tests against a private containerd, real runc and a busybox rootfs (root)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "grpcio-tools")
     session.run("pytest", "-m", "e2e", *session.posargs)
 
 
