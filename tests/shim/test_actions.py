@@ -9,8 +9,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -22,8 +24,10 @@ from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.api.containerd.types import introspection_pb2
 from trioshim.shim import Manager, StopContext, StopStatus, run
-from trioshim.shim.address import socket_address, socket_path
+from trioshim.shim.address import socket_address, socket_path, write_address
+from trioshim.shim.reaper import DEVNULL, Exit, open_reaper
 from trioshim.testing import connect_task
+from trioshim.ttrpc import Stub
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minimal_shim.py"
 
@@ -264,3 +268,73 @@ def test_start_reads_bootstrap_params(env: Env) -> None:
     shutdown(out.decode())
     assert reap(pid) == 0
     assert "level=debug" in Path(env.root, "bundles", "c1", "log").read_text()
+
+
+DAEMON_SCRIPT = """
+import sys
+sys.path.insert(0, {examples!r})
+import minimal_shim
+from trioshim.shim import Manager, run
+sys.exit(run(Manager("io.containerd.test.v2"), sys.argv[1:], minimal_shim.REGISTRY))
+"""
+
+
+@pytest.mark.parametrize("how", ["-socket", "fd3"])
+async def test_daemon_mode_on_socket_flag_or_fd3(env: Env, how: str) -> None:
+    """The daemon as Go's start helper would exec it: no action, `-socket PATH` or fd 3."""
+    bundle = env.bundle("c1")
+    path = os.path.join(env.root, "d.sock")
+    argv = ["-namespace", "testns", "-id", "c1", "-address", "/run/test/containerd.sock"]
+    script = DAEMON_SCRIPT.format(examples=str(EXAMPLE.parent))
+    environ = {**os.environ, "TTRPC_ADDRESS": os.path.join(env.root, "none.ttrpc")}
+    with socket.socket(socket.AF_UNIX) as listener:
+        extra_fds = {}
+        if how == "-socket":
+            argv += ["-socket", path]
+        else:
+            listener.bind(path)
+            listener.listen()
+            extra_fds = {3: listener.fileno()}
+            # Written by the start helper; the daemon removes the socket it names at exit.
+            write_address(os.path.join(bundle, "address"), f"unix://{path}")
+        async with open_reaper() as reaper:
+            with reaper.subscribe() as exits:
+                child = reaper.spawn(
+                    [sys.executable, "-c", script, *argv],
+                    cwd=bundle,
+                    env=environ,
+                    stdin=DEVNULL,
+                    extra_fds=extra_fds,
+                )
+                listener.close()
+                try:
+                    async with connect_task_when_ready(path, exits) as task:
+                        reply = await task.Connect(shim_pb2.ConnectRequest(id="c1"))
+                        assert reply.shim_pid == child.pid
+                        await task.Shutdown(shim_pb2.ShutdownRequest(id="c1"))
+                    assert await child.wait() == 0
+                finally:
+                    child.kill()
+    assert not exists(path)
+    assert "starting signal loop" in read_text(Path(bundle, "log"))
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def read_text(path: Path) -> str:
+    return path.read_text()
+
+
+@asynccontextmanager
+async def connect_task_when_ready(
+    path: str, exits: trio.MemoryReceiveChannel[Exit]
+) -> AsyncIterator[Stub]:
+    """Connect once the daemon listens (it binds `-socket` itself, after its imports)."""
+    while not exists(path):
+        with trio.move_on_after(0.01):
+            exit_ = await exits.receive()
+            raise AssertionError(f"the daemon exited early: {exit_}")
+    async with connect_task(path, "testns") as task:
+        yield task
