@@ -109,6 +109,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="small sizes for a smoke run (5 runs/execs/starts, 1 s ttrpc, 100 MB, 10 containers)",
     )
     p.add_argument(
+        "--ours-binary",
+        metavar="PATH",
+        help="use this executable as containerd-shim-trioshim-v2 (default: the one on the PATH)",
+    )
+    p.add_argument(
         "--no-ours", action="store_true", help="measure the reference only (ours shown as skipped)"
     )
     p.add_argument(
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     forced: list[str] = []
     interrupted = False
     try:
-        env = BenchEnv(smoke_timeout=args.smoke_timeout)
+        env = BenchEnv(smoke_timeout=args.smoke_timeout, ours_binary=args.ours_binary)
         if args.no_ours:
             env.ours.unavailable = "skipped (--no-ours)"
         env.start()

@@ -256,7 +256,13 @@ def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
 class BenchEnv:
     """One private containerd, a busybox rootfs and the two runtimes, for one run."""
 
-    def __init__(self, *, smoke_timeout: float = 30.0, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        *,
+        smoke_timeout: float = 30.0,
+        log_level: str = "info",
+        ours_binary: str | None = None,
+    ) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
         self.bin_dir = self.base / "bin"
         self.smoke_timeout = smoke_timeout
@@ -278,6 +284,13 @@ class BenchEnv:
             "io.containerd.trioshim.v2.group",
             binary=_which(OURS_BINARY, path),
         )
+        if ours_binary is not None:
+            # A given build of ours, under the name containerd looks up.
+            self.bin_dir.mkdir(parents=True, exist_ok=True)
+            link = self.bin_dir / OURS_BINARY
+            link.symlink_to(Path(ours_binary).absolute())
+            self.ours.binary = str(link)
+            path = f"{self.bin_dir}:{path}"
         if self.reference.binary is None:
             self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
         if self.ours.binary is None:

@@ -255,7 +255,7 @@ def bench_stdout(env: BenchEnv, args: Any, result: BenchResult) -> None:
             log(f"stdout: {rt.key} run {i + 1}/{runs}, {nbytes} bytes")
             try:
                 m = _read_stdout(
-                    env, rt, nbytes, args.stdout_producer, timeout=max(120.0, nbytes / 5e6)
+                    env, rt, nbytes, args.stdout_producer, timeout=max(60.0, nbytes / 10e6)
                 )
                 per_rt[rt.key].append(m)
                 log(f"stdout: {rt.key}: {m['mb_per_s']:.0f} MB/s")

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,16 @@ def _drain(fd: int) -> bytes:
         if not chunk:
             return out
         out += chunk
+
+
+@contextlib.contextmanager
+def _explain_timeout(message: str) -> Iterator[None]:
+    import trio
+
+    try:
+        yield
+    except trio.TooSlowError:
+        raise RuntimeError(message) from None
 
 
 class StartRunner:
@@ -135,17 +146,32 @@ class StartRunner:
             )
             assert proc.stdout is not None
             out = b""
-            with trio.fail_after(30):
-                async with proc.stdout:
-                    while chunk := await proc.stdout.receive_some(65536):
-                        out += chunk
-                rc = await proc.wait()
+            try:
+                with trio.fail_after(30):
+                    async with proc.stdout:
+                        while chunk := await proc.stdout.receive_some(65536):
+                            out += chunk
+                    rc = await proc.wait()
+            except BaseException as exc:
+                # A helper that hangs (or a Ctrl-C): take its process group down with it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await proc.wait()
+                if isinstance(exc, trio.TooSlowError):
+                    raise RuntimeError(
+                        f"start did not exit within 30 s (printed {out[:200]!r})"
+                    ) from None
+                raise
             t_helper = time.perf_counter()
             text = out.decode(errors="replace")
             if rc != 0:
                 raise RuntimeError(f"start exited {rc}: {text.strip()}")
             address = text.strip()
-            with trio.fail_after(30):
+            with (
+                _explain_timeout(f"no Connect answer on {address!r} within 30 s"),
+                trio.fail_after(30),
+            ):
                 async with open_unix_client(address) as client:
                     r = await client.call(
                         TASK,
