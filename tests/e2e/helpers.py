@@ -219,6 +219,17 @@ class E2E:
         assert c.returncode == 0, c.stderr
         return status
 
+    def spec(self, cid: str, args: list[str]) -> dict[str, Any]:
+        """ctr's default OCI spec (`ctr oci spec`) for `ctr run --config`: our rootfs, `args`,
+        cgroup `/<namespace>/<cid>`."""
+        r = self.ctr("oci", "spec")
+        assert r.returncode == 0, r.stderr
+        spec: dict[str, Any] = json.loads(r.stdout)
+        spec["root"] = {"path": self.rootfs, "readonly": False}
+        spec["process"]["args"] = args
+        spec["linux"]["cgroupsPath"] = f"/{self.namespace}/{cid}"
+        return spec
+
     def events(self) -> EventLog:
         return EventLog(self.containerd)
 

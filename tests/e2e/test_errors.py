@@ -21,16 +21,6 @@ from tests.support.containerd import PrivateContainerd, default_path, venv_bin_d
 from .helpers import E2E, wait_for
 
 
-def _spec(e2e: E2E, cid: str, args: list[str]) -> dict[str, Any]:
-    r = e2e.ctr("oci", "spec")
-    assert r.returncode == 0, r.stderr
-    spec: dict[str, Any] = json.loads(r.stdout)
-    spec["root"] = {"path": e2e.rootfs, "readonly": False}
-    spec["process"]["args"] = args
-    spec["linux"]["cgroupsPath"] = f"/{e2e.namespace}/{cid}"
-    return spec
-
-
 def _set_cwd(spec: dict[str, Any]) -> None:
     spec["process"]["cwd"] = "relative/dir"
 
@@ -63,7 +53,7 @@ def test_invalid_config_json(
     e2e: E2E, tmp_path: Path, breakage: Callable[[dict[str, Any]], None], message: str
 ) -> None:
     cid = e2e.new_id()
-    spec = _spec(e2e, cid, ["/bin/echo", "never"])
+    spec = e2e.spec(cid, ["/bin/echo", "never"])
     breakage(spec)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(spec))

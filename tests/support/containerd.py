@@ -271,6 +271,10 @@ oom_score = 0
             with contextlib.suppress(Exception):
                 forced += self.cleanup_namespace()
         self._halt()
+        # Shims of deleted tasks exit by themselves shortly after their Shutdown.
+        deadline = time.monotonic() + 5
+        while self.shim_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
         for pid in self.shim_pids():
             forced.append(f"shim pid {pid}")
             with contextlib.suppress(ProcessLookupError):
