@@ -334,3 +334,29 @@ async def test_console_copy_direct() -> None:
     assert ended == [copymod.PumpEnd.STOPPED]
     assert got == b"one two"
     assert console.closed
+
+
+async def test_console_exit_while_stdin_blocked_on_full_terminal() -> None:
+    """The process stops reading its terminal and exits: stdin waiting on a full master must
+    not keep the console alive."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.set_blocking(in_w, False)
+    console = Console(master)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: console.copy(stdin=in_r, output=out_w))
+            # Feed stdin until the terminal's input queue is full and the copier waits on it.
+            chunk = b"x" * 4096
+            while True:
+                await trio.testing.wait_all_tasks_blocked()
+                try:
+                    os.write(in_w, chunk)
+                except BlockingIOError:
+                    break
+            console.shutdown()  # the process exited
+    assert console.closed
+    for fd in (slave, in_r, in_w, out_r, out_w):
+        os.close(fd)

@@ -202,10 +202,12 @@ class Console:
                 finally:
                     if output_done is not None:
                         output_done(end)
-                # Output is over (drained after shutdown, or the destination broke): the stdin
-                # side has no terminal to feed any more once the process is gone.
+                # Output is over after a shutdown and its final drain: the process is gone (or
+                # stdin ended), so stop the stdin side too, even if it waits on a full terminal.
+                # A broken output alone (the logger died) leaves stdin running until shutdown.
                 if end is not PumpEnd.BROKEN:
                     self._stop.set()
+                    nursery.cancel_scope.cancel()
         finally:
             self.close()
 
