@@ -312,6 +312,32 @@ async def mount_rootfs(mounts: Sequence[Mount], rootfs: str) -> None:
             raise unknown(f"failed to mount rootfs component {m}: {text}") from exc
 
 
+def enable_v2_controllers(path: str, root: str = "/sys/fs/cgroup") -> None:
+    """Enable every controller of the unified root in ``cgroup.subtree_control`` of each
+    ancestor of ``path`` (the root included, ``path`` itself not), so that the container's
+    cgroup gets them all (containerd's ``ToggleControllers``). Raises the last failure."""
+    with open(os.path.join(root, "cgroup.controllers"), encoding="ascii") as f:
+        controllers = f.read().split()
+    if not controllers:
+        return
+    line = " ".join(f"+{c}" for c in controllers)
+    relative = os.path.relpath(path, root)
+    if relative.startswith(".."):
+        raise ValueError(f"{path} is not below {root}")
+    parts = [] if relative == "." else relative.split(os.sep)
+    error: OSError | None = None
+    for depth in range(len(parts)):
+        target = os.path.join(root, *parts[:depth], "cgroup.subtree_control")
+        try:
+            with open(target, "w", encoding="ascii") as f:
+                f.write(line)
+            error = None
+        except OSError as exc:
+            error = exc
+    if error is not None:
+        raise error
+
+
 def should_kill_all(bundle: str) -> bool:
     """Whether the init's exit must be followed by ``runc kill --all <id> 9``: unless the
     container has a private PID namespace (the kernel then kills the rest itself)."""

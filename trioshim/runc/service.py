@@ -37,8 +37,13 @@ from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
-from trioshim.runc.cgroups import Cgroup
-from trioshim.runc.container import Container, decode_options, type_name
+from trioshim.runc.cgroups import Cgroup, CgroupV2
+from trioshim.runc.container import (
+    Container,
+    decode_options,
+    enable_v2_controllers,
+    type_name,
+)
 from trioshim.runc.exits import Exits, timestamp
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
 from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
@@ -167,6 +172,11 @@ class TaskService:
     def _watch_oom(self, container: Container) -> None:
         if container.cgroup is None or self.oom is None:
             return
+        if isinstance(container.cgroup, CgroupV2):
+            try:
+                enable_v2_controllers(container.cgroup.path)
+            except (OSError, ValueError) as exc:
+                log.warning("failed to enable the cgroup controllers of %s: %s", container.id, exc)
         if container.id in self.oom.watching:
             return
         try:

@@ -1,0 +1,103 @@
+"""Bundle files, runtime options, mount option parsing, the kill-all rule, v2 controllers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2
+
+from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.runc import container as c
+from trioshim.ttrpc.errors import TTRPCError
+
+
+def test_options_json_like_go(tmp_path: Path) -> None:
+    assert c.options_json(oci_pb2.Options()) == "{}"
+    opts = oci_pb2.Options(binary_name="runc", systemd_cgroup=True, io_uid=1000)
+    assert json.loads(c.options_json(opts)) == {
+        "binary_name": "runc",
+        "systemd_cgroup": True,
+        "io_uid": 1000,
+    }
+    c.write_bundle_files(str(tmp_path), opts)
+    assert (tmp_path / "runtime").read_text() == "runc"
+    assert (tmp_path / "options.json").stat().st_mode & 0o777 == 0o600
+    assert c.read_options(str(tmp_path)) == opts
+    assert c.read_runtime(str(tmp_path)) == "runc"
+    assert c.read_options(str(tmp_path / "nope")) is None
+
+
+def test_decode_options() -> None:
+    opts = oci_pb2.Options(root="/r", no_pivot_root=True)
+    packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=opts.SerializeToString())
+    assert c.decode_options(packed) == opts
+    prefixed = any_pb2.Any(
+        type_url="type.googleapis.com/containerd.runc.v1.Options", value=opts.SerializeToString()
+    )
+    assert c.decode_options(prefixed) == opts
+    assert c.decode_options(None) == oci_pb2.Options()
+    assert c.decode_options(any_pb2.Any()) == oci_pb2.Options()
+    assert c.decode_options(any_pb2.Any(type_url="runtimeoptions.v1.Options")) == oci_pb2.Options()
+    with pytest.raises(TTRPCError, match=r"^type with url foo\.Bar: not found$"):
+        c.decode_options(any_pb2.Any(type_url="foo.Bar"))
+
+
+def test_parse_mount_options() -> None:
+    assert c.parse_mount_options(["rbind", "ro"]) == (c.MS_BIND | c.MS_REC | c.MS_RDONLY, "", False)
+    flags, data, loop = c.parse_mount_options(
+        ["nosuid", "nodev", "ro", "rw", "lowerdir=/a:/b", "upperdir=/u", "loop", "defaults"]
+    )
+    assert flags == c.MS_NOSUID | c.MS_NODEV
+    assert data == "lowerdir=/a:/b,upperdir=/u,defaults"  # flag 0: data, as containerd does
+    assert loop
+
+
+def test_compact_lowerdir() -> None:
+    opts = [
+        "index=off",
+        "lowerdir=/var/lib/s/snapshots/12/fs:/var/lib/s/snapshots/11/fs:/var/lib/s/snapshots/1/fs",
+        "upperdir=/u",
+    ]
+    chdir, compact = c.compact_lowerdir(opts)
+    assert chdir == "/var/lib/s/snapshots/"
+    assert compact == ["index=off", "upperdir=/u", "lowerdir=12/fs:11/fs:1/fs"]
+    assert c.compact_lowerdir(["lowerdir=/only/one"]) == ("", ["lowerdir=/only/one"])
+    assert c.compact_lowerdir(["x"]) == ("", ["x"])
+
+
+def test_mount_text_like_go() -> None:
+    m = c.Mount("overlay", "overlay", "", ("ro", "lowerdir=/a"))
+    assert str(m) == "&{overlay overlay  [ro lowerdir=/a]}"
+
+
+def _bundle(tmp_path: Path, spec: object) -> str:
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    return str(tmp_path)
+
+
+def test_should_kill_all(tmp_path: Path) -> None:
+    private = {"linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}}
+    assert not c.should_kill_all(_bundle(tmp_path, private))
+    joined = {"linux": {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}}
+    assert c.should_kill_all(_bundle(tmp_path, joined))
+    host = {"linux": {"namespaces": [{"type": "mount"}]}}
+    assert c.should_kill_all(_bundle(tmp_path, host))
+    assert c.should_kill_all(_bundle(tmp_path, {}))
+    (tmp_path / "config.json").write_text("{broken")
+    assert c.should_kill_all(str(tmp_path))
+    assert c.should_kill_all(str(tmp_path / "missing"))
+
+
+def test_enable_v2_controllers(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    leaf = root / "a" / "b" / "c1"
+    leaf.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    c.enable_v2_controllers(str(leaf), str(root))
+    for d in (root, root / "a", root / "a" / "b"):
+        assert (d / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert not (leaf / "cgroup.subtree_control").exists()
+    with pytest.raises(ValueError):
+        c.enable_v2_controllers(str(tmp_path / "elsewhere"), str(root))
