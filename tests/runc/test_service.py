@@ -778,3 +778,23 @@ async def test_restore_from_checkpoint_fails_clearly_without_criu(harness: Harne
     deleted = await h.call("Delete", api.DeleteRequest(id="r1"))
     assert deleted.pid == 0
     assert not _is_mounted(h.tmp / "r1" / "rootfs")
+
+
+async def test_stdout_fifo_without_reader_times_out(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trioshim.runc import process
+
+    monkeypatch.setattr(process, "IO_SETUP_TIMEOUT", 0.5)
+    h = harness
+    stdout = h.tmp / "nobody-reads"
+    os.mkfifo(stdout)
+    bundle = await h.bundle("dl", ["true"])
+    err = await h.fails("Create", h.create_request("dl", bundle, stdout=str(stdout)))
+    assert err.code == Code.DEADLINE_EXCEEDED
+    assert err.message.startswith("failed to start io pipe copy: "), err.message
+    assert err.message.endswith("context deadline exceeded"), err.message
+    assert not _is_mounted(bundle / "rootfs")
+    runc_list = await h.reaper.run(["runc", "--root", str(h.runc_root / "testns"), "list", "-q"])
+    assert runc_list.stdout.strip() == b""  # not left behind in runc either
+    assert "dl" not in h.service.containers
