@@ -70,11 +70,14 @@ def run(
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     environ: Mapping[str, str] | None = None,
+    containerd_pid: int | None = None,
 ) -> int:
     """Run the shim action ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
     ``registry`` holds the daemon's plugins (default :data:`default_registry`). The streams
-    and ``environ`` default to the process's; tests pass their own.
+    and ``environ`` default to the process's; tests pass their own. ``containerd_pid`` is the
+    process whose OOM score the daemon's is based on (default: our parent, as containerd
+    execs the helper; the fork server passes the helper's parent).
     """
     io = _IO(
         stdin or sys.stdin.buffer,
@@ -106,7 +109,7 @@ def run(
         validate_identifier("namespace", flags.namespace)
         validate_identifier("id", flags.id)
         if flags.action == "start":
-            return _start(manager, flags, registry, io, env)
+            return _start(manager, flags, registry, io, env, containerd_pid or os.getppid())
         if flags.action == "delete":
             return _delete(manager, flags, io)
         if flags.action == "":
@@ -179,10 +182,10 @@ def _parse_stdin(
     return options, None
 
 
-def _adjust_oom_score(pid: int) -> None:
+def _adjust_oom_score(pid: int, containerd_pid: int) -> None:
     """Daemon's ``oom_score_adj`` = containerd's + 1 (clamped); permission errors ignored."""
     try:
-        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+        with open(f"/proc/{containerd_pid}/oom_score_adj") as f:
             score = int(f.read().strip())
         value = max(-1000, min(1000, score + 1))
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
@@ -223,7 +226,12 @@ def _bind(address: str) -> socket.socket | None:
 
 
 def _start(
-    manager: Manager, flags: Flags, registry: Registry, io: _IO, env: Mapping[str, str]
+    manager: Manager,
+    flags: Flags,
+    registry: Registry,
+    io: _IO,
+    env: Mapping[str, str],
+    containerd_pid: int,
 ) -> int:
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     options, bootstrap = _parse_stdin(io.stdin.read(), flags)
@@ -263,7 +271,7 @@ def _start(
         pid = _fork_daemon(manager, flags, registry, sock, address, bundle, ttrpc_address)
         sock.close()
         manager.after_spawn(ctx, pid)
-        _adjust_oom_score(pid)
+        _adjust_oom_score(pid, containerd_pid)
     except BaseException:
         sock.close()
         addr.remove_socket(address)
