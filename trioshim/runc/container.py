@@ -390,12 +390,16 @@ class Container:
         namespace: str,
         reaper: Reaper,
         open_io: IOOpener,
+        options: oci_pb2.Options | None = None,
     ) -> Container:
         """Write the bundle files, mount the rootfs, ``runc create``; undo the mounts on error.
 
-        ``request`` is a ``CreateTaskRequest`` (task API v2 or v3).
+        ``request`` is a ``CreateTaskRequest`` (task API v2 or v3); ``options`` its decoded
+        runtime options (decoded here when not given).
         """
-        opts = decode_options(request.options if request.HasField("options") else None)
+        opts = options
+        if opts is None:
+            opts = decode_options(request.options if request.HasField("options") else None)
         bundle = request.bundle
         mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
         rootfs = ""

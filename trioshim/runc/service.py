@@ -116,8 +116,8 @@ class Shutdown(Protocol):
 class TaskService:
     """The runc task service of one shim daemon (every container grouped into it).
 
-    Build with :func:`open_task_service` (or :meth:`start` in a nursery): it needs its exit
-    subscription and OOM watcher running before the first RPC.
+    ``await nursery.start(service.run)`` before serving it: the exit subscription and the OOM
+    watcher must be in place before the first RPC (:func:`init_plugin` does that).
     """
 
     def __init__(
@@ -170,15 +170,13 @@ class TaskService:
         self._publish(TASK_OOM, events.TaskOOM(container_id=container_id))
 
     def _watch_oom(self, container: Container) -> None:
-        if container.cgroup is None or self.oom is None:
+        if container.cgroup is None or self.oom is None or container.id in self.oom.watching:
             return
         if isinstance(container.cgroup, CgroupV2):
             try:
                 enable_v2_controllers(container.cgroup.path)
             except (OSError, ValueError) as exc:
                 log.warning("failed to enable the cgroup controllers of %s: %s", container.id, exc)
-        if container.id in self.oom.watching:
-            return
         try:
             self.oom.add(container.id, container.cgroup)
         except Exception as exc:
@@ -225,6 +223,7 @@ class TaskService:
                 options = decode_options(request.options if request.HasField("options") else None)
                 container = await Container.create(
                     request,
+                    options=options,
                     namespace=namespace,
                     reaper=self.reaper,
                     open_io=self._io_opener(options),
