@@ -264,10 +264,6 @@ class Process:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} pid={self.pid} {self.state.name}>"
 
-    @property
-    def is_init(self) -> bool:
-        return False
-
     def status(self) -> str:
         return self.state.status
 
@@ -371,10 +367,6 @@ class InitProcess(Process):
         self.criu_work_path = criu_work_path or self.work_dir
         self.pausing = False
         self._restore: CheckpointOpts | None = None
-
-    @property
-    def is_init(self) -> bool:
-        return True
 
     @property
     def pid_file(self) -> str:
