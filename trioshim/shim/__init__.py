@@ -11,9 +11,12 @@ the standard library: the start helper must not pay for Trio and protobuf.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from trioshim.shim.flags import FlagError, Flags, parse_flags
     from trioshim.shim.main import main, run
     from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
