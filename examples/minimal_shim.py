@@ -1,10 +1,6 @@
 #!/usr/bin/env python3
-"""A minimal containerd shim on trioshim: it runs the container's process on the host, with no
-isolation (an example, not a runtime). Launch it through a wrapper that uses an interpreter
-with trioshim installed (``exec /path/.venv/bin/python /path/minimal_shim.py "$@"``):
-``ctr run --rm --runtime /abs/path/wrapper --rootfs DIR id /bin/echo hi`` prints ``hi`` and
-returns the process's exit status. RPCs not written here answer Unimplemented by themselves.
-"""
+"""A minimal containerd shim on trioshim: runs the container's process on the host, without
+isolation (an example; see README.md). RPCs not written here answer Unimplemented."""
 
 import json
 import os
@@ -22,9 +18,7 @@ class Proc:
         self.request, self.child, self.done = request, None, trio.Event()
 
 
-class Task:
-    """The ``containerd.task.v2.Task`` service: one method per RPC it implements."""
-
+class Task:  # the containerd.task.v2.Task service: one method per RPC
     def __init__(self, ctx):  # ctx: shim.InitContext
         self.ctx, self.procs = ctx, {}
         self.publish, self.reaper = ctx.get(shim.EVENT_PLUGIN).publish, ctx.get(shim.REAPER_PLUGIN)
