@@ -38,6 +38,10 @@ REFERENCE_RUNTIME = "io.containerd.runc.v2"
 OURS_RUNTIME = "io.containerd.trioshim.v2"
 REFERENCE_BINARY = "containerd-shim-runc-v2"
 OURS_BINARY = "containerd-shim-trioshim-v2"
+# ours's fork server (trioshim/shim/forkserver.py): `python -m trioshim.shim.forkserver serve`;
+# its socket dir is made private to the run through this variable in containerd's environment.
+FORKSERVER_MODULE = "trioshim.shim.forkserver"
+FORKSERVER_DIR_ENV = "TRIOSHIM_FORKSERVER_DIR"
 
 
 # ----------------------------------------------------------------------------------- output
@@ -297,8 +301,12 @@ class BenchEnv:
             self.ours.binary, self.ours.unavailable = _ours_launcher(self.bin_dir)
             if self.ours.binary is not None:
                 path = f"{self.bin_dir}:{path}"
+        self.forkserver_dir = self.base / "fs"
         self.containerd = PrivateContainerd(
-            base_dir=self.base / "c", path=path, log_level=log_level
+            base_dir=self.base / "c",
+            path=path,
+            log_level=log_level,
+            env={FORKSERVER_DIR_ENV: str(self.forkserver_dir)},
         )
         self.rootfs: Path | None = None
         self.started = False
@@ -338,13 +346,18 @@ class BenchEnv:
     def close(self) -> list[str]:
         """Remove everything; returns what had to be cleaned by force."""
         forced: list[str] = []
+        self.stop_fork_servers()  # by design alive until idle; ours to stop, not a leftover
         if self.started:
+            # Name what containerd's own clean-up will kill, before it does.
+            for pid in self.containerd.shim_pids():
+                forced.append(f"shim pid {pid}: {' '.join(proc_argv(pid))[:200]}")
             with contextlib.suppress(Exception):
-                forced += self.containerd.stop()
+                self.containerd.stop()
         for pid in self.shim_pids(None):
             forced.append(f"shim pid {pid} {' '.join(proc_argv(pid))[:120]}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        self.stop_fork_servers()
         ns_root = RUNC_ROOT / self.containerd.namespace
         with contextlib.suppress(OSError):
             ns_root.rmdir()
@@ -435,19 +448,27 @@ class BenchEnv:
 
     # -- shim processes ---------------------------------------------------------------------
 
-    def shim_pids(self, rt: Runtime | None) -> list[int]:
-        """Shim processes (daemons, start/delete helpers, any forking parent) of ``rt`` (or of
-        both) that belong to this containerd: the binary in their first arguments and this
-        containerd's address in their argv or its ttrpc address in their environment."""
+    def shim_pids(self, rt: Runtime | None, *, servers: bool = False) -> list[int]:
+        """Shim processes (daemons, start/delete helpers) of ``rt`` (or of both) that belong
+        to this containerd: the binary in their first arguments and this containerd's address
+        in their argv or its ttrpc address in their environment. With ``servers``, ours's
+        fork server too (``trioshim.shim.forkserver``, kept private to this run by
+        ``TRIOSHIM_FORKSERVER_DIR``): it serves every start, so its memory counts, but it
+        outlives the containers by design, so it is no leftover."""
         names = (
             [REFERENCE_BINARY, OURS_BINARY] if rt is None else [rt.binary_name]
         )  # python launchers: [python, script, ...]
+        want_servers = servers and (rt is None or rt.key == "ours")
         found: list[int] = []
         me = os.getpid()
         for pid in all_pids():
             if pid == me:
                 continue
             argv = proc_argv(pid)
+            if want_servers and FORKSERVER_MODULE in argv[:3]:
+                if proc_environ(pid).get(FORKSERVER_DIR_ENV) == str(self.forkserver_dir):
+                    found.append(pid)
+                continue
             if not any(os.path.basename(a) in names for a in argv[:3]):
                 continue
             if self.containerd.address in argv or (
@@ -455,6 +476,20 @@ class BenchEnv:
             ):
                 found.append(pid)
         return found
+
+    def fork_server_pids(self) -> list[int]:
+        ours = self.shim_pids(self.ours, servers=True)
+        return [p for p in ours if FORKSERVER_MODULE in proc_argv(p)[:3]]
+
+    def stop_fork_servers(self) -> list[int]:
+        """SIGKILL this run's fork servers (e.g. for a cold start); returns their pids."""
+        pids = self.fork_server_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5)
+        shutil.rmtree(self.forkserver_dir, ignore_errors=True)
+        return pids
 
     def leftover_sockets(self, keys: Iterable[str], namespace: str | None = None) -> list[Path]:
         from tests.support.containerd import shim_socket_path

@@ -282,11 +282,14 @@ def bench_stdout(env: BenchEnv, args: Any, result: BenchResult) -> None:
 
 
 def _shim_memory(env: BenchEnv, rt: Runtime) -> dict[str, Any]:
-    pids = env.shim_pids(rt)
+    pids = env.shim_pids(rt, servers=True)
+    servers = env.fork_server_pids() if rt.key == "ours" else []
     per = {pid: memory_kb(pid) for pid in pids}
     return {
         "pids": pids,
         "processes": len(pids),
+        "fork_servers": len(servers),
+        "fork_server_pss_kb": sum(per.get(p, {}).get("Pss", 0) for p in servers),
         "rss_kb": sum(m.get("Rss", 0) for m in per.values()),
         "pss_kb": sum(m.get("Pss", 0) for m in per.values()),
         "private_dirty_kb": sum(m.get("Private_Dirty", 0) for m in per.values()),
@@ -350,6 +353,8 @@ def bench_rss(env: BenchEnv, args: Any, result: BenchResult) -> None:
     }
     _unavailable_rows(env, list(rows.values()))
 
+    counts: list[str] = []
+
     def phase(rt: Runtime, name: str, n: int, grouped: bool) -> dict[str, Any]:
         log(f"rss: {rt.key}: {name}: {n} container(s){' grouped' if grouped else ''}")
         ids: list[str] = []
@@ -360,6 +365,7 @@ def bench_rss(env: BenchEnv, args: Any, result: BenchResult) -> None:
         finally:
             _remove_many(env, rt, ids, parallel)
         mem["containers"] = n
+        counts.append(f"{rt.key} {name}: {mem['processes']} ({mem['fork_servers']} fork server)")
         log(
             f"rss: {rt.key}: {name}: {mem['processes']} shim process(es), "
             f"RSS {mem['rss_kb'] / mb:.1f} MB, PSS {mem['pss_kb'] / mb:.1f} MB"
@@ -410,7 +416,8 @@ def bench_rss(env: BenchEnv, args: Any, result: BenchResult) -> None:
         f"rss: sums over every shim process of the runtime (daemons and any forking parent), "
         f"from /proc/<pid>/smaps_rollup, {settle:g}s after the last start; grouped = the "
         f"runtime's group annotation (io.containerd.runc.v2.group / "
-        f"io.containerd.trioshim.v2.group) set with `ctr run --annotation`."
+        f"io.containerd.trioshim.v2.group) set with `ctr run --annotation`; ours includes "
+        f"its fork server when it has one. Processes counted: {'; '.join(counts)}."
     )
 
 

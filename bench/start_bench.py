@@ -257,6 +257,9 @@ class StartRunner:
 
 def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
     n: int = args.starts
+    # A truly cold first start: no fork server of ours yet (earlier benchmarks started one).
+    if env.stop_fork_servers():
+        result.notes.append("start: stopped ours's fork server first, so the cold start is cold")
     runner = StartRunner(env)
     runtimes = [rt for rt in (env.reference, env.ours) if rt.binary is not None]
     samples: dict[str, list[StartSample]] = {rt.key: [] for rt in runtimes}
