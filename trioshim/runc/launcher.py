@@ -1,0 +1,37 @@
+"""The ``containerd-shim-trioshim-v2`` console script: an import-light launcher.
+
+containerd execs the shim for every container start and every clean-up, so this module imports
+nothing but the fork-server helper (standard-library built-ins only). ``start`` and ``delete``
+run in a worker forked from a server that has :func:`app` imported already; everything else
+(the daemon mode, ``-info``, ``-v``) and the very first start run in-process. See
+:mod:`trioshim.shim.forkserver`.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from trioshim.shim.manager import Manager
+    from trioshim.shim.plugin import Registry
+
+APP = "trioshim.runc.launcher:app"
+
+
+def app() -> tuple[Manager, Registry]:
+    """What the fork server imports and runs: the runc manager and the daemon's plugins."""
+    from trioshim.runc.main import registry
+    from trioshim.runc.manager import RuncManager
+
+    return RuncManager(), registry()
+
+
+def main() -> NoReturn:
+    from trioshim.shim.forkserver import main as forkserver_main
+
+    forkserver_main(APP)
+
+
+if __name__ == "__main__":
+    main()
