@@ -47,6 +47,17 @@ class Measurement:
 
 
 def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process, all its threads: the sum of /proc/<pid>/task/*/schedstat (ns
+    resolution), or utime+stime from /proc/<pid>/stat (clock ticks) without schedstat."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    except OSError:
+        total = 0
+    if total:
+        return total / 1e9
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # Fields 14 and 15 (utime, stime), counted from 1 with pid and comm first.
     return (int(stat[11]) + int(stat[12])) / _TCK
