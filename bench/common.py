@@ -228,11 +228,26 @@ def _which(name: str, path: str) -> str | None:
     return shutil.which(name, path=path)
 
 
+def _entry_point() -> tuple[str, str]:
+    """``(module, function)`` of ours's console script, from pyproject.toml."""
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        spec = tomllib.load(f)["project"]["scripts"][OURS_BINARY]
+    module, _, function = spec.partition(":")
+    return module, function or "main"
+
+
 def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
-    """A console-script launcher for ours, as pip would write it, when the package is in the
-    tree but not installed in the venv. Returns (path, None) or (None, why not)."""
+    """A console-script launcher for ours, as pip would write it from pyproject.toml's
+    ``[project.scripts]``, when the package is in the tree but not installed in the venv.
+    Returns (path, None) or (None, why not)."""
+    try:
+        module, function = _entry_point()
+    except (OSError, KeyError, ValueError) as exc:
+        return None, f"{OURS_BINARY} not installed and no entry point in pyproject.toml: {exc}"
     probe = subprocess.run(
-        [sys.executable, "-c", "import trioshim.runc.main as m; assert callable(m.main)"],
+        [sys.executable, "-c", f"import {module} as m; assert callable(m.{function})"],
         capture_output=True,
         text=True,
         cwd=str(REPO),
@@ -240,15 +255,15 @@ def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
     )
     if probe.returncode != 0:
         tail = probe.stderr.strip().splitlines()[-1:] or ["?"]
-        return None, f"{OURS_BINARY} not installed and trioshim.runc.main not importable: {tail[0]}"
+        return None, f"{OURS_BINARY} not installed and {module} not importable: {tail[0]}"
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / OURS_BINARY
     path.write_text(
         f"#!{sys.executable}\n"
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from trioshim.runc.main import main\n"
-        "sys.exit(main())\n"
+        f"from {module} import {function}\n"
+        f"sys.exit({function}())\n"
     )
     path.chmod(0o755)
     return str(path), None
