@@ -71,6 +71,7 @@ class RuncManager(Manager):
 
     name = RUNTIME_NAME
     group_annotations = (GROUP_ANNOTATION, SANDBOX_ANNOTATION)
+    max_task_api = 3  # the task service answers as containerd.task.v2.Task and .v3.Task
 
     def after_spawn(self, ctx: StartContext, pid: int) -> None:
         opts = runc_options(ctx.options)

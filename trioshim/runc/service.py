@@ -217,6 +217,10 @@ class TaskService:
         namespace = self.namespace or ctx.namespace
         if not namespace:
             raise InvalidArgument("create namespace: namespace is required")
+        log.debug(
+            "create",
+            extra={"fields": {"id": container_id, "service": f"{api.DESCRIPTOR.package}.Task"}},
+        )
         self._creating.add(container_id)
         try:
             with self.exits.starting() as starting:

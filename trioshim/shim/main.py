@@ -40,6 +40,7 @@ from trioshim.shim.daemon import DaemonConfig, serve_daemon
 from trioshim.shim.flags import USAGE, FlagError, Flags, parse_flags, validate_identifier
 from trioshim.shim.log import open_log_fifo, setup_logger
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
+from trioshim.shim.peer import start_reply
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
 
@@ -106,6 +107,7 @@ def run(
     try:
         if flags.info:
             return _info(manager, io)
+        flags = _flags_from_env(flags, env)
         validate_identifier("namespace", flags.namespace)
         validate_identifier("id", flags.id)
         if flags.action == "start":
@@ -126,9 +128,23 @@ def main(manager: Manager, registry: Registry | None = None) -> NoReturn:
 
 
 def _say(stream: BinaryIO, text: str) -> None:
+    _write(stream, text.encode())
+
+
+def _write(stream: BinaryIO, data: bytes) -> None:
     with contextlib.suppress(OSError, ValueError):
-        stream.write(text.encode())
+        stream.write(data)
         stream.flush()
+
+
+def _flags_from_env(flags: Flags, env: Mapping[str, str]) -> Flags:
+    """1.7+ also pass ``-namespace`` and ``-address`` as ``NAMESPACE`` and ``GRPC_ADDRESS``:
+    the flags win, the variables fill in a flag that is missing."""
+    namespace = flags.namespace or env.get("NAMESPACE", "")
+    address = flags.address or env.get("GRPC_ADDRESS", "").removeprefix("unix://")
+    if (namespace, address) == (flags.namespace, flags.address):
+        return flags
+    return dataclasses.replace(flags, namespace=namespace, address=address)
 
 
 def _ttrpc_address(flags: Flags, env: Mapping[str, str]) -> str:
@@ -256,11 +272,21 @@ def _start(
         socket_dir = bootstrap.socket_dir
     address = addr.socket_address(flags.address, flags.namespace, key, socket_dir=socket_dir)
     address_file = os.path.join(bundle, "address")
+    # The address file keeps the plain address whatever the reply: 1.6/1.7 read it verbatim
+    # on restart, 2.x reads the bootstrap.json it wrote from the reply.
+    reply = start_reply(
+        address,
+        max_task_api=manager.max_task_api,
+        environ=env,
+        publish_binary=flags.publish_binary,
+        containerd_pid=containerd_pid,
+        bootstrap=bootstrap is not None,
+    )
 
     sock = _bind(address)
     if sock is None:
         addr.write_address(address_file, address)
-        _say(io.stdout, address)
+        _write(io.stdout, reply)
         return 0
 
     pid = 0
@@ -283,7 +309,7 @@ def _start(
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         raise
-    _say(io.stdout, address)
+    _write(io.stdout, reply)
     return 0
 
 

@@ -79,6 +79,10 @@ class Manager:
     group_annotations: tuple[str, ...] = ("io.kubernetes.cri.sandbox-id",)
     #: Bound for in-flight requests at shutdown before they are cancelled (seconds).
     shutdown_grace: float = 2.0
+    #: Highest ``containerd.task.vN.Task`` the daemon's plugins serve. 3 lets ``start`` reply
+    #: so that containerd 2.x calls ``containerd.task.v3.Task`` (:mod:`trioshim.shim.peer`);
+    #: 2 (the default) keeps the plain address every line reads as version 2.
+    max_task_api: int = 2
 
     def __init__(self, name: str | None = None, *, socket_dir: str | None = None) -> None:
         if name is not None:
