@@ -365,7 +365,14 @@ def bench_rss(env: BenchEnv, args: Any, result: BenchResult) -> None:
         finally:
             _remove_many(env, rt, ids, parallel)
         mem["containers"] = n
-        counts.append(f"{rt.key} {name}: {mem['processes']} ({mem['fork_servers']} fork server)")
+        counts.append(
+            f"{rt.key} {name}: {mem['processes']}"
+            + (
+                f" (fork server PSS {mem['fork_server_pss_kb'] / mb:.1f} MB included)"
+                if mem["fork_servers"]
+                else ""
+            )
+        )
         log(
             f"rss: {rt.key}: {name}: {mem['processes']} shim process(es), "
             f"RSS {mem['rss_kb'] / mb:.1f} MB, PSS {mem['pss_kb'] / mb:.1f} MB"
