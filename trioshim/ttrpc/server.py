@@ -46,6 +46,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from trioshim.api.ttrpc.request_pb2 import Request, Response
 
+from ._io import receive_some_fd, send_all_fd, stream_fd
 from .codec import (
     MAX_MESSAGE_SIZE,
     ConnectionClosed,
@@ -472,6 +473,9 @@ class _Connection:
         self._protocol = ServerConnection(MAX_MESSAGE_SIZE)
         self._scope = trio.CancelScope()
         self._send_lock = trio.Lock()
+        # A socket stream is read and written through its fd directly (see _io.py); other
+        # streams through the Stream interface.
+        self._fd = stream_fd(stream)
         # Requests received whose reply is not yet written (nor abandoned).
         self._in_flight = 0
         self._close_when_idle = False
@@ -497,9 +501,14 @@ class _Connection:
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         protocol = self._protocol
+        fd = self._fd
+        stream = self._stream
         while True:
             try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if fd is None:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                else:
+                    data = await receive_some_fd(fd, _RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("ttrpc: connection lost: %r", exc)
                 return
@@ -513,29 +522,45 @@ class _Connection:
                 except RemoteProtocolError as exc:
                     log.warning("ttrpc: closing connection: %s", exc)
                     return
-                if isinstance(event, NeedData):
+                if type(event) is RequestReceived:
+                    self._in_flight += 1
+                    # The deadline counts from reception; read the clock only when there is one.
+                    received_at = trio.current_time() if event.request.timeout_nano else 0.0
+                    nursery.start_soon(self._handle, event, received_at)
+                elif isinstance(event, NeedData):
                     break
-                if isinstance(event, ConnectionClosed):
+                elif isinstance(event, ConnectionClosed):
                     return
-                if isinstance(event, ErrorReply):
+                elif isinstance(event, ErrorReply):
                     log.debug(
                         "ttrpc: rejecting frame on stream %d: %s", event.stream_id, event.message
                     )
                     if not await self._write(event.data):
                         return
-                elif isinstance(event, RequestReceived):
-                    self._in_flight += 1
-                    nursery.start_soon(self._handle, event, trio.current_time())
 
     async def _write(self, frame: bytes) -> bool:
-        """Write one whole frame; False when the connection broke (it is being closed)."""
-        async with self._send_lock:
-            try:
+        """Write one whole frame; False when the connection broke (it is being closed).
+
+        Uncontended (the usual case), the frame goes out in one non-blocking write without
+        a trip through the scheduler; the rest of a partial write, and writers arriving
+        meanwhile, wait for the socket under ``_send_lock``.
+        """
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self._fd is None:
                 await self._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.debug("ttrpc: write failed, closing connection: %r", exc)
-                self._scope.cancel()
-                return False
+            else:
+                await send_all_fd(self._fd, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("ttrpc: write failed, closing connection: %r", exc)
+            self._scope.cancel()
+            return False
+        finally:
+            lock.release()
         return True
 
     async def _handle(self, event: RequestReceived, received_at: float) -> None:
@@ -559,10 +584,13 @@ class _Connection:
             return _status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
         metadata: dict[str, list[str]] = {}
         for kv in request.metadata:
-            metadata.setdefault(kv.key, []).append(kv.value)
-        deadline = math.inf
-        if request.timeout_nano:
-            deadline = received_at + request.timeout_nano / 1e9
+            values = metadata.get(kv.key)
+            if values is None:
+                metadata[kv.key] = [kv.value]
+            else:
+                values.append(kv.value)
+        timeout_nano = request.timeout_nano
+        deadline = received_at + timeout_nano / 1e9 if timeout_nano else math.inf
         ctx = RequestContext(
             service=request.service,
             method=request.method,
@@ -571,13 +599,16 @@ class _Connection:
             stream_id=stream_id,
             peer=self._peer,
         )
-        if deadline <= trio.current_time():
-            return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
         try:
-            with trio.CancelScope(deadline=deadline) as scope:
+            if not timeout_nano:
                 result = await found.handler(ctx, message)
-            if scope.cancelled_caught:
-                return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+            else:
+                if deadline <= trio.current_time():
+                    return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+                with trio.CancelScope(deadline=deadline) as scope:
+                    result = await found.handler(ctx, message)
+                if scope.cancelled_caught:
+                    return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
         except Exception as exc:
             code, text, details = status_from_exception(exc)
             if code == Code.UNKNOWN:
