@@ -36,6 +36,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from trioshim.api.ttrpc.request_pb2 import Response
 
+from ._io import receive_some_fd, stream_socket, write_some_fd
 from .codec import (
     MAX_MESSAGE_SIZE,
     CallFailed,
@@ -82,6 +83,8 @@ class Client:
         self._on_close = on_close
         self._protocol = ClientConnection(MAX_MESSAGE_SIZE)
         self._send_lock = trio.Lock()
+        # A socket stream is read and written through its fd directly (see _io.py).
+        self._sock = stream_socket(stream)
         self._pending: dict[int, _Pending] = {}
         self._closed: ClosedError | None = None
         self._done = trio.Event()  # reader finished and on_close returned
@@ -143,8 +146,15 @@ class Client:
                 await trio.sleep_forever()
         pending = _Pending()
         stream_id: int | None = None
+        lock = self._send_lock
         try:
-            async with self._send_lock:
+            # Uncontended, take the lock without a trip through the scheduler (the call is a
+            # checkpoint anyway: it waits for its reply below).
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
                 if self._closed is not None:
                     raise ClosedError() from self._closed.__cause__
                 stream_id, data = self._protocol.send_request(
@@ -156,6 +166,8 @@ class Client:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     with trio.CancelScope(shield=True):
                         await self._lost(exc)
+            finally:
+                lock.release()
             await pending.event.wait()
         finally:
             if stream_id is not None and not pending.event.is_set():
@@ -178,20 +190,21 @@ class Client:
         is then closed (pending calls get ClosedError). Streams other than sockets are written
         shielded instead.
         """
-        sock = getattr(self._stream, "socket", None)
-        if not isinstance(sock, trio.socket.SocketType):
+        sock = self._sock
+        if sock is None:
             with trio.CancelScope(shield=True):
                 await self._stream.send_all(frame)
             return
-        view = memoryview(frame)
+        # Usually the kernel takes the whole frame at once: no scheduler trip at all.
+        sent = write_some_fd(sock, frame)
+        if sent == len(frame):
+            return
+        view = memoryview(frame)[sent:]
         try:
             while view:
-                try:
-                    # Raises Cancelled only before writing anything of this chunk.
-                    sent = await sock.send(view)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"ttrpc: write failed: {exc}") from exc
-                view = view[sent:]
+                # Raises Cancelled only while nothing of the rest is written.
+                await trio.lowlevel.wait_writable(sock)
+                view = view[write_some_fd(sock, view) :]
         except trio.Cancelled:
             if len(view) != len(frame):
                 log.warning("ttrpc: call cancelled in the middle of a frame, closing connection")
@@ -212,9 +225,14 @@ class Client:
 
     async def _read_loop(self) -> BaseException | None:
         protocol = self._protocol
+        sock = self._sock
+        stream = self._stream
         while True:
             try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if sock is None:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                else:
+                    data = await receive_some_fd(sock, _RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return exc
             if data:

@@ -46,7 +46,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from trioshim.api.ttrpc.request_pb2 import Request, Response
 
-from ._io import receive_some_fd, send_all_fd, stream_fd
+from ._io import receive_some_fd, send_all_fd, stream_socket
 from .codec import (
     MAX_MESSAGE_SIZE,
     ConnectionClosed,
@@ -475,7 +475,7 @@ class _Connection:
         self._send_lock = trio.Lock()
         # A socket stream is read and written through its fd directly (see _io.py); other
         # streams through the Stream interface.
-        self._fd = stream_fd(stream)
+        self._sock = stream_socket(stream)
         # Requests received whose reply is not yet written (nor abandoned).
         self._in_flight = 0
         self._close_when_idle = False
@@ -501,14 +501,14 @@ class _Connection:
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         protocol = self._protocol
-        fd = self._fd
+        sock = self._sock
         stream = self._stream
         while True:
             try:
-                if fd is None:
+                if sock is None:
                     data = await stream.receive_some(_RECEIVE_SIZE)
                 else:
-                    data = await receive_some_fd(fd, _RECEIVE_SIZE)
+                    data = await receive_some_fd(sock, _RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("ttrpc: connection lost: %r", exc)
                 return
@@ -551,10 +551,10 @@ class _Connection:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._fd is None:
+            if self._sock is None:
                 await self._stream.send_all(frame)
             else:
-                await send_all_fd(self._fd, frame)
+                await send_all_fd(self._sock, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("ttrpc: write failed, closing connection: %r", exc)
             self._scope.cancel()
