@@ -152,6 +152,11 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     poll(lambda: "serving" in env.server_log(), "the fork server")
     server_pid = env.server_pid()
     assert "worker" not in env.server_log()
+    # The server serves every containerd: it keeps none of the spawning call's environment.
+    assert not any(
+        v.startswith(b"TTRPC_ADDRESS=")
+        for v in Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
+    )
 
     helper_pid, _, out2 = env.run("c2", "start")  # warm: a worker of the server does it
     assert f"for pid {helper_pid}" in env.server_log()

@@ -57,8 +57,13 @@ DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
 PROTOCOL = 1
 _DELEGATED = ("start", "delete")
+# Set by containerd for one shim invocation (shim-v2.md 1.3); never part of the server's own.
+_PER_CALL_ENV = frozenset(
+    ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
+)
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
 _STATUS = struct.Struct("!ci")  # b"S" + exit status
+_CMDLINE_ROOM = 2048  # bytes of blank argv the server starts with (see _spawn_server)
 _REQUEST_TIMEOUT = 10.0  # to receive a request once connected
 _MAX_REQUEST = 4 << 20
 _SCM_RIGHTS = 1
@@ -175,12 +180,18 @@ def _spawn_server(app: str, path: str) -> None:
     log = os.environ.get(ENV_LOG) or os.devnull
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     argv = [sys.executable, "-m", "trioshim.shim.forkserver", "serve", app, path]
-    if sys.argv and sys.argv[0]:
-        argv.append(sys.argv[0])
+    argv.append(sys.argv[0] if sys.argv else "")
+    # Room in the argv area: a worker rewrites it in place with the helper's argv (truncated
+    # to its size), and containerd 1.7/2.x's `start` argv (long -publish-binary and -address
+    # paths, a 64-char pod id) must fit whole, `-id` included, in /proc/<daemon>/cmdline.
+    argv.append(" " * _CMDLINE_ROOM)
+    # The server serves every containerd of this uid: it must not carry the environment of the
+    # one whose start happened to spawn it (workers take each request's own environment).
+    env = {k: v for k, v in os.environ.items() if k not in _PER_CALL_ENV}
     os.posix_spawn(
         sys.executable,
         argv,
-        dict(os.environ),
+        env,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, log, flags, 0o600),
