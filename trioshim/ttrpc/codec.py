@@ -63,6 +63,8 @@ log = logging.getLogger("trioshim.ttrpc")
 
 HEADER: Final = struct.Struct(">IIBB")
 HEADER_SIZE: Final = HEADER.size
+_unpack_header: Final = HEADER.unpack_from
+_pack_header: Final = HEADER.pack
 #: Largest accepted ``length`` (payload bytes, header excluded): 4 MiB.
 MAX_MESSAGE_SIZE: Final = 4 << 20
 MAX_STREAM_ID: Final = 0xFFFFFFFF
@@ -161,13 +163,58 @@ class CallFailed:
     error: Exception
 
 
+# The events below are built once per frame: fill their slots directly, skipping the frozen
+# dataclass __init__ (one object.__setattr__ call per field). Same objects as cls(...).
+_new: Final = object.__new__
+_set_rr_id, _set_rr_request, _set_rr_flags = (
+    RequestReceived.__dict__[name].__set__ for name in ("stream_id", "request", "flags")
+)
+_set_resp_id, _set_resp_response = (
+    ResponseReceived.__dict__[name].__set__ for name in ("stream_id", "response")
+)
+
+
+def _request_received(stream_id: int, request: Request, flags: int) -> RequestReceived:
+    event: RequestReceived = _new(RequestReceived)
+    _set_rr_id(event, stream_id)
+    _set_rr_request(event, request)
+    _set_rr_flags(event, flags)
+    return event
+
+
+def _response_received(stream_id: int, response: Response) -> ResponseReceived:
+    event: ResponseReceived = _new(ResponseReceived)
+    _set_resp_id(event, stream_id)
+    _set_resp_response(event, response)
+    return event
+
+
+_parse_request: Final = Request.FromString
+_parse_response: Final = Response.FromString
+
+
 DecoderEvent = Frame | OversizedFrame | ConnectionClosed | NeedData
+#: :meth:`FrameDecoder.next_raw`: a complete frame as ``(stream_id, type, flags, payload)``.
+RawDecoderEvent = tuple[int, int, int, bytes] | OversizedFrame | ConnectionClosed | NeedData
 ServerEvent = RequestReceived | ErrorReply | ConnectionClosed | NeedData
 ClientEvent = ResponseReceived | CallFailed | ConnectionClosed | NeedData
 
 
 # ---------------------------------------------------------------------------------------------
 # Framing
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SIZE_BYTES: Final = [bytes([n]) for n in range(0x80)]
 
 
 def encode_frame(
@@ -198,7 +245,10 @@ class FrameDecoder:
 
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
+        # Received bytes; those before _pos are consumed (dropped at the next receive_data,
+        # or all at once when everything is consumed).
         self._buf = bytearray()
+        self._pos = 0
         self._eof = False
         # Header of an oversize frame whose payload is being skipped, and what is left of it.
         self._skipping: tuple[int, int, int, int] | None = None
@@ -207,7 +257,7 @@ class FrameDecoder:
     @property
     def trailing_data(self) -> int:
         """Bytes received but not yet part of a returned event (including a skipped rest)."""
-        return len(self._buf) + self._skip_left
+        return len(self._buf) - self._pos + self._skip_left
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof:
@@ -218,12 +268,25 @@ class FrameDecoder:
             take = min(self._skip_left, len(data))
             self._skip_left -= take
             data = data[take:]
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     def receive_eof(self) -> None:
         self._eof = True
 
     def next_event(self) -> DecoderEvent:
+        event = self.next_raw()
+        if type(event) is tuple:
+            return Frame(*event)
+        return event  # type: ignore[return-value]
+
+    def next_raw(
+        self,
+    ) -> tuple[int, int, int, bytes] | OversizedFrame | ConnectionClosed | NeedData:
+        """:meth:`next_event` with a complete frame as a ``(stream_id, type, flags, payload)``
+        tuple instead of a :class:`Frame` (cheaper, for the connection state machines)."""
         if self._skipping is not None:
             if self._skip_left:
                 return self._need_data()
@@ -231,27 +294,36 @@ class FrameDecoder:
             self._skipping = None
             return OversizedFrame(stream_id, type_, flags, length)
         buf = self._buf
-        if len(buf) < HEADER_SIZE:
+        pos = self._pos
+        size = len(buf)
+        if size - pos < HEADER_SIZE:
             return self._need_data()
-        length, stream_id, type_, flags = HEADER.unpack_from(buf)
+        length, stream_id, type_, flags = _unpack_header(buf, pos)
+        start = pos + HEADER_SIZE
         if length > self.max_message_size:
-            del buf[:HEADER_SIZE]
-            take = min(length, len(buf))
-            del buf[:take]
+            take = min(length, size - start)
+            self._consumed(start + take)
             self._skipping = (length, stream_id, type_, flags)
             self._skip_left = length - take
-            return self.next_event()
-        end = HEADER_SIZE + length
-        if len(buf) < end:
+            return self.next_raw()
+        end = start + length
+        if size < end:
             return self._need_data()
-        payload = bytes(buf[HEADER_SIZE:end])
-        del buf[:end]
-        return Frame(stream_id, type_, flags, payload)
+        payload = bytes(buf[start:end])
+        self._consumed(end)
+        return stream_id, type_, flags, payload
+
+    def _consumed(self, pos: int) -> None:
+        if pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = pos
 
     def _need_data(self) -> NeedData | ConnectionClosed:
         if not self._eof:
             return NEED_DATA
-        if self._buf or self._skip_left:
+        if self.trailing_data:
             raise RemoteProtocolError("connection closed in the middle of a frame")
         return ConnectionClosed()
 
@@ -302,37 +374,39 @@ class ServerConnection:
         self._decoder.receive_eof()
 
     def next_event(self) -> ServerEvent:
+        next_raw = self._decoder.next_raw
         while True:
-            event = self._decoder.next_event()
-            if isinstance(event, (NeedData, ConnectionClosed)):
-                return event
-            if isinstance(event, OversizedFrame):
-                return self._error(
-                    event.stream_id,
-                    Code.RESOURCE_EXHAUSTED,
-                    oversize_message(event.length, self.max_message_size),
-                )
-            if event.stream_id % 2 == 0:
-                return self._error(event.stream_id, Code.INVALID_ARGUMENT, ODD_ID_TEXT)
-            if event.type == FrameType.DATA:
-                if event.stream_id in self._active:
-                    # Data on a running unary call: nothing can consume it (Go would crash).
-                    log.debug("ignoring Data frame on unary stream %d", event.stream_id)
-                    continue
-                return self._error(event.stream_id, Code.INVALID_ARGUMENT, INACTIVE_STREAM_TEXT)
-            if event.type == FrameType.REQUEST:
-                if event.stream_id <= self._last_request_id:
-                    return self._error(event.stream_id, Code.INVALID_ARGUMENT, REUSED_ID_TEXT)
-                self._last_request_id = event.stream_id
+            event = next_raw()
+            if type(event) is not tuple:
+                if isinstance(event, OversizedFrame):
+                    return self._error(
+                        event.stream_id,
+                        Code.RESOURCE_EXHAUSTED,
+                        oversize_message(event.length, self.max_message_size),
+                    )
+                return event  # type: ignore[return-value]  # NeedData | ConnectionClosed
+            stream_id, type_, flags, payload = event
+            if stream_id % 2 == 0:
+                return self._error(stream_id, Code.INVALID_ARGUMENT, ODD_ID_TEXT)
+            if type_ == FrameType.REQUEST:
+                if stream_id <= self._last_request_id:
+                    return self._error(stream_id, Code.INVALID_ARGUMENT, REUSED_ID_TEXT)
+                self._last_request_id = stream_id
                 try:
-                    request = Request.FromString(event.payload)
+                    request = _parse_request(payload)
                 except DecodeError as exc:
                     return self._error(
-                        event.stream_id, Code.INVALID_ARGUMENT, UNMARSHAL_REQUEST_PREFIX + str(exc)
+                        stream_id, Code.INVALID_ARGUMENT, UNMARSHAL_REQUEST_PREFIX + str(exc)
                     )
-                self._active.add(event.stream_id)
-                return RequestReceived(event.stream_id, request, event.flags)
-            log.debug("ignoring frame of type %d on stream %d", event.type, event.stream_id)
+                self._active.add(stream_id)
+                return _request_received(stream_id, request, flags)
+            if type_ == FrameType.DATA:
+                if stream_id in self._active:
+                    # Data on a running unary call: nothing can consume it (Go would crash).
+                    log.debug("ignoring Data frame on unary stream %d", stream_id)
+                    continue
+                return self._error(stream_id, Code.INVALID_ARGUMENT, INACTIVE_STREAM_TEXT)
+            log.debug("ignoring frame of type %d on stream %d", type_, stream_id)
 
     def _error(self, stream_id: int, code: int, message: str) -> ErrorReply:
         data = _response_bytes(stream_id, _status_response(code, message), self.max_message_size)
@@ -356,6 +430,24 @@ class ServerConnection:
         return encode_frame(
             stream_id, FrameType.RESPONSE, 0, payload, max_message_size=self.max_message_size
         )
+
+    def send_payload(self, stream_id: int, payload: bytes) -> bytes:
+        """:meth:`send_response` for a successful reply carrying ``payload`` (the serialized
+        result): the same bytes as ``send_response(stream_id, Response(payload=payload))``,
+        without building the Response message."""
+        if stream_id not in self._active:
+            raise LocalProtocolError(f"stream {stream_id} is not an active request")
+        size = len(payload)
+        if not size:
+            body = b""
+        elif size < 0x80:
+            body = b"\x12" + _SIZE_BYTES[size] + payload
+        else:
+            body = b"\x12" + _varint(size) + payload
+        if len(body) > self.max_message_size:
+            return self.send_response(stream_id, Response(payload=payload))
+        self._active.discard(stream_id)
+        return _pack_header(len(body), stream_id, FrameType.RESPONSE, 0) + body
 
     def send_status(
         self, stream_id: int, code: int, message: str, details: Iterable[Any] = ()
@@ -440,32 +532,36 @@ class ClientConnection:
         self._decoder.receive_eof()
 
     def next_event(self) -> ClientEvent:
+        next_raw = self._decoder.next_raw
+        pending = self._pending
         while True:
-            event = self._decoder.next_event()
-            if isinstance(event, (NeedData, ConnectionClosed)):
-                return event
-            if event.stream_id not in self._pending:
-                log.debug("ttrpc: received message on inactive stream %d", event.stream_id)
+            event = next_raw()
+            if type(event) is tuple:
+                stream_id, type_, _flags, payload = event
+            elif isinstance(event, OversizedFrame):
+                stream_id = event.stream_id
+            else:
+                return event  # type: ignore[return-value]  # NeedData | ConnectionClosed
+            if stream_id not in pending:
+                log.debug("ttrpc: received message on inactive stream %d", stream_id)
                 continue
-            self._pending.discard(event.stream_id)
+            pending.discard(stream_id)
             if isinstance(event, OversizedFrame):
                 return CallFailed(
-                    event.stream_id,
+                    stream_id,
                     TTRPCError.from_status(
                         Code.RESOURCE_EXHAUSTED,
                         oversize_message(event.length, self.max_message_size),
                     ),
                 )
-            if event.type != FrameType.RESPONSE:
-                name = _TYPE_NAMES.get(event.type, "unknown")
+            if type_ != FrameType.RESPONSE:
+                name = _TYPE_NAMES.get(type_, "unknown")
                 return CallFailed(
-                    event.stream_id,
+                    stream_id,
                     RemoteProtocolError(f'unexpected "{name}" message received: protocol error'),
                 )
             try:
-                response = Response.FromString(event.payload)
+                response = _parse_response(payload)
             except DecodeError as exc:
-                return CallFailed(
-                    event.stream_id, RemoteProtocolError(f"ttrpc: invalid Response: {exc}")
-                )
-            return ResponseReceived(event.stream_id, response)
+                return CallFailed(stream_id, RemoteProtocolError(f"ttrpc: invalid Response: {exc}"))
+            return _response_received(stream_id, response)

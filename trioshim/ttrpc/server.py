@@ -214,6 +214,42 @@ class RequestContext:
         return self.get(NAMESPACE_KEY)
 
 
+# Built once per request: fill the slots directly instead of through the frozen dataclass
+# __init__ (one object.__setattr__ per field). The same object as RequestContext(...).
+_new_context = object.__new__
+_context_setters = tuple(
+    RequestContext.__dict__[name].__set__
+    for name in ("service", "method", "metadata", "deadline", "stream_id", "peer")
+)
+assert tuple(RequestContext.__dataclass_fields__) == (
+    "service",
+    "method",
+    "metadata",
+    "deadline",
+    "stream_id",
+    "peer",
+)
+
+
+def _request_context(
+    service: str,
+    method: str,
+    metadata: Mapping[str, list[str]],
+    deadline: float,
+    stream_id: int,
+    peer: PeerCredentials | None,
+) -> RequestContext:
+    ctx: RequestContext = _new_context(RequestContext)
+    set_service, set_method, set_metadata, set_deadline, set_stream_id, set_peer = _context_setters
+    set_service(ctx, service)
+    set_method(ctx, method)
+    set_metadata(ctx, metadata)
+    set_deadline(ctx, deadline)
+    set_stream_id(ctx, stream_id)
+    set_peer(ctx, peer)
+    return ctx
+
+
 # ---------------------------------------------------------------------------------------------
 # Service registry
 
@@ -566,18 +602,27 @@ class _Connection:
     async def _handle(self, event: RequestReceived, received_at: float) -> None:
         stream_id = event.stream_id
         try:
-            response = await self._dispatch(event.request, stream_id, received_at)
-            await self._write(self._protocol.send_response(stream_id, response))
+            reply = await self._dispatch(event.request, stream_id, received_at)
+            if type(reply) is bytes:
+                frame = self._protocol.send_payload(stream_id, reply)
+            else:
+                assert isinstance(reply, Response)
+                frame = self._protocol.send_response(stream_id, reply)
+            await self._write(frame)
         finally:
             # Cancelled (the connection is going away): no reply; a no-op once replied.
             self._protocol.abandon(stream_id)
             self._request_done()
 
-    async def _dispatch(self, request: Request, stream_id: int, received_at: float) -> Response:
+    async def _dispatch(
+        self, request: Request, stream_id: int, received_at: float
+    ) -> bytes | Response:
+        """The reply to ``request``: the serialized result, or a status Response."""
         found = self._server._lookup(request)
-        if not isinstance(found, _Method):
-            return _status_response(*found)
-        assert found.handler is not None
+        if type(found) is not _Method:
+            return _status_response(*found)  # type: ignore[misc]
+        handler = found.handler
+        assert handler is not None
         try:
             message = found.input_type.FromString(request.payload)
         except DecodeError as exc:
@@ -591,22 +636,17 @@ class _Connection:
                 values.append(kv.value)
         timeout_nano = request.timeout_nano
         deadline = received_at + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = RequestContext(
-            service=request.service,
-            method=request.method,
-            metadata=metadata,
-            deadline=deadline,
-            stream_id=stream_id,
-            peer=self._peer,
+        ctx = _request_context(
+            request.service, request.method, metadata, deadline, stream_id, self._peer
         )
         try:
             if not timeout_nano:
-                result = await found.handler(ctx, message)
+                result = await handler(ctx, message)
             else:
                 if deadline <= trio.current_time():
                     return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
                 with trio.CancelScope(deadline=deadline) as scope:
-                    result = await found.handler(ctx, message)
+                    result = await handler(ctx, message)
                 if scope.cancelled_caught:
                     return _status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
         except Exception as exc:
@@ -616,10 +656,15 @@ class _Connection:
             else:
                 log.debug("ttrpc: %s: %s", found.full_name, text)
             return _status_response(code, text, details)
+        if type(result) is found.output_type:
+            try:
+                return result.SerializeToString()
+            except EncodeError as exc:
+                return _status_response(Code.INTERNAL, f"ttrpc: error marshaling payload: {exc}")
         return self._encode_result(found, result)
 
     @staticmethod
-    def _encode_result(method: _Method, result: object) -> Response:
+    def _encode_result(method: _Method, result: object) -> bytes | Response:
         if result is None:
             return _status_response(Code.UNKNOWN, "ttrpc: marshal called with nil")
         if not isinstance(result, Message) or (
@@ -632,7 +677,6 @@ class _Connection:
                 f"want {method.output_type.DESCRIPTOR.full_name}",
             )
         try:
-            payload = result.SerializeToString()
+            return result.SerializeToString()
         except EncodeError as exc:
             return _status_response(Code.INTERNAL, f"ttrpc: error marshaling payload: {exc}")
-        return Response(payload=payload)
