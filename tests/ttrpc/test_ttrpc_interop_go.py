@@ -1,4 +1,7 @@
-"""Interop with Go's ttrpc (containerd 1.6's ctr and runc v2 shim), both directions.
+"""Interop with Go's ttrpc (each containerd line's ctr and runc v2 shim), both directions.
+
+containerd 2.x and its runc shim speak `containerd.task.v3.Task` (and the shim serves nothing
+else); 1.x speak `containerd.task.v2.Task`. The messages are field-identical.
 
 * Python client -> Go server: a busybox task run with the stock runc v2 shim; our client calls
   State, Pids and Connect on the shim's socket and the answers must match `ctr task ls/ps`. The
@@ -22,6 +25,7 @@ from ttrpc_testing import RawPeer
 
 from tests.support.containerd import PrivateContainerd
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as shim_v3_pb2
 from trioshim.api.containerd.types.task import task_pb2
 from trioshim.ttrpc import (
     NAMESPACE_KEY,
@@ -34,7 +38,14 @@ from trioshim.ttrpc import (
 
 pytestmark = pytest.mark.e2e
 
-TASK = shim_pb2.DESCRIPTOR.services_by_name["Task"]
+
+def task_api(containerd: PrivateContainerd) -> Any:
+    """The task API module of the line: v3 on 2.x, v2 on 1.x."""
+    return shim_v3_pb2 if containerd.major >= 2 else shim_pb2
+
+
+def task_service(containerd: PrivateContainerd) -> Any:
+    return task_api(containerd).DESCRIPTOR.services_by_name["Task"]
 
 
 async def ctr(containerd: PrivateContainerd, *args: str) -> Any:
@@ -60,12 +71,24 @@ async def test_python_client_to_go_shim(
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     try:
+        # The shell needs a moment to start the background sleep.
+        for _ in range(100):
+            ps = await ctr(containerd, "task", "ps", cid)
+            if len(ps.stdout.splitlines()) >= 3:
+                break
+            await trio.sleep(0.05)
         address = containerd.shim_address(cid)
+        api = task_api(containerd)
         async with open_unix_client(address) as client:
-            task = Stub(client, TASK, metadata=[(NAMESPACE_KEY, containerd.namespace)], timeout=10)
-            state = await task.State(shim_pb2.StateRequest(id=cid))
-            pids = await task.Pids(shim_pb2.PidsRequest(id=cid))
-            connect = await task.Connect(shim_pb2.ConnectRequest(id=cid))
+            task = Stub(
+                client,
+                task_service(containerd),
+                metadata=[(NAMESPACE_KEY, containerd.namespace)],
+                timeout=10,
+            )
+            state = await task.State(api.StateRequest(id=cid))
+            pids = await task.Pids(api.PidsRequest(id=cid))
+            connect = await task.Connect(api.ConnectRequest(id=cid))
 
             # What ctr (Go client, through containerd) says.
             assert (await task_rows(containerd))[cid] == [str(state.pid), "RUNNING"]
@@ -85,9 +108,13 @@ async def test_python_client_to_go_shim(
         # The Go server's rejections, byte-compared with what our server would say.
         peer = RawPeer(await trio.open_unix_socket(address))
         try:
-            await peer.request(1, "Create", service="containerd.task.v3.Task")
-            assert await peer.status() == (1, 12, "service containerd.task.v3.Task")
-            await peer.request(3, "Nope", service="containerd.task.v2.Task")
+            served = task_service(containerd).full_name
+            other = (
+                "containerd.task.v2.Task" if containerd.major >= 2 else "containerd.task.v3.Task"
+            )
+            await peer.request(1, "Create", service=other)
+            assert await peer.status() == (1, 12, f"service {other}")
+            await peer.request(3, "Nope", service=served)
             assert await peer.status() == (3, 12, "method Nope")
         finally:
             await peer.aclose()
@@ -104,14 +131,13 @@ async def test_python_client_to_go_shim(
 class StateOnly:
     """A Task implementation with State only: every other rpc answers Unimplemented."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: Any) -> None:
+        self.api = api  # the shim_pb2 module of the task API served
         self.contexts: list[RequestContext] = []
 
-    async def State(
-        self, ctx: RequestContext, req: shim_pb2.StateRequest
-    ) -> shim_pb2.StateResponse:
+    async def State(self, ctx: RequestContext, req: Any) -> Any:
         self.contexts.append(ctx)
-        return shim_pb2.StateResponse(
+        return self.api.StateResponse(
             id=req.id,
             bundle="/run/bundle/" + req.id,
             pid=4242,
@@ -129,9 +155,10 @@ async def test_go_client_to_python_server(
     sid = f"ttrpc-py-{secrets.token_hex(3)}"
     path = containerd.shim_socket(sid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    impl = StateOnly()
+    impl = StateOnly(task_api(containerd))
     server = Server()
-    server.register(TASK, impl)
+    service = task_service(containerd)
+    server.register(service, impl)
     await nursery.start(server.serve, await open_unix_listener(path))
     try:
         r = await ctr(containerd, "shim", "--id", sid, "state")
@@ -144,12 +171,12 @@ async def test_go_client_to_python_server(
         assert printed["terminal"] is True
         assert printed["exit_status"] == 7
         (ctx,) = impl.contexts
-        assert (ctx.service, ctx.method) == ("containerd.task.v2.Task", "State")
+        assert (ctx.service, ctx.method) == (service.full_name, "State")
 
         r = await ctr(containerd, "shim", "--id", sid, "start")
         assert r.returncode != 0
         assert "code = Unimplemented" in r.stderr, r.stderr
-        assert "/containerd.task.v2.Task/Start: not implemented" in r.stderr
+        assert f"/{service.full_name}/Start: not implemented" in r.stderr
     finally:
         await server.shutdown(grace=5)
         path.unlink(missing_ok=True)

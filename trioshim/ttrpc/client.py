@@ -66,12 +66,36 @@ _RECEIVE_SIZE: Final = 65536
 
 
 class _Pending:
-    __slots__ = ("error", "event", "response")
+    """One call waiting for its reply: a one-shot event for a single waiter (lighter than a
+    ``trio.Event``, which needs a parking lot)."""
+
+    __slots__ = ("done", "error", "response", "task")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.done = False
+        self.task: trio.lowlevel.Task | None = None
         self.response: Response | None = None
         self.error: BaseException | None = None
+
+    def set(self) -> None:
+        self.done = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Until :meth:`set` (a checkpoint either way, cancellable while waiting)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class Client:
@@ -168,9 +192,9 @@ class Client:
                         await self._lost(exc)
             finally:
                 lock.release()
-            await pending.event.wait()
+            await pending.wait()
         finally:
-            if stream_id is not None and not pending.event.is_set():
+            if stream_id is not None and not pending.done:
                 self._pending.pop(stream_id, None)
                 self._protocol.forget(stream_id)
         if pending.error is not None:
@@ -256,7 +280,7 @@ class Client:
                     pending.response = event.response
                 elif isinstance(event, CallFailed):
                     pending.error = event.error
-                pending.event.set()
+                pending.set()
 
     async def _lost(self, cause: BaseException | None) -> None:
         """The connection is unusable: fail everything pending, close the socket (idempotent)."""
@@ -268,7 +292,7 @@ class Client:
             error = ClosedError()
             error.__cause__ = self._closed.__cause__
             pending.error = error
-            pending.event.set()
+            pending.set()
         self._pending.clear()
         await trio.aclose_forcefully(self._stream)
 

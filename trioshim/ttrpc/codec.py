@@ -215,6 +215,10 @@ def _varint(value: int) -> bytes:
 
 
 _SIZE_BYTES: Final = [bytes([n]) for n in range(0x80)]
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
+#: Entries kept by each encoding cache of a ClientConnection (then it stops adding).
+_ENCODED_CACHE_SIZE: Final = 256
 
 
 def encode_frame(
@@ -481,6 +485,9 @@ class ClientConnection:
         self._decoder = FrameDecoder(max_message_size)
         self._next_id = 1
         self._pending: set[int] = set()
+        # (service, method), metadata pairs -> their serialized Request fields.
+        self._encoded_names: dict[tuple[str, str], bytes] = {}
+        self._encoded_metadata: dict[tuple[Any, ...], bytes] = {}
 
     @property
     def pending(self) -> frozenset[int]:
@@ -500,14 +507,7 @@ class ClientConnection:
         Raises :class:`~trioshim.ttrpc.errors.ResourceExhausted` (code 8, Go's text) when the
         encoded Request exceeds the limit: no id is used and nothing is to be written.
         """
-        request = Request(
-            service=service,
-            method=method,
-            payload=payload,
-            timeout_nano=timeout_nano,
-            metadata=[KeyValue(key=k, value=v) for k, v in metadata],
-        )
-        body = request.SerializeToString()
+        body = self._encode_request(service, method, payload, timeout_nano, metadata)
         if len(body) > self.max_message_size:
             raise TTRPCError.from_status(
                 Code.RESOURCE_EXHAUSTED, oversize_message(len(body), self.max_message_size)
@@ -520,6 +520,61 @@ class ClientConnection:
         return stream_id, encode_frame(
             stream_id, FrameType.REQUEST, 0, body, max_message_size=self.max_message_size
         )
+
+    def _encode_request(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout_nano: int,
+        metadata: Iterable[tuple[str, str]],
+    ) -> bytes:
+        """``Request(...).SerializeToString()``, from cached pieces.
+
+        A serialized proto3 message is its fields in field-number order, each present field
+        encoded on its own, so the service/method prefix and the metadata fields (the same on
+        most calls of a connection) are serialized once, by the Request message itself, and
+        reused; payload and timeout are appended by hand.
+        """
+        if (
+            type(payload) is not bytes
+            or type(timeout_nano) is not int
+            or not (_INT64_MIN <= timeout_nano <= _INT64_MAX)
+        ):
+            return Request(
+                service=service,
+                method=method,
+                payload=payload,
+                timeout_nano=timeout_nano,
+                metadata=[KeyValue(key=k, value=v) for k, v in metadata],
+            ).SerializeToString()
+        names = self._encoded_names
+        prefix = names.get((service, method))
+        if prefix is None:
+            prefix = Request(service=service, method=method).SerializeToString()
+            if len(names) < _ENCODED_CACHE_SIZE:
+                names[(service, method)] = prefix
+        cache = self._encoded_metadata
+        pairs = tuple(metadata)
+        try:
+            meta = cache.get(pairs)
+            hashable = True
+        except TypeError:  # e.g. lists as pairs
+            meta = None
+            hashable = False
+        if meta is None:
+            meta = Request(
+                metadata=[KeyValue(key=k, value=v) for k, v in pairs]
+            ).SerializeToString()
+            if hashable and len(cache) < _ENCODED_CACHE_SIZE:
+                cache[pairs] = meta
+        parts = [prefix]
+        if payload:
+            parts += (b"\x1a", _varint(len(payload)), payload)
+        if timeout_nano:
+            parts += (b"\x20", _varint(timeout_nano & 0xFFFFFFFFFFFFFFFF))
+        parts.append(meta)
+        return b"".join(parts)
 
     def forget(self, stream_id: int) -> None:
         """Stop waiting for ``stream_id`` (caller gave up); a late Response is dropped."""
