@@ -324,6 +324,39 @@ async def test_completion_order(autojump_clock: trio.testing.MockClock, peer: Ra
     assert trio.current_time() == pytest.approx(5.0)
 
 
+def request_frame(stream_id: int, method: str, payload: bytes) -> bytes:
+    body = Request(service=SERVICE, method=method, payload=payload).SerializeToString()
+    return encode_frame(stream_id, FrameType.REQUEST, 0, body)
+
+
+async def test_replies_to_requests_read_together(peer: RawPeer) -> None:
+    # Requests arriving in one read are answered in one write: every reply still arrives.
+    ids = range(1, 200, 2)
+    await peer.send(b"".join(request_frame(i, "Echo", echo(f"m{i}")) for i in ids))
+    replies = {}
+    for _ in ids:
+        sid, response = await peer.response()
+        replies[sid] = wrappers_pb2.StringValue.FromString(response.payload).value
+    assert replies == {i: f"m{i}" for i in ids}
+
+
+async def test_blocked_sibling_does_not_hold_back_replies(
+    autojump_clock: trio.testing.MockClock, peer: RawPeer
+) -> None:
+    # A slow request read together with fast ones: the fast replies are not held back until
+    # the slow one answers (item 23, requests coalesced in one read).
+    sleep = wrappers_pb2.DoubleValue(value=5).SerializeToString()
+    await peer.send(
+        request_frame(1, "Echo", echo("a"))
+        + request_frame(3, "Sleep", sleep)
+        + request_frame(5, "Echo", echo("b"))
+    )
+    first = {(await peer.response())[0], (await peer.response())[0]}
+    assert first == {1, 5} and trio.current_time() == 0
+    assert (await peer.response())[0] == 3
+    assert trio.current_time() == pytest.approx(5.0)
+
+
 async def test_client_disconnect_cancels_handlers(
     autojump_clock: trio.testing.MockClock,
     peer: RawPeer,

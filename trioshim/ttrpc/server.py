@@ -495,9 +495,10 @@ class _Connection:
     """One accepted connection: its reader and its request handlers, in one nursery.
 
     Frames are written whole under ``_send_lock`` by whichever task has one to send (the reader
-    for protocol rejections, a handler for its reply). Those writes are not shielded: the only
-    thing that cancels a task of the connection is the end of the connection itself, so a frame
-    cut short by cancellation is never followed by another one.
+    for protocol rejections, a handler for its reply, the flusher for batched replies). Those
+    writes are not shielded: the only thing that cancels a task of the connection is the end of
+    the connection itself, so a frame cut short by cancellation is never followed by another
+    one. A request counts as in flight until its reply is written, batched or not.
     """
 
     def __init__(
@@ -515,6 +516,13 @@ class _Connection:
         # Requests received whose reply is not yet written (nor abandoned).
         self._in_flight = 0
         self._close_when_idle = False
+        # Replies batched into one write (socket streams only): several requests read in one
+        # chunk are usually answered in one scheduler batch; all but the last answered queue
+        # their frame here and the last writes them all (or _flusher, if a sibling blocks).
+        self._outbox: list[bytes] = []
+        self._batch_left: dict[int, int] = {}  # read-chunk number -> replies still to come
+        self._chunk = 0
+        self._flusher: trio.lowlevel.Task | None = None  # parked, waiting for work
 
     def close(self) -> None:
         self._scope.cancel()
@@ -532,6 +540,8 @@ class _Connection:
     async def run(self) -> None:
         with self._scope:
             async with trio.open_nursery() as nursery:
+                if self._sock is not None:
+                    nursery.start_soon(self._flush_loop)
                 await self._reader(nursery)
                 nursery.cancel_scope.cancel()
 
@@ -539,6 +549,7 @@ class _Connection:
         protocol = self._protocol
         sock = self._sock
         stream = self._stream
+        batch_left = self._batch_left
         while True:
             try:
                 if sock is None:
@@ -552,6 +563,8 @@ class _Connection:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
+            self._chunk += 1
+            chunk = self._chunk
             while True:
                 try:
                     event = protocol.next_event()
@@ -562,7 +575,8 @@ class _Connection:
                     self._in_flight += 1
                     # The deadline counts from reception; read the clock only when there is one.
                     received_at = trio.current_time() if event.request.timeout_nano else 0.0
-                    nursery.start_soon(self._handle, event, received_at)
+                    nursery.start_soon(self._handle, event, received_at, chunk)
+                    batch_left[chunk] = batch_left.get(chunk, 0) + 1
                 elif isinstance(event, NeedData):
                     break
                 elif isinstance(event, ConnectionClosed):
@@ -599,8 +613,9 @@ class _Connection:
             lock.release()
         return True
 
-    async def _handle(self, event: RequestReceived, received_at: float) -> None:
+    async def _handle(self, event: RequestReceived, received_at: float, chunk: int) -> None:
         stream_id = event.stream_id
+        queued = False
         try:
             reply = await self._dispatch(event.request, stream_id, received_at)
             if type(reply) is bytes:
@@ -608,11 +623,52 @@ class _Connection:
             else:
                 assert isinstance(reply, Response)
                 frame = self._protocol.send_response(stream_id, reply)
-            await self._write(frame)
+            left = self._batch_left.pop(chunk, 0) - 1
+            if left > 0 and self._sock is not None:
+                # Siblings from the same read are still to answer: leave the frame to the last
+                # of them (or to the flusher, next scheduler batch, if one of them blocks).
+                self._batch_left[chunk] = left
+                self._outbox.append(frame)
+                queued = True
+                flusher = self._flusher
+                if flusher is not None:
+                    self._flusher = None
+                    trio.lowlevel.reschedule(flusher)
+            elif self._outbox:
+                await self._flush(frame)
+            else:
+                await self._write(frame)
         finally:
             # Cancelled (the connection is going away): no reply; a no-op once replied.
             self._protocol.abandon(stream_id)
+            if not queued:
+                self._request_done()
+
+    async def _flush(self, own_frame: bytes | None = None) -> None:
+        """Write the queued frames, then the caller's own if any, in one write; the queued
+        frames' requests are done once written (the caller accounts for its own)."""
+        outbox = self._outbox
+        queued = len(outbox)
+        if own_frame is not None:
+            outbox.append(own_frame)
+        data = b"".join(outbox)
+        outbox.clear()
+        await self._write(data)
+        for _ in range(queued):
             self._request_done()
+
+    async def _flush_loop(self) -> None:
+        """Write queued replies whose last sibling has not answered by the next batch."""
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._flusher = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            self._flusher = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if self._outbox:
+                await self._flush()
 
     async def _dispatch(
         self, request: Request, stream_id: int, received_at: float
