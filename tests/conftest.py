@@ -21,10 +21,51 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 from tests.support.containerd import CONTAINERD, CTR, PrivateContainerd  # noqa: E402
+from tests.support.containerd_lines import (  # noqa: E402
+    LINE_NAMES,
+    ContainerdLine,
+    LineContainerd,
+    get_line,
+)
 from tests.support.rootfs import BUSYBOX, build_busybox_rootfs  # noqa: E402
 
 _E2E_DIR = Path(__file__).resolve().parent / "e2e"
 ALLOW_SKIP_ENV = "TRIOSHIM_ALLOW_SKIP_E2E"
+LINES_ENV = "TRIOSHIM_CONTAINERD_LINES"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--containerd-lines",
+        default=os.environ.get(LINES_ENV, ",".join(LINE_NAMES)),
+        help=(
+            "comma-separated containerd lines the `containerd` fixture runs on "
+            f"(default ${LINES_ENV}, else all: {','.join(LINE_NAMES)})"
+        ),
+    )
+
+
+def selected_lines(config: pytest.Config) -> list[str]:
+    value = str(config.getoption("--containerd-lines"))
+    names = [n.strip().removeprefix("containerd-") for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LINE_NAMES]
+    if unknown:
+        raise pytest.UsageError(f"--containerd-lines: unknown {unknown}; known {LINE_NAMES}")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the `containerd_line` fixture (directly or through `containerd`)
+    runs once per selected line; tests are grouped by line (one daemon at a time)."""
+    if "containerd_line" in metafunc.fixturenames:
+        names = selected_lines(metafunc.config)
+        metafunc.parametrize(
+            "containerd_line",
+            names,
+            indirect=True,
+            scope="session",
+            ids=[f"containerd-{n}" for n in names],
+        )
 
 
 def e2e_missing() -> str | None:
@@ -79,10 +120,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def containerd() -> Iterator[PrivateContainerd]:
-    """A private containerd for the whole session (own root/state/sockets, unique namespace)."""
+def containerd_line(request: pytest.FixtureRequest) -> ContainerdLine:
+    """The containerd line under test (parametrized by pytest_generate_tests); fetched into
+    the cache on first use (tests.support.containerd_lines)."""
     require_e2e()
-    daemon = PrivateContainerd()
+    return get_line(str(request.param))
+
+
+@pytest.fixture(scope="session")
+def containerd(containerd_line: ContainerdLine) -> Iterator[LineContainerd]:
+    """A private containerd of the line under test for the whole session (own root, state,
+    sockets, unique namespace)."""
+    daemon = LineContainerd(containerd_line)
     daemon.start()
     try:
         yield daemon

@@ -8,12 +8,14 @@ by force if something is, and failing the test then.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.containerd import PrivateContainerd
+from tests.support.containerd_lines import ContainerdLine, LineContainerd
 
 from .helpers import E2E, RUNTIMES, wait_for
 
@@ -55,11 +57,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
+def make_containerd(containerd_line: ContainerdLine) -> Callable[..., LineContainerd]:
+    """A factory for extra private daemons of the line under test (not started)."""
+
+    def make(**kwargs: Any) -> LineContainerd:
+        return LineContainerd(containerd_line, **kwargs)
+
+    return make
+
+
+@pytest.fixture
 def private_e2e(
-    request: pytest.FixtureRequest, busybox_rootfs: Path, runtime: str
+    request: pytest.FixtureRequest,
+    busybox_rootfs: Path,
+    runtime: str,
+    make_containerd: Callable[..., LineContainerd],
 ) -> Iterator[E2E]:
     """Like `e2e`, on a containerd of its own (for tests that restart or break containerd)."""
-    daemon = PrivateContainerd()
+    daemon = make_containerd()
     daemon.start()
     env = E2E(daemon, busybox_rootfs, runtime, request.node.name)
     try:

@@ -14,13 +14,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
+from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 
 REFERENCE = "io.containerd.runc.v2"
 TRIOSHIM = "io.containerd.trioshim.v2"
 RUNTIMES = {"runc": REFERENCE, "trioshim": TRIOSHIM}
+
 
 # Every container id a test ever used, per containerd: for the final "nothing left" check.
 USED_IDS: dict[str, list[str]] = {}
@@ -115,6 +119,18 @@ class E2E:
     @property
     def namespace(self) -> str:
         return self.containerd.namespace
+
+    @property
+    def major(self) -> int:
+        """containerd's major version (1 for the machine's own daemon, else its line's)."""
+        return self.containerd.major
+
+    @property
+    def task_api(self) -> ModuleType:
+        """The task API module containerd itself uses with this runtime's shims: v3 on 2.x
+        (containerd-shim-runc-v2 2.x serves only v3; ours serves both and is told to use v3),
+        else v2 (the messages are field-identical)."""
+        return task_v3 if self.major >= 2 else task_v2
 
     def new_id(self, tag: str = "") -> str:
         self._n += 1

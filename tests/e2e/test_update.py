@@ -8,7 +8,6 @@ from typing import Any
 import trio
 from google.protobuf import any_pb2
 
-from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.ttrpc.client import Stub, open_unix_client
 from trioshim.ttrpc.errors import TTRPCError
 
@@ -27,7 +26,7 @@ def _call_shim(e2e: E2E, cid: str, method: str, request: Any) -> Any:
             async with open_unix_client(address) as client:
                 task = Stub(
                     client,
-                    shim_pb2.DESCRIPTOR.services_by_name["Task"],
+                    e2e.task_api.DESCRIPTOR.services_by_name["Task"],
                     metadata=[(NAMESPACE_KEY, e2e.namespace)],
                     timeout=20,
                 )
@@ -63,7 +62,7 @@ def test_update_memory_limit(e2e: E2E) -> None:
     assert _memory_limit(e2e, cid) == 256 << 20
 
     _call_shim(
-        e2e, cid, "Update", shim_pb2.UpdateTaskRequest(id=cid, resources=_resources(64 << 20))
+        e2e, cid, "Update", e2e.task_api.UpdateTaskRequest(id=cid, resources=_resources(64 << 20))
     )
     assert _memory_limit(e2e, cid) == 64 << 20
 
@@ -80,7 +79,7 @@ def test_update_unknown_container(e2e: E2E) -> None:
             e2e,
             cid,
             "Update",
-            shim_pb2.UpdateTaskRequest(id="nosuch", resources=_resources(1 << 26)),
+            e2e.task_api.UpdateTaskRequest(id="nosuch", resources=_resources(1 << 26)),
         )
     except TTRPCError as e:
         assert e.code == 5, e  # NotFound

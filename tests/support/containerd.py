@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -111,7 +112,13 @@ class PrivateContainerd:
         env: dict[str, str] | None = None,
         log_level: str = "debug",
         start_timeout: float = 30.0,
+        containerd: str | None = None,
+        ctr: str | None = None,
     ) -> None:
+        # The binaries: the machine's (or $TRIOSHIM_CONTAINERD / $TRIOSHIM_CTR) by default;
+        # tests.support.containerd_lines.LineContainerd passes those of a fetched line.
+        self.containerd_bin = containerd or CONTAINERD
+        self.ctr_bin = ctr or CTR
         self.namespace = namespace or f"tsh-{os.getpid()}-{secrets.token_hex(3)}"
         # Short base dir: unix socket paths are limited to 108 bytes.
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tsc", dir="/tmp"))
@@ -143,10 +150,20 @@ class PrivateContainerd:
             sys.stderr.write(f"--- containerd log tail ({self.log_path}) ---\n{self.log_tail()}\n")
         self.stop()
 
-    def write_config(self) -> None:
-        disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
-        self.config_path.write_text(
-            f"""\
+    @property
+    def major(self) -> int:
+        """containerd's major version: 1 for the machine's bookworm daemon (LineContainerd
+        knows its line's)."""
+        return 1
+
+    def disabled_plugins(self) -> list[str]:
+        """Plugins the daemon runs without (a hook: subclasses add or keep some)."""
+        return list(DISABLED_PLUGINS)
+
+    def config_text(self) -> str:
+        """config.toml (version 2, what 1.6 reads; a hook: LineContainerd writes each line's)."""
+        disabled = ", ".join(f'"{p}"' for p in self.disabled_plugins())
+        return f"""\
 version = 2
 root = "{self.root}"
 state = "{self.state}"
@@ -172,7 +189,13 @@ oom_score = 0
 [plugins."io.containerd.runtime.v2.task"]
   platforms = ["linux/amd64"]
 """
-        )
+
+    def write_config(self) -> None:
+        self.config_path.write_text(self.config_text())
+
+    def banner(self) -> str:
+        """First line written to containerd.log at each start."""
+        return f"=== trioshim test: starting {self.containerd_bin} at {time.ctime()} ===\n"
 
     @property
     def env(self) -> dict[str, str]:
@@ -192,12 +215,10 @@ oom_score = 0
             d.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _halt)
-        self._log_file.write(
-            f"=== trioshim test: starting containerd at {time.ctime()} ===\n".encode()
-        )
+        self._log_file.write(self.banner().encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            [CONTAINERD, "--config", str(self.config_path)],
+            [self.containerd_bin, "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -220,7 +241,7 @@ oom_score = 0
                 )
             if os.path.exists(self.address):
                 r = subprocess.run(
-                    [CTR, "--address", self.address, "version"],
+                    [self.ctr_bin, "--address", self.address, "version"],
                     capture_output=True,
                     timeout=10,
                     env=self.env,
@@ -333,7 +354,14 @@ oom_score = 0
     # ------------------------------------------------------------------ ctr
 
     def ctr_argv(self, *args: str, namespace: str | None = None) -> list[str]:
-        return [CTR, "--address", self.address, "--namespace", namespace or self.namespace, *args]
+        return [
+            self.ctr_bin,
+            "--address",
+            self.address,
+            "--namespace",
+            namespace or self.namespace,
+            *args,
+        ]
 
     def ctr(
         self,
@@ -397,9 +425,13 @@ oom_score = 0
         return self.root / "io.containerd.runtime.v2.task" / (namespace or self.namespace) / id
 
     def shim_address(self, id: str, namespace: str | None = None) -> str:
-        """The address the shim returned from `start` (the bundle's `address` file), without
-        `unix://`."""
-        addr = (self.bundle(id, namespace) / "address").read_text().strip()
+        """The address the shim returned from `start`, without `unix://`: what containerd
+        recorded in the bundle's `bootstrap.json` (2.x), else the shim's `address` file."""
+        bundle = self.bundle(id, namespace)
+        try:
+            addr = str(json.loads((bundle / "bootstrap.json").read_text())["address"])
+        except FileNotFoundError:
+            addr = (bundle / "address").read_text().strip()
         return addr.removeprefix("unix://")
 
     def shim_socket(self, id: str, namespace: str | None = None) -> Path:

@@ -39,8 +39,6 @@ from pathlib import Path
 from tests.support.containerd import (
     CONTAINERD,
     CTR,
-    DISABLED_PLUGINS,
-    ContainerdError,
     PrivateContainerd,
     _pids,
     _proc_cmdline,
@@ -398,66 +396,16 @@ class LineContainerd(PrivateContainerd):
         if "path" not in kwargs:
             rest = [d for d in default_path().split(":") if d not in (venv_bin_dir(), line.bin_dir)]
             kwargs["path"] = ":".join([venv_bin_dir(), line.bin_dir, *rest])
+        kwargs.setdefault("containerd", line.containerd)
+        kwargs.setdefault("ctr", line.ctr)
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
-    # --- the binaries of the line (tests/support/containerd.py hard-codes CONTAINERD / CTR)
+    @property
+    def major(self) -> int:
+        return self.line.major
 
-    def ctr_argv(self, *args: str, namespace: str | None = None) -> list[str]:
-        return [
-            self.line.ctr,
-            "--address",
-            self.address,
-            "--namespace",
-            namespace or self.namespace,
-            *args,
-        ]
-
-    def start(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("containerd already running")
-        for d in (self.root, self.state):
-            d.mkdir(parents=True, exist_ok=True)
-        self.write_config()
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in _halt)
-        banner = f"=== trioshim test: containerd {self.line.version} at {time.ctime()} ===\n"
-        self._log_file.write(banner.encode())
-        self._log_file.flush()
-        self.proc = subprocess.Popen(
-            [self.line.containerd, "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd="/",
-            start_new_session=True,
-        )
-        self._stopped = False
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise ContainerdError(
-                    f"containerd exited with {self.proc.returncode} during start-up\n"
-                    f"{self.log_tail()}"
-                )
-            if os.path.exists(self.address):
-                r = subprocess.run(
-                    [self.line.ctr, "--address", self.address, "version"],
-                    capture_output=True,
-                    timeout=10,
-                    env=self.env,
-                )
-                if r.returncode == 0:
-                    return
-                last = r.stderr.decode(errors="replace")
-            time.sleep(0.1)
-        raise ContainerdError(
-            f"containerd did not answer within {self.start_timeout}s: {last}\n{self.log_tail()}"
-        )
+    def banner(self) -> str:
+        return f"=== trioshim test: containerd {self.line.version} at {time.ctime()} ===\n"
 
     # --- shims
 
@@ -488,7 +436,7 @@ class LineContainerd(PrivateContainerd):
 
     def disabled_plugins(self) -> list[str]:
         """Plugins to disable; the CRI subclass keeps CRI."""
-        disabled = list(DISABLED_PLUGINS)
+        disabled = super().disabled_plugins()
         if self.line.major >= 2:
             # 2.x split CRI into more plugins; aufs/zfs are gone (disabling them is harmless).
             disabled += ["io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
@@ -539,9 +487,6 @@ oom_score = 0
         if self.extra_config:
             text += "\n" + self.extra_config
         return text
-
-    def write_config(self) -> None:
-        self.config_path.write_text(self.config_text())
 
 
 def main() -> int:
