@@ -7,6 +7,7 @@ that is expected while the shim is being built.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -90,3 +91,16 @@ def test_ctr_run_echo(line_containerd: LineContainerd, busybox_rootfs: Path, run
     assert cid not in c.ctr("containers", "ls", "-q", check=True).stdout.split()
     assert not c.shim_sockets([cid])
     assert not c.bundle(cid).exists()
+
+
+def test_runtime_info_through_containerd(line_containerd: LineContainerd) -> None:
+    """2.x runs `<shim> -info` for `ctr plugins inspect-runtime` (introspection PluginInfo):
+    our RuntimeInfo arrives whole."""
+    c = line_containerd
+    if c.major < 2:
+        pytest.skip("containerd 1.x never runs -info")
+    r = c.ctr("plugins", "inspect-runtime", "--runtime", RUNTIMES["trioshim"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["Name"] == RUNTIMES["trioshim"]
+    assert info["Version"]["Version"]
