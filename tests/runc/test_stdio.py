@@ -271,6 +271,26 @@ async def test_reader_goes_away_and_comes_back(fifos: Fifos, tmp_path: Path) -> 
     assert first + rest == data
 
 
+async def test_not_drained_until_the_client_read_the_fifo(fifos: Fifos) -> None:
+    """containerd 1.6 closes its readers as soon as it learns of the exit: the copier counts
+    as drained (and the exit is reported) only once the client has read everything."""
+    with trio.fail_after(30):
+        async with open_reaper() as reaper, trio.open_nursery() as nursery:
+            cfg = StdioConfig("", fifos.stdout, "")
+            async with process_io(reaper, nursery, cfg) as io:
+                out = client_reader(fifos.stdout)
+                child = spawn_container(reaper, io, ["head", "-c", "1000", "/dev/zero"])
+                await io.after_start()
+                assert await child.wait() == 0
+                await trio.testing.wait_all_tasks_blocked()
+                # The container is gone and its pipe at end of file, but 1000 bytes wait in
+                # the FIFO: not delivered yet.
+                assert not io.drained
+                assert await read_exactly(out, 1000) == bytes(1000)
+                assert await io.wait_drained(10)
+                assert await read_to_eof(out) == b""
+
+
 async def test_output_fifo_without_reader_hits_deadline(fifos: Fifos) -> None:
     with trio.fail_after(10):
         async with open_reaper() as reaper, trio.open_nursery() as nursery:

@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 
 from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.runc.process import InitPaused, InitProcess, Process
+from trioshim.runc.stdio import OUTPUT_FLUSH_TIMEOUT
 from trioshim.ttrpc.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Exits:
                 self._init_exited.add(container)
                 self._nursery.start_soon(self._handle_init_exit, exit_, container, process)
             else:
-                self._handle_process_exit(exit_, container, process)
+                self._report_exit(exit_, container, process)
 
     # -- starting --------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class Exits:
                     self._init_exited.add(container)
                     self._nursery.start_soon(self._handle_init_exit, exit_, container, process)
                 else:
-                    self._handle_process_exit(exit_, container, process)
+                    self._report_exit(exit_, container, process)
             return
         if process.has_exited:
             return  # its exit was handled already (a failed re-Start of a stopped init)
@@ -220,12 +221,27 @@ class Exits:
         while self._running_execs.get(container, 0) > 0:
             event = self._exec_count_changed.setdefault(container, trio.Event())
             await event.wait()
+        await _output_delivered(init)
         if exit_.status == 128 + 9:
             # An OOM kill signals the OOM watcher's fd before the process dies; a few passes
             # through the scheduler (each polls for I/O) let it publish TaskOOM first.
             for _ in range(OOM_SETTLE_PASSES):
                 await trio.lowlevel.checkpoint()
         self._handle_process_exit(exit_, container, init)
+
+    def _report_exit(self, exit_: ExitLike, container: ContainerLike, process: Process) -> None:
+        """An exec's exit: reported at once, or once its output was delivered."""
+        io = process.io
+        if io is None or io.drained:
+            self._handle_process_exit(exit_, container, process)
+        else:
+            self._nursery.start_soon(self._report_after_output, exit_, container, process)
+
+    async def _report_after_output(
+        self, exit_: ExitLike, container: ContainerLike, process: Process
+    ) -> None:
+        await _output_delivered(process)
+        self._handle_process_exit(exit_, container, process)
 
     def _handle_process_exit(
         self, exit_: ExitLike, container: ContainerLike, process: Process
@@ -255,3 +271,12 @@ class Exits:
             await init.thaw_after_exit()
         except Exception as exc:
             log.warning("failed to resume %s after its exit: %s", init.id, exc)
+
+
+async def _output_delivered(process: Process) -> None:
+    """Wait (bounded) until the process's output copiers finished, so that a client learning of
+    the exit has already been handed every byte: containerd 1.6 closes its FIFO readers as soon
+    as the task stopped (see :data:`~trioshim.runc.stdio.OUTPUT_FLUSH_TIMEOUT`). A pipe still
+    held by a background child of the process ends the wait at the bound."""
+    if process.io is not None and not process.io.drained:
+        await process.io.wait_drained(OUTPUT_FLUSH_TIMEOUT)

@@ -51,12 +51,15 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import logging
 import math
 import os
 import re
 import signal
 import stat
+import sys
+import termios
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -94,6 +97,15 @@ LOGGER_TERM_TIMEOUT: Final = 12.0
 """How long a ``binary://`` logger gets between SIGTERM and SIGKILL."""
 
 _FIFO_POLL_MAX: Final = 0.05
+OUTPUT_FLUSH_TIMEOUT: Final = 2.0
+"""How long a finished output copier waits for the client to read what it left in the FIFO.
+
+containerd 1.6's client closes its FIFO readers as soon as it learns of the exit (``task.Delete``
+calls ``io.Close()`` before waiting for its copiers), so output still in the FIFO, or still in
+the container's pipe, when the exit is reported is lost (the reference shim loses the tail of a
+large output this way). The exit is reported only after the copiers finished
+(:meth:`ProcessIO.wait_drained`), and a copier finishes only once the FIFO is empty or this
+bound passed (a reader that went away, e.g. containerd restarting, must not hold it forever)."""
 _PIPE_PREFIX: Final = "failed to start io pipe copy: unable to copy pipes: "
 _CONSOLE_PREFIX: Final = "failed to start console copy: "
 _DEADLINE: Final = "context deadline exceeded"
@@ -527,6 +539,8 @@ class ProcessIO:
                 result = await pump(src, dst)
                 if result.end is PumpEnd.EOF:
                     self._close(src)  # every writer is gone; nothing more will come
+                    if keeper is not None:
+                        await _wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
                 else:
                     log.warning("%s: error copying %s: %s", self.process_id, name, result.end.value)
             finally:
@@ -760,3 +774,21 @@ def _scheme_or_none(uri: str) -> str | None:
 def _path_error(op: str, path: str, exc: OSError) -> str:
     """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
     return f"{op} {path}: {errno_text(exc)}"
+
+
+async def _wait_fifo_read(reader: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until the FIFO that ``reader`` (our keeper) is open on holds no unread bytes, or
+    ``timeout`` seconds. ``FIONREAD`` counts what the client has not read yet; there is no
+    readiness event for "the other reader emptied the pipe", so this polls, briefly at first."""
+    buf = bytearray(4)
+    delay = 0.0005
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                fcntl.ioctl(reader, termios.FIONREAD, buf)
+            except OSError:
+                return
+            if int.from_bytes(buf, sys.byteorder) == 0:
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, _FIFO_POLL_MAX)
