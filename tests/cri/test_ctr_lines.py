@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.containerd_lines import (
+    FETCHED_LINE_NAMES,
     LINE_NAMES,
     LINE_SPECS,
     LineContainerd,
@@ -93,12 +94,17 @@ def test_ctr_run_echo(line_containerd: LineContainerd, busybox_rootfs: Path, run
     assert not c.bundle(cid).exists()
 
 
+@pytest.mark.parametrize(
+    "line_containerd",
+    [n for n in FETCHED_LINE_NAMES if int(n.split(".")[0]) >= 2],  # 1.x never runs -info
+    ids=lambda n: f"containerd-{n}",
+    indirect=True,
+)
 def test_runtime_info_through_containerd(line_containerd: LineContainerd) -> None:
     """2.x runs `<shim> -info` for `ctr plugins inspect-runtime` (introspection PluginInfo):
     our RuntimeInfo arrives whole."""
     c = line_containerd
-    if c.major < 2:
-        pytest.skip("containerd 1.x never runs -info")
+    assert c.major >= 2
     r = c.ctr("plugins", "inspect-runtime", "--runtime", RUNTIMES["trioshim"], timeout=60)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
