@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -209,7 +208,7 @@ def compact_lowerdir(options: Sequence[str]) -> tuple[str, list[str]]:
 
 class _Libc:
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's libc; no ldconfig child
         self.mount = libc.mount
         self.mount.argtypes = [
             ctypes.c_char_p,

@@ -216,9 +216,8 @@ def _adjust_oom_score(pid: int, containerd_pid: int) -> None:
 
 def _sched_core_create() -> None:
     import ctypes
-    import ctypes.util
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's libc; no ldconfig child
     # PR_SCHED_CORE=62, PR_SCHED_CORE_CREATE=1, pid 0, PIDTYPE_PGID=2
     if libc.prctl(62, 1, 0, 2, 0) != 0:
         err = ctypes.get_errno()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import math
@@ -71,7 +70,7 @@ _PARKED_MAX: Final = 1024
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return ctypes.CDLL(None, use_errno=True)  # the interpreter's libc; no ldconfig child
 
 
 def set_child_subreaper(enable: bool = True) -> None:
