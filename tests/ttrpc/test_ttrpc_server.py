@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ttrpc_testing import (
     KILL_REQUEST_FRAME,
     NOT_FOUND_RESPONSE_FRAME,
     SERVICE,
+    TEST_SERVICE,
     UNKNOWN_SERVICE_FRAME,
     RawPeer,
     TestService,
@@ -398,3 +400,31 @@ async def test_close_mid_frame(
     other = await connect(sock_path)
     await assert_echo_works(other, 1)
     await other.aclose()
+
+
+class UndecodablePath(TestService):
+    async def Raise(self, ctx: RequestContext, req: object) -> object:
+        # A file name that is not UTF-8 decodes (os.fsdecode) to a surrogate escape; an error
+        # text quoting it cannot go into a protobuf string as is.
+        path = os.fsdecode(b"/run/x/\xff")
+        raise FileNotFoundError(2, f"open {path}: no such file")
+
+
+async def test_error_text_not_utf8(
+    nursery: trio.Nursery, sock_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server()
+    server.register(TEST_SERVICE, UndecodablePath())
+    await nursery.start(server.serve, await open_unix_listener(sock_path))
+    peer = await connect(sock_path)
+    other = await connect(sock_path)
+    await peer.request(1, "Raise", echo("noent:x"))
+    sid, code, message = await peer.status()
+    assert (sid, code) == (1, 5)
+    assert message.startswith("[Errno 2] open /run/x/") and message.endswith(": no such file")
+    # Neither this connection nor another one (nor the server) went down.
+    await assert_echo_works(peer, 3)
+    await assert_echo_works(other, 1)
+    await peer.aclose()
+    await other.aclose()
+    server.close()

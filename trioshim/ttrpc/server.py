@@ -486,7 +486,12 @@ class Server:
 def _status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> Response:
     response = Response()
     response.status.code = code
-    response.status.message = message
+    try:
+        response.status.message = message
+    except UnicodeEncodeError:
+        # Not valid UTF-8 (a surrogate-escaped file name in an error text): a protobuf string
+        # cannot hold it, and raising here would end the connection and the server with it.
+        response.status.message = message.encode("utf-8", "replace").decode()
     response.status.details.extend(details)
     return response
 
