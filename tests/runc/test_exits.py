@@ -243,3 +243,35 @@ async def test_second_start_of_a_running_exec_is_counted_once(
     exits.on_exit(Exit(100, 0, 2))
     await trio.testing.wait_all_tasks_blocked()
     assert [x[1] for x in events.seen] == ["e1", "c1"]
+
+
+async def test_exit_during_a_refused_second_start_counts_the_exec_once(
+    tracker: tuple[Exits, Events],
+) -> None:
+    # e1 exits while a second Start of it is being refused: its exit reaches exit handling
+    # twice (from `running` and from the start's buffer) and must end its count only once,
+    # or the init's TaskExit overtakes e2's.
+    exits, events = tracker
+    box = _box()
+    with exits.starting() as starting:
+        box.init.pid = 100
+        starting.started(box, box.init)
+    running = []
+    for n, pid in ((1, 201), (2, 202)):
+        exits.exec_starting(box)
+        e = _exec(box, f"e{n}", pid)
+        with exits.starting() as starting:
+            starting.started(box, e)
+        running.append(e)
+    exits.exec_starting(box)  # Start e1 again
+    with exits.starting() as starting:
+        exits.on_exit(Exit(201, 0, 1))  # e1 exits meanwhile
+        exits.exec_start_failed(box)  # "cannot start a running process"
+        starting.started(box, running[0])
+    await trio.testing.wait_all_tasks_blocked()
+    assert exits.running_execs(box) == 1  # e2
+    exits.on_exit(Exit(100, 137, 2))
+    await trio.testing.wait_all_tasks_blocked()
+    exits.on_exit(Exit(202, 137, 3))
+    await trio.testing.wait_all_tasks_blocked()
+    assert [e[1] for e in events.seen] == ["e1", "e2", "c1"]

@@ -262,7 +262,9 @@ class Exits:
                     exited_at=timestamp(process.exited_at_ns),
                 ),
             )
-        if not isinstance(process, InitProcess):
+        if recorded and not isinstance(process, InitProcess):
+            # Only the exit that stopped it ends an exec's count: the same exit may come a
+            # second time (from `running` and from the buffer of a refused re-Start).
             self._exec_done(container)
 
     @staticmethod
