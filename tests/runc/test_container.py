@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
+import trio
 from google.protobuf import any_pb2
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
@@ -101,3 +104,40 @@ def test_enable_v2_controllers(tmp_path: Path) -> None:
     assert not (leaf / "cgroup.subtree_control").exists()
     with pytest.raises(ValueError):
         c.enable_v2_controllers(str(tmp_path / "elsewhere"), str(root))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount")
+async def test_unmount_does_not_block_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # umount(2) of an overlay rootfs syncs its upper filesystem and can take seconds; every
+    # other container of the shim (Wait, exits, stdio) must keep running meanwhile.
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    c.mount(c.Mount("tmpfs", "tmpfs"), str(target))
+    libc = c._sys()
+    real = libc.umount2
+
+    def slow_umount2(path: bytes, flags: int) -> int:
+        time.sleep(0.3)  # a umount that has dirty data to write back
+        return int(real(path, flags))
+
+    monkeypatch.setattr(libc, "umount2", slow_umount2)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await c.unmount_all(str(target))
+            nursery.cancel_scope.cancel()
+    finally:
+        monkeypatch.undo()
+        await c.unmount_all(str(target))
+    assert not os.path.ismount(target)  # noqa: ASYNC240
+    assert ticks >= 10  # ~60 would fit in the two umount calls

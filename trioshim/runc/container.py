@@ -275,6 +275,13 @@ def mount(m: Mount, target: str) -> None:
         _mount("", target, "", plain | MS_REMOUNT, "")
 
 
+def _umount(path: bytes) -> int:
+    """``umount2(path, 0)``: 0, or the errno (read in the calling thread: it is per-thread)."""
+    if _sys().umount2(path, 0) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
 async def unmount_all(target: str) -> None:
     """Unmount everything stacked on ``target`` (a no-op when nothing is, or it is missing)."""
     if not target or not os.path.exists(target):  # noqa: ASYNC240 - a stat, never blocks long
@@ -282,9 +289,11 @@ async def unmount_all(target: str) -> None:
     path = target.encode()
     while True:
         for _ in range(50):
-            if _sys().umount2(path, 0) == 0:
+            # In a worker thread: unmounting an overlay syncs its upper filesystem, which can
+            # take seconds, and this thread serves every other container of the shim.
+            err = await trio.to_thread.run_sync(_umount, path)
+            if err == 0:
                 break
-            err = ctypes.get_errno()
             if err in (errno.EINVAL, errno.ENOENT):
                 return
             if err != errno.EBUSY:
