@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from trioshim.runc.exits import GO_ZERO_TIME_SECONDS, Exits, timestamp
 from trioshim.runc.process import ExecProcess, InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
-from trioshim.shim.reaper import Exit, Reaper
+from trioshim.shim.reaper import Exit, Reaper, open_reaper
 from trioshim.ttrpc.errors import Code, TTRPCError
 
 
@@ -275,3 +276,42 @@ async def test_exit_during_a_refused_second_start_counts_the_exec_once(
     exits.on_exit(Exit(202, 137, 3))
     await trio.testing.wait_all_tasks_blocked()
     assert [e[1] for e in events.seen] == ["e1", "e2", "c1"]
+
+
+class _UndrainedIO:
+    """Output still being delivered to the client (the exit is held meanwhile)."""
+
+    drained = False
+
+    async def wait_drained(self, timeout: float) -> bool:  # noqa: ASYNC109
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def process_exited(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_kill_after_reap_never_signals_the_pid_again(tracker: tuple[Exits, Events]) -> None:
+    """Between the reap and the recorded exit (output delivery), the pid may be reused: Kill
+    answers "process already finished" and signals nobody."""
+    exits, _ = tracker
+    box = _box()
+    async with open_reaper() as reaper:
+        stranger = reaper.spawn(["sleep", "30"])  # as if the exec's pid had been reused already
+        try:
+            e = _exec(box, "e1", stranger.pid)
+            e.io = _UndrainedIO()  # type: ignore[assignment]
+            exits.exec_starting(box)
+            with exits.starting() as starting:
+                starting.started(box, e)
+            exits.on_exit(Exit(stranger.pid, 0, 1))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not e.has_exited  # held until the output is delivered
+            with pytest.raises(TTRPCError) as info:
+                await e.kill(signal.SIGTERM)
+            assert info.value.code == Code.NOT_FOUND
+            await trio.testing.wait_all_tasks_blocked()
+            assert stranger.returncode is None  # not signalled
+        finally:
+            stranger.kill()
+            assert await stranger.wait() == 128 + signal.SIGKILL

@@ -231,6 +231,7 @@ class Exits:
 
     def _report_exit(self, exit_: ExitLike, container: ContainerLike, process: Process) -> None:
         """An exec's exit: reported at once, or once its output was delivered."""
+        process.reaped = True
         io = process.io
         if io is None or io.drained:
             self._handle_process_exit(exit_, container, process)

@@ -260,6 +260,9 @@ class Process:
         self.io: ProcessIO | None = None
         self.lock = trio.Lock()
         self._exited = trio.Event()
+        # Reaped but not recorded yet (the exit waits for the output to be delivered): the pid
+        # may already belong to another process, so it must never be signalled again.
+        self.reaped = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} pid={self.pid} {self.state.name}>"
@@ -656,7 +659,7 @@ class ExecProcess(Process):
             self.state.check(KILL)
             if self.pid == 0:
                 raise FailedPrecondition("process not created")
-            if self.has_exited:
+            if self.has_exited or self.reaped:
                 raise NotFound("process already finished")
             try:
                 os.kill(self.pid, sig)
