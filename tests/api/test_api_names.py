@@ -9,6 +9,7 @@ from trioshim.api.cgroups.v1 import metrics_pb2 as cg1
 from trioshim.api.cgroups.v2 import metrics_pb2 as cg2
 from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as v3
 from trioshim.api.containerd.services.ttrpc.events.v1 import events_pb2
@@ -180,6 +181,47 @@ def test_runc_options_fields() -> None:
     assert checkpoint["work_path"] == (9, T.TYPE_STRING)
     assert fields(oci_pb2.ProcessDetails.DESCRIPTOR) == {"exec_id": (1, T.TYPE_STRING)}
     assert fields(runtimeoptions.Options.DESCRIPTOR)["config_path"] == (2, T.TYPE_STRING)
+
+
+def test_legacy_runc_types() -> None:
+    """containerd.linux.runc (Go runctypes): the full names are in the type URLs containerd's
+    client sends to every runtime not named io.containerd.runc*."""
+    assert runctypes.CreateOptions.DESCRIPTOR.full_name == "containerd.linux.runc.CreateOptions"
+    assert (
+        runctypes.CheckpointOptions.DESCRIPTOR.full_name
+        == "containerd.linux.runc.CheckpointOptions"
+    )
+    criu_flags = {
+        "open_tcp": (2, T.TYPE_BOOL),
+        "external_unix_sockets": (3, T.TYPE_BOOL),
+        "terminal": (4, T.TYPE_BOOL),
+        "file_locks": (5, T.TYPE_BOOL),
+        "empty_namespaces": (6, T.TYPE_STRING),
+        "cgroups_mode": (7, T.TYPE_STRING),
+    }
+    assert fields(runctypes.CreateOptions.DESCRIPTOR) == {
+        "no_pivot_root": (1, T.TYPE_BOOL),
+        **criu_flags,
+        "no_new_keyring": (8, T.TYPE_BOOL),
+        "shim_cgroup": (9, T.TYPE_STRING),
+        "io_uid": (10, T.TYPE_UINT32),
+        "io_gid": (11, T.TYPE_UINT32),
+        "criu_work_path": (12, T.TYPE_STRING),
+        "criu_image_path": (13, T.TYPE_STRING),
+    }
+    assert fields(runctypes.CheckpointOptions.DESCRIPTOR) == {
+        "exit": (1, T.TYPE_BOOL),
+        **criu_flags,
+        "work_path": (8, T.TYPE_STRING),
+        "image_path": (9, T.TYPE_STRING),
+    }
+    assert fields(runctypes.RuncOptions.DESCRIPTOR) == {
+        "runtime": (1, T.TYPE_STRING),
+        "runtime_root": (2, T.TYPE_STRING),
+        "criu_path": (3, T.TYPE_STRING),
+        "systemd_cgroup": (4, T.TYPE_BOOL),
+    }
+    assert fields(runctypes.ProcessDetails.DESCRIPTOR) == {"exec_id": (1, T.TYPE_STRING)}
 
 
 def test_bootstrap_fields_and_enums() -> None:

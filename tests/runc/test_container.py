@@ -1,4 +1,4 @@
-"""Bundle files, runtime options, mount option parsing, the kill-all rule, v2 controllers."""
+"""Mount option parsing, the kill-all rule, v2 controllers."""
 
 from __future__ import annotations
 
@@ -9,42 +9,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from google.protobuf import any_pb2
 
-from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import container as c
-from trioshim.ttrpc.errors import TTRPCError
-
-
-def test_options_json_like_go(tmp_path: Path) -> None:
-    assert c.options_json(oci_pb2.Options()) == "{}"
-    opts = oci_pb2.Options(binary_name="runc", systemd_cgroup=True, io_uid=1000)
-    assert json.loads(c.options_json(opts)) == {
-        "binary_name": "runc",
-        "systemd_cgroup": True,
-        "io_uid": 1000,
-    }
-    c.write_bundle_files(str(tmp_path), opts)
-    assert (tmp_path / "runtime").read_text() == "runc"
-    assert (tmp_path / "options.json").stat().st_mode & 0o777 == 0o600
-    assert c.read_options(str(tmp_path)) == opts
-    assert c.read_runtime(str(tmp_path)) == "runc"
-    assert c.read_options(str(tmp_path / "nope")) is None
-
-
-def test_decode_options() -> None:
-    opts = oci_pb2.Options(root="/r", no_pivot_root=True)
-    packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=opts.SerializeToString())
-    assert c.decode_options(packed) == opts
-    prefixed = any_pb2.Any(
-        type_url="type.googleapis.com/containerd.runc.v1.Options", value=opts.SerializeToString()
-    )
-    assert c.decode_options(prefixed) == opts
-    assert c.decode_options(None) == oci_pb2.Options()
-    assert c.decode_options(any_pb2.Any()) == oci_pb2.Options()
-    assert c.decode_options(any_pb2.Any(type_url="runtimeoptions.v1.Options")) == oci_pb2.Options()
-    with pytest.raises(TTRPCError, match=r"^type with url foo\.Bar: not found$"):
-        c.decode_options(any_pb2.Any(type_url="foo.Bar"))
 
 
 def test_parse_mount_options() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -13,14 +14,18 @@ from pathlib import Path
 import pytest
 import trio
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
+from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.api.containerd.types import introspection_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import main as runc_main
+from trioshim.runc import manager
 from trioshim.runc.container import Mount as RootfsMount
-from trioshim.runc.container import mount, unmount_all, write_bundle_files
-from trioshim.runc.manager import RUNTIME_NAME, RuncManager, runc_options
+from trioshim.runc.container import mount, unmount_all
+from trioshim.runc.manager import RUNTIME_NAME, RuncManager
+from trioshim.runc.options import write_bundle_files
 from trioshim.shim.flags import Flags
 from trioshim.shim.main import run as shim_run
 from trioshim.shim.manager import StartContext, StopContext
@@ -50,12 +55,29 @@ def test_grouping_key(tmp_path: Path, annotations: dict[str, str], key: str) -> 
     assert RuncManager().grouping_key(_start_ctx(tmp_path)) == key
 
 
-def test_runc_options_from_any() -> None:
-    opts = oci_pb2.Options(shim_cgroup="/shims", binary_name="runc")
-    packed = any_pb2.Any(type_url="containerd.runc.v1.Options", value=opts.SerializeToString())
-    assert runc_options(packed) == opts
-    assert runc_options(any_pb2.Any(type_url="runtimeoptions.v1.Options")) is None
-    assert runc_options(None) is None
+@pytest.mark.parametrize(
+    "options",
+    [
+        oci_pb2.Options(shim_cgroup="/pods/shims", binary_name="runc"),
+        runctypes.CreateOptions(shim_cgroup="/pods/shims", io_uid=1000),
+    ],
+    ids=["runc.v1", "legacy"],
+)
+def test_after_spawn_joins_the_shim_cgroup_of_either_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: Message
+) -> None:
+    joined: list[tuple[int, str]] = []
+    monkeypatch.setattr(manager, "join_shim_cgroup", lambda pid, cg: joined.append((pid, cg)))
+    ctx = dataclasses.replace(
+        _start_ctx(tmp_path),
+        options=any_pb2.Any(
+            type_url=options.DESCRIPTOR.full_name, value=options.SerializeToString()
+        ),
+    )
+    RuncManager().after_spawn(ctx, 4242)
+    assert joined == [(4242, "/pods/shims")]
+    RuncManager().after_spawn(_start_ctx(tmp_path), 4243)
+    assert joined == [(4242, "/pods/shims")]
 
 
 def test_info_names_the_runtime() -> None:

@@ -158,6 +158,7 @@ def test_checkpoint_args() -> None:
         shell_job=True,
         file_locks=True,
         empty_namespaces=("network", "ipc"),
+        cgroups_mode="soft",
     )
     assert runc_cli.checkpoint_args("c1", opts) == [
         "checkpoint",
@@ -169,6 +170,8 @@ def test_checkpoint_args() -> None:
         "--ext-unix-sk",
         "--shell-job",
         "--file-locks",
+        "--manage-cgroups-mode",
+        "soft",
         "--empty-ns",
         "network",
         "--empty-ns",

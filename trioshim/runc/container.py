@@ -1,8 +1,6 @@
 """A container: its bundle files, rootfs mounts, runtime options, init and exec processes.
 
-Bundle files written here (runc-task.md 1.2): ``options.json`` (the decoded
-``containerd.runc.v1.Options``, snake_case, zero fields omitted, mode 0600) and ``runtime``
-(``binary_name`` verbatim, mode 0600); the ``delete`` action reads both back.
+The runtime options and the bundle files written from them are trioshim.runc.options'.
 
 Rootfs: every ``Mount`` of the Create request is mounted, in order, onto ``<bundle>/rootfs``
 (its ``target`` is ignored), with mount(2) through ctypes and containerd's fstab-style option
@@ -22,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
-from google.protobuf import any_pb2, json_format
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc.cgroups import Cgroup, load_cgroup
+from trioshim.runc.options import decode_options, decode_restore_options, write_bundle_files
 from trioshim.runc.process import (
     ExecProcess,
     InitProcess,
@@ -37,73 +35,6 @@ from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.ttrpc.errors import NotFound
-
-OPTIONS_FILE: Final = "options.json"
-RUNTIME_FILE: Final = "runtime"
-OPTIONS_TYPE: Final = "containerd.runc.v1.Options"
-RUNTIME_OPTIONS_TYPE: Final = "runtimeoptions.v1.Options"
-
-
-# --- runtime options ----------------------------------------------------------------------------
-
-
-def type_name(type_url: str) -> str:
-    """The message name of a type URL (containerd compares the part after the last ``/``)."""
-    return type_url.rsplit("/", 1)[-1]
-
-
-def decode_options(options: any_pb2.Any | None) -> oci_pb2.Options:
-    """``CreateTaskRequest.options`` as runc Options (empty when absent or another runtime's)."""
-    opts = oci_pb2.Options()
-    if options is None or not options.type_url:
-        return opts
-    name = type_name(options.type_url)
-    if name == OPTIONS_TYPE:
-        try:
-            opts.ParseFromString(options.value)
-        except Exception as exc:
-            raise unknown(f"failed to unmarshal {OPTIONS_TYPE}: {exc}") from exc
-        return opts
-    if name == RUNTIME_OPTIONS_TYPE:
-        # ctr --runtime-config-path / CRI for non-runc runtimes: nothing for runc in it.
-        return opts
-    raise unknown(f"type with url {options.type_url}: not found")
-
-
-def options_json(opts: oci_pb2.Options) -> str:
-    """Go's ``json.Marshal`` of the options: snake_case keys, zero fields omitted."""
-    data = json_format.MessageToDict(opts, preserving_proto_field_name=True)
-    return json.dumps(data, separators=(",", ":"))
-
-
-def write_bundle_files(bundle: str, opts: oci_pb2.Options) -> None:
-    _write_private(os.path.join(bundle, OPTIONS_FILE), options_json(opts))
-    _write_private(os.path.join(bundle, RUNTIME_FILE), opts.binary_name)
-
-
-def _write_private(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def read_options(bundle: str) -> oci_pb2.Options | None:
-    """``options.json`` of a bundle (None when missing). Raises on a broken file."""
-    try:
-        with open(os.path.join(bundle, OPTIONS_FILE), encoding="utf-8") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    opts = oci_pb2.Options()
-    json_format.Parse(data, opts, ignore_unknown_fields=True)
-    return opts
-
-
-def read_runtime(bundle: str) -> str:
-    """``runtime`` of a bundle: the runc binary name (may be empty). Raises when missing."""
-    with open(os.path.join(bundle, RUNTIME_FILE), encoding="utf-8") as f:
-        return f.read()
-
 
 # --- mounts -------------------------------------------------------------------------------------
 
@@ -405,9 +336,10 @@ class Container:
         ``request`` is a ``CreateTaskRequest`` (task API v2 or v3); ``options`` its decoded
         runtime options (decoded here when not given).
         """
+        packed = request.options if request.HasField("options") else None
         opts = options
         if opts is None:
-            opts = decode_options(request.options if request.HasField("options") else None)
+            opts = decode_options(packed)
         bundle = request.bundle
         mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
         rootfs = ""
@@ -433,6 +365,7 @@ class Container:
             no_pivot=opts.no_pivot_root,
             no_new_keyring=opts.no_new_keyring,
             criu_work_path=opts.criu_work_path,
+            restore=decode_restore_options(packed),
         )
         container = cls(request.id, bundle, init, namespace=namespace, options=opts, rootfs=rootfs)
         await mount_rootfs(mounts, rootfs)

@@ -2,8 +2,9 @@
 
 - grouping key (shim-v2.md 2, step 1): annotation ``io.containerd.trioshim.v2.group``, then
   ``io.kubernetes.cri.sandbox-id``, else the container id;
-- ``shim_cgroup`` from the runtime options on the start helper's stdin: the new daemon is moved
-  into that cgroup;
+- ``shim_cgroup`` from the runtime options on the start helper's stdin (containerd.runc.v1.Options
+  or the legacy containerd.linux.runc.CreateOptions, see trioshim.runc.options): the new daemon
+  is moved into that cgroup;
 - the ``delete`` action (shim-v2.md 3): ``runc delete --force`` with the bundle's runtime and
   root, the rootfs unmounted, the pid from ``init.pid``; every file may be missing (a second run
   must still succeed);
@@ -16,18 +17,10 @@ import os
 import time
 from typing import Final
 
-from google.protobuf import any_pb2
-
-from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import runc_cli
 from trioshim.runc.cgroups import is_unified
-from trioshim.runc.container import (
-    OPTIONS_TYPE,
-    read_options,
-    read_runtime,
-    type_name,
-    unmount_all,
-)
+from trioshim.runc.container import unmount_all
+from trioshim.runc.options import read_options, read_runtime, runc_options
 from trioshim.runc.runc_cli import Runc, RuncError
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 
@@ -35,15 +28,6 @@ RUNTIME_NAME: Final = "io.containerd.trioshim.v2"
 GROUP_ANNOTATION: Final = "io.containerd.trioshim.v2.group"
 SANDBOX_ANNOTATION: Final = "io.kubernetes.cri.sandbox-id"
 CGROUP_ROOT: Final = "/sys/fs/cgroup"
-
-
-def runc_options(options: any_pb2.Any | None) -> oci_pb2.Options | None:
-    """The runc options in an ``Any`` (None for another type, or none at all)."""
-    if options is None or type_name(options.type_url) != OPTIONS_TYPE:
-        return None
-    opts = oci_pb2.Options()
-    opts.ParseFromString(options.value)
-    return opts
 
 
 def join_shim_cgroup(pid: int, shim_cgroup: str, root: str = CGROUP_ROOT) -> None:

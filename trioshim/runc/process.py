@@ -28,6 +28,7 @@ Status strings are containerd's: ``created running paused pausing stopped``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -360,7 +361,10 @@ class InitProcess(Process):
         no_pivot: bool = False,
         no_new_keyring: bool = False,
         criu_work_path: str = "",
+        restore: CheckpointOpts | None = None,
     ) -> None:
+        """``restore``: the flags of ``runc restore`` when created from a checkpoint (its
+        paths come from the Create)."""
         super().__init__(container_id, container_id, stdio, InitCreated())
         self.bundle = bundle
         self.runc = runc
@@ -369,6 +373,7 @@ class InitProcess(Process):
         self.work_dir = os.path.join(bundle, "work")
         self.criu_work_path = criu_work_path or self.work_dir
         self.pausing = False
+        self._restore_flags = restore or CheckpointOpts()
         self._restore: CheckpointOpts | None = None
 
     @property
@@ -393,8 +398,11 @@ class InitProcess(Process):
         self.io = await self._open_io(open_io, "failed to create OCI runtime console socket")
         try:
             if checkpoint:
-                self._restore = CheckpointOpts(
-                    image_path=checkpoint, work_path=self.criu_work_path, parent_path=parent
+                self._restore = dataclasses.replace(
+                    self._restore_flags,
+                    image_path=checkpoint,
+                    work_path=self.criu_work_path,
+                    parent_path=parent,
                 )
                 self.state = InitCreatedCheckpoint()
                 return

@@ -133,6 +133,7 @@ class CheckpointOpts:
     shell_job: bool = False
     file_locks: bool = False
     empty_namespaces: tuple[str, ...] = ()
+    cgroups_mode: str = ""  # --manage-cgroups-mode: soft, full, strict or ignore
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -150,6 +151,8 @@ class CheckpointOpts:
             out.append("--shell-job")
         if self.file_locks:
             out.append("--file-locks")
+        if self.cgroups_mode:
+            out += ["--manage-cgroups-mode", self.cgroups_mode]
         for ns in self.empty_namespaces:
             out += ["--empty-ns", ns]
         return out

@@ -38,14 +38,10 @@ from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc.cgroups import Cgroup, CgroupV2
-from trioshim.runc.container import (
-    Container,
-    decode_options,
-    enable_v2_controllers,
-    type_name,
-)
+from trioshim.runc.container import Container, enable_v2_controllers
 from trioshim.runc.exits import Exits, timestamp
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
+from trioshim.runc.options import decode_checkpoint_options, decode_options
 from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig
@@ -65,7 +61,6 @@ log = logging.getLogger(__name__)
 
 EMPTY: Final = empty_pb2.Empty()
 PROCESS_DETAILS_TYPE: Final = "containerd.runc.v1.ProcessDetails"
-CHECKPOINT_OPTIONS_TYPE: Final = "containerd.runc.v1.CheckpointOptions"
 
 TASK_CREATE: Final = "/tasks/create"
 TASK_START: Final = "/tasks/start"
@@ -434,11 +429,7 @@ class TaskService:
 
     async def Checkpoint(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
-        opts = oci_pb2.CheckpointOptions()
-        if request.HasField("options") and request.options.type_url:
-            if type_name(request.options.type_url) != CHECKPOINT_OPTIONS_TYPE:
-                raise unknown(f"type with url {request.options.type_url}: not found")
-            opts.ParseFromString(request.options.value)
+        opts = decode_checkpoint_options(request.options if request.HasField("options") else None)
         await container.init.checkpoint(
             request.path,
             CheckpointOpts(
