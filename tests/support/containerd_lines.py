@@ -16,7 +16,7 @@ afterwards) and one `apt-get download` (~62 MB of .debs, deleted after unpacking
     <cache>/containerd/<line>/usr/bin/...         containerd, ctr, containerd-shim-runc-v2
     <cache>/containerd/<line>/VERSION             Debian version; present = complete
     <cache>/cri-api/usr/share/gocode/.../api.proto, VERSION     the CRI API, same scheme
-    <cache>/cri-api/py-<hash>/                    generated gRPC modules (tests.support.cri)
+    <cache>/grpc-py/<module>-<hash>/              gRPC modules (tests.support.grpc_modules)
 
 `python -m tests.support.containerd_lines` fetches everything and prints paths and timings.
 """

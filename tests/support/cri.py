@@ -1,9 +1,9 @@
 """CRI (the Kubernetes Container Runtime Interface) against a private containerd of any line.
 
-- `cri_modules()`: Python gRPC modules generated at test time with grpcio-tools from the CRI
-  `api.proto` of Debian's golang-k8s-cri-api-dev (see containerd_lines.cri_api_proto), into the
-  cache dir (never committed). The proto is compiled as `cri_runtime_v1.proto`, so the modules are
-  `cri_runtime_v1_pb2` / `cri_runtime_v1_pb2_grpc` (package `runtime.v1` on the wire).
+- `cri_modules()`: Python gRPC modules generated at test time (tests.support.grpc_modules) from
+  the CRI `api.proto` of Debian's golang-k8s-cri-api-dev (see containerd_lines.cri_api_proto).
+  The proto is compiled as `cri_runtime_v1.proto`, so the modules are `cri_runtime_v1_pb2` /
+  `cri_runtime_v1_pb2_grpc` (package `runtime.v1` on the wire).
 - `CRIContainerd`: a LineContainerd with containerd's CRI plugin configured the way this machine
   allows (measured): runtime handlers `runc` (io.containerd.runc.v2) and `trioshim`
   (io.containerd.trioshim.v2), the sandbox image built by tests.support.pause_image and
@@ -18,13 +18,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -33,10 +29,9 @@ from typing import Any
 from tests.support.containerd_lines import (
     ContainerdLine,
     LineContainerd,
-    _locked,
-    cache_dir,
     cri_api_proto,
 )
+from tests.support.grpc_modules import generated_modules
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
 CRI_NAMESPACE = "k8s.io"  # fixed by containerd's CRI plugin
@@ -45,55 +40,10 @@ SHIM_BINARIES = {"runc": "containerd-shim-runc-v2", "trioshim": "containerd-shim
 
 # ------------------------------------------------------------------------------ generated client
 
-_MODULE = "cri_runtime_v1"
-
 
 def cri_modules() -> tuple[ModuleType, ModuleType]:
-    """(pb2, pb2_grpc) for CRI runtime.v1, generated once per proto x grpcio-tools x protobuf."""
-    import google.protobuf
-    import grpc_tools
-    from grpc_tools import protoc
-
-    if f"{_MODULE}_pb2_grpc" in sys.modules:
-        return sys.modules[f"{_MODULE}_pb2"], sys.modules[f"{_MODULE}_pb2_grpc"]
-    proto = cri_api_proto()
-    text = proto.read_bytes()
-    tools_version = getattr(grpc_tools, "__version__", "") or _dist_version("grpcio-tools")
-    key = hashlib.sha256(
-        text + tools_version.encode() + google.protobuf.__version__.encode()
-    ).hexdigest()[:16]
-    out = cache_dir() / "cri-api" / f"py-{key}"
-    with _locked("cri-py"):
-        if not (out / f"{_MODULE}_pb2_grpc.py").is_file():
-            tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / "src").mkdir(parents=True)
-            (tmp / "src" / f"{_MODULE}.proto").write_bytes(text)
-            include = Path(protoc.__file__).parent / "_proto"
-            rc = protoc.main(
-                [
-                    "grpc_tools.protoc",
-                    f"-I{tmp / 'src'}",
-                    f"-I{include}",
-                    f"--python_out={tmp}",
-                    f"--grpc_python_out={tmp}",
-                    f"{_MODULE}.proto",
-                ]
-            )
-            if rc != 0:
-                raise RuntimeError(f"protoc failed ({rc}) on {proto}")
-            shutil.rmtree(tmp / "src")
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-    if str(out) not in sys.path:
-        sys.path.insert(0, str(out))
-    return importlib.import_module(f"{_MODULE}_pb2"), importlib.import_module(f"{_MODULE}_pb2_grpc")
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
+    """(pb2, pb2_grpc) for CRI runtime.v1 (module `cri_runtime_v1`)."""
+    return generated_modules("cri_runtime_v1", cri_api_proto().read_bytes())
 
 
 # ------------------------------------------------------------------------------ the daemon
