@@ -48,12 +48,17 @@ class TasksClient:
     def __exit__(self, *exc: object) -> None:
         self.channel.close()
 
-    def create(self, container_id: str, options: Message | None = None) -> Any:
-        """A task with null stdio (as `ctr run --null-io`); the CreateTaskResponse."""
-        request = self.pb.CreateTaskRequest(container_id=container_id)
+    def create(self, container_id: str, options: Message | None = None, *, stdout: str = "") -> Any:
+        """A task with `stdout` (and stderr) going to that URI, else null stdio (as
+        `ctr run --null-io`); the CreateTaskResponse."""
+        request = self.pb.CreateTaskRequest(container_id=container_id, stdout=stdout, stderr=stdout)
         if options is not None:
             request.options.CopyFrom(go_any(options))
         return self.stub.Create(request, metadata=self.metadata, timeout=60)
+
+    def start(self, container_id: str) -> Any:
+        request = self.pb.StartRequest(container_id=container_id)
+        return self.stub.Start(request, metadata=self.metadata, timeout=60)
 
     def delete(self, container_id: str) -> Any:
         request = self.pb.DeleteTaskRequest(container_id=container_id)
