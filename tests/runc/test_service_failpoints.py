@@ -150,3 +150,33 @@ async def test_start_after_leaves_it_running_for_the_caller(harness: Harness) ->
     await h.call("Delete", api.DeleteRequest(id="a1"))
     assert "a1" not in await _runc_ids(h)
     assert not _is_mounted(Path(h.tmp / "a1" / "rootfs"))
+
+
+async def test_exec_after_of_a_container_deleted_meanwhile(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    reached, release = trio.Event(), trio.Event()
+
+    async def trigger(point: str, term: Term | None) -> None:
+        if point == "Exec.after":  # hold the Exec there until the container is gone
+            reached.set()
+            await release.wait()
+        await inject.trigger(point, term)
+
+    monkeypatch.setattr(service, "trigger", trigger)
+    await h.create("g1", ["sleep", "1000"], edit=_annotate(Exec_after="1*off"))
+    container = h.service.containers["g1"]
+    async with trio.open_nursery() as nursery:
+
+        async def exec_() -> None:
+            err = await h.fails("Exec", _exec_request("g1", "e1", ["true"]))
+            assert (err.code, err.message) == (Code.NOT_FOUND, "container not created: not found")
+
+        nursery.start_soon(exec_)
+        await reached.wait()
+        await h.call("Delete", api.DeleteRequest(id="g1"))
+        release.set()
+    assert not container.execs and not container.reserved
+    assert "g1" not in await _runc_ids(h)
+    assert not _is_mounted(h.tmp / "g1" / "rootfs")

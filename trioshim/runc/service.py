@@ -20,7 +20,8 @@ Failpoints (docs/failpoints.md): a container whose spec annotates
 ``io.containerd.runtime.v2.shim.failpoint.<point>`` has the RPCs naming it fail, stall or raise
 at :data:`FAILPOINTS`; ``<Method>`` before the RPC does anything (as containerd's failpoint
 shim), ``<Method>.after`` once its work is done, before the reply. Without the annotation the
-only cost is a look for the prefix in ``config.json`` on Create and a ``None`` test per RPC.
+only cost is a look for the prefix in ``config.json`` on Create and a ``None`` test in the
+RPCs that have points.
 """
 
 from __future__ import annotations
