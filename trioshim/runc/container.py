@@ -33,6 +33,7 @@ from trioshim.runc.process import (
 )
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
+from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.reaper import Reaper
 from trioshim.ttrpc.errors import NotFound
 
@@ -317,6 +318,7 @@ class Container:
         self.execs: dict[str, ExecProcess] = {}
         self.reserved: set[str] = set()
         self.cgroup: Cgroup | None = None
+        self.failpoints: Failpoints | None = None  # set by the annotations of its spec
 
     def __repr__(self) -> str:
         return f"<Container {self.id} {self.init.state.name}>"
@@ -426,3 +428,11 @@ class Container:
 
     async def unmount_rootfs(self) -> None:
         await unmount_all(self.rootfs)
+
+    async def abandon(self) -> None:
+        """Undo :meth:`create` for a Create that failed after it: the container killed and
+        deleted in runc, its stdio closed, its rootfs unmounted (shielded, errors ignored:
+        the Create reports its own)."""
+        await self.init.abandon()
+        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+            await unmount_all(self.rootfs)

@@ -422,13 +422,20 @@ class InitProcess(Process):
                 await self._start_io(self.io, bounded=True)
                 self.pid = self._read_pid_file(self.pid_file, _INIT_PID_ERROR)
             except BaseException:
-                # Ours now: do not leave a created container behind in runc.
-                with trio.CancelScope(shield=True), contextlib.suppress(RuncError):
-                    await self.runc.delete(self.id, force=True)
+                await self.abandon()  # ours now: leave no created container behind in runc
                 raise
         except BaseException:
             await self._close_io()
             raise
+
+    async def abandon(self) -> None:
+        """Undo :meth:`create`: ``runc delete --force`` (it kills the init), stdio closed.
+        Shielded, for it runs while the failing request may be cancelled; a runc failure is
+        ignored (nothing better to do: the caller reports the Create's own error)."""
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(RuncError):
+                await self.runc.delete(self.id, force=True)
+            await self._close_io()
 
     @staticmethod
     def _read_pid_file(path: str, what: str) -> int:

@@ -15,6 +15,13 @@ Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better
 - a second Create for a live id is AlreadyExists instead of unmounting the live rootfs;
 - an exit of a process deleted before it exited publishes nothing after its TaskDelete;
 - Wait is cancellable; a Create that fails after ``runc create`` force-deletes the container.
+
+Failpoints (docs/failpoints.md): a container whose spec annotates
+``io.containerd.runtime.v2.shim.failpoint.<point>`` has the RPCs naming it fail, stall or raise
+at :data:`FAILPOINTS`; ``<Method>`` before the RPC does anything (as containerd's failpoint
+shim), ``<Method>.after`` once its work is done, before the reply. Without the annotation the
+only cost is a look for the prefix in ``config.json`` on Create and a ``None`` test in the
+RPCs that have points.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from trioshim.runc.options import decode_checkpoint_options, decode_options
 from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig
+from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
+from trioshim.shim.inject import InjectedError, bundle_failpoints, trigger
 from trioshim.shim.plugin import (
     EVENT_PLUGIN,
     INTERNAL_PLUGIN,
@@ -90,6 +99,14 @@ RPCS: Final = (
     "Connect",
     "Shutdown",
 )
+
+FAILPOINTS: Final = frozenset(
+    {"Create", "Create.after", "Start", "Start.after", "Exec", "Exec.after", "Kill", "Delete"}
+)
+"""The failpoints of this service. The ``.after`` points sit where undoing is hardest: Create
+after ``runc create`` (rootfs mounted, stdio open: all of it is undone), Exec with the exec
+built but not yet added (its id is released), Start after the process runs and its event is
+out (it keeps running: the caller cleans up, as after a lost reply)."""
 
 _STATUS: Final = {
     "created": task_types.CREATED,
@@ -218,6 +235,12 @@ class TaskService:
         )
         self._creating.add(container_id)
         try:
+            try:
+                failpoints = bundle_failpoints(request.bundle, FAILPOINTS)
+            except FailpointSyntaxError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            if failpoints is not None:
+                await _failpoint(failpoints, "Create")
             with self.exits.starting() as starting:
                 options = decode_options(request.options if request.HasField("options") else None)
                 container = await Container.create(
@@ -227,6 +250,14 @@ class TaskService:
                     reaper=self.reaper,
                     open_io=self._io_opener(options),
                 )
+                if failpoints is not None:
+                    container.failpoints = failpoints
+                    try:
+                        await _failpoint(failpoints, "Create.after")
+                    except BaseException:
+                        # The init's exit (runc kills it) stays in `starting`: never published.
+                        await container.abandon()
+                        raise
                 self.containers[container_id] = container
                 self._publish(
                     TASK_CREATE,
@@ -252,6 +283,8 @@ class TaskService:
 
     async def Start(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
+        if container.failpoints is not None:
+            await _failpoint(container.failpoints, "Start")
         process = container.process(request.exec_id)
         if isinstance(process, InitProcess):
             with self.exits.starting(container) as starting:
@@ -284,10 +317,14 @@ class TaskService:
                     ),
                 )
                 starting.started(container, process)
+        if container.failpoints is not None:
+            await _failpoint(container.failpoints, "Start.after")
         return api.StartResponse(pid=process.pid)
 
     async def Delete(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
+        if container.failpoints is not None:
+            await _failpoint(container.failpoints, "Delete")
         process = container.process(request.exec_id)
         if isinstance(process, ExecProcess):
             await process.delete()
@@ -326,6 +363,8 @@ class TaskService:
 
     async def Exec(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
+        if container.failpoints is not None:
+            await _failpoint(container.failpoints, "Exec")
         exec_id = request.exec_id
         if not container.reserve(exec_id):
             raise AlreadyExists(f"id {exec_id}")
@@ -344,6 +383,10 @@ class TaskService:
                 spec,
                 StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal),
             )
+            if container.failpoints is not None:
+                await _failpoint(container.failpoints, "Exec.after")
+                if self.containers.get(container.id) is not container:  # deleted meanwhile
+                    raise NotFound("container not created")
         except BaseException:
             container.release(exec_id)
             raise
@@ -390,6 +433,8 @@ class TaskService:
 
     async def Kill(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
+        if container.failpoints is not None:
+            await _failpoint(container.failpoints, "Kill")
         process = container.process(request.exec_id)
         if isinstance(process, InitProcess):
             await process.kill(request.signal, all=request.all)
@@ -477,6 +522,15 @@ class TaskService:
             return EMPTY
         self.shutdown.shutdown("no containers left")
         return EMPTY
+
+
+async def _failpoint(failpoints: Failpoints, point: str) -> None:
+    """Hit ``point``: an injected error is a bare-text error like any runc failure; a panic
+    escapes as the unexpected exception it stands for (the ttrpc server answers Unknown)."""
+    try:
+        await trigger(point, failpoints.evaluate(point))
+    except InjectedError as exc:
+        raise unknown(exc.message) from exc
 
 
 class _Handlers:
