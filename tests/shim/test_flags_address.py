@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +25,7 @@ from trioshim.shim.address import (
     write_address,
 )
 from trioshim.shim.flags import FlagError, Flags, parse_flags, validate_identifier
+from trioshim.ttrpc import listen_backlog
 
 
 def test_containerd_start_invocation() -> None:
@@ -127,6 +132,51 @@ def test_new_socket_modes_limit_and_removal() -> None:
         with pytest.raises(AddressError, match=r"too long \(> 106\)"):
             new_socket(long)
         assert not os.path.exists(socket_path(long))
+
+
+BURST = 2000  # what containerd may open at once when it starts or recovers that many tasks
+
+
+@contextlib.contextmanager
+def _open_files_for(count: int) -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    assert hard == resource.RLIM_INFINITY or hard >= wanted, f"RLIMIT_NOFILE hard {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _refused_of_burst(path: str, count: int) -> int:
+    """Open ``count`` non-blocking connections at once (nobody accepts): how many the
+    listener's queue refused (``EAGAIN``, what a small backlog gives a unix socket)."""
+    refused = 0
+    with contextlib.ExitStack() as stack:
+        for _ in range(count):
+            client = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            client.setblocking(False)
+            err = client.connect_ex(path)
+            if err == errno.EAGAIN:
+                refused += 1
+            else:
+                assert err == 0, os.strerror(err)
+    return refused
+
+
+def test_listen_backlog_is_the_systems_maximum() -> None:
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    assert listen_backlog() == somaxconn
+    assert somaxconn >= BURST, f"net.core.somaxconn={somaxconn}: too small for this test"
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp, _open_files_for(BURST):
+        path = f"{tmp}/s/burst"
+        with new_socket(path):
+            assert _refused_of_burst(path, BURST) == 0
+        # The measure itself: a backlog of 128 refuses most of the same burst.
+        with new_socket(f"{tmp}/s/small", backlog=128):
+            assert _refused_of_burst(f"{tmp}/s/small", BURST) > BURST // 2
 
 
 def test_address_file_atomic_no_newline(tmp_path: os.PathLike[str]) -> None:

@@ -22,6 +22,7 @@ import trio
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import forkserver
 from trioshim.testing import connect_task
+from trioshim.ttrpc import listen_backlog
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "examples" / "minimal_shim_fast"
 APP = str(LAUNCHER.parent / "minimal_shim.py") + ":app"
@@ -158,6 +159,9 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
         for v in Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
     )
 
+    # A burst of helpers at once is queued, not refused: the system's maximum backlog.
+    assert listen_queue_size(forkserver_socket(env)) == listen_backlog()
+
     helper_pid, _, out2 = env.run("c2", "start")  # warm: a worker of the server does it
     assert f"for pid {helper_pid}" in env.server_log()
     daemon1, daemon2 = shim_pid(out1.decode()), shim_pid(out2.decode())
@@ -184,6 +188,14 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     path = forkserver_socket(env)
     poll(lambda: not os.path.exists(path), "the server to remove its socket")
     assert daemon1 != daemon2
+
+
+def listen_queue_size(path: str) -> int:
+    """The backlog a unix socket listens with (``ss`` shows it as the Send-Q of LISTEN)."""
+    out = subprocess.run(["ss", "-xlH", "src", path], capture_output=True, text=True, check=True)
+    fields = out.stdout.split()
+    assert fields[:2] == ["u_str", "LISTEN"], out.stdout
+    return int(fields[3])
 
 
 def forkserver_socket(env: Env) -> str:

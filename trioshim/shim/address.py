@@ -13,6 +13,8 @@ import os
 import socket
 from typing import Final
 
+from trioshim.ttrpc.server import listen_backlog
+
 __all__ = [
     "DEFAULT_SOCKET_DIR",
     "SOCKET_DIR_ENV",
@@ -87,8 +89,12 @@ def _check_length(path: str) -> None:
         raise AddressError(f"{path!r}: unix socket path too long (> {SOCKET_PATH_LIMIT})")
 
 
-def new_socket(address_or_path: str, *, backlog: int = 128) -> socket.socket:
+def new_socket(address_or_path: str, *, backlog: int | None = None) -> socket.socket:
     """Create the directory (0700), bind and listen, chmod the socket 0600.
+
+    ``backlog`` defaults to the system's maximum (:func:`~trioshim.ttrpc.listen_backlog`,
+    like Go's listener): containerd opens one connection per container it starts or
+    recovers, and a burst of them must not be refused.
 
     ``OSError(EADDRINUSE)`` propagates so the caller can decide between reuse and removal.
     The returned socket is blocking and close-on-exec.
@@ -104,7 +110,7 @@ def new_socket(address_or_path: str, *, backlog: int = 128) -> socket.socket:
         raise
     try:
         os.chmod(path, 0o600)
-        sock.listen(backlog)
+        sock.listen(listen_backlog() if backlog is None else backlog)
     except BaseException:
         sock.close()
         remove_socket(path)

@@ -9,11 +9,13 @@
          ├─ stack dumps        SIGUSR1 -> task tree + thread stacks into the log
          ├─ publisher          one ordered queue, one sender
          ├─ plugins' tasks     InitContext.nursery is the root nursery
-         └─ ttrpc server       every instance with ttrpc_services(), on fd 3 / -socket / a
-                               socket handed over by the start action
+         ├─ ttrpc server       every instance with ttrpc_services(), on fd 3 / -socket / a
+         │                     socket handed over by the start action
+         └─ abandonment watch  until the first request (``abandon_timeout``; abandon.py)
 
 Shutdown is requested through the shutdown service (the Shutdown RPC with no task left,
-SIGTERM/SIGINT) and then runs, in this order, each stage observable in a trace:
+SIGTERM/SIGINT, containerd abandoning the daemon before its first request) and then runs, in
+this order, each stage observable in a trace:
 
 1. ``stop accepting``: the listener is closed;
 2. ``in-flight``: requests already running get ``Manager.shutdown_grace`` seconds to finish
@@ -34,6 +36,7 @@ exits because a client connection closed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -45,6 +48,7 @@ from typing import Any, Final
 
 import trio
 
+from trioshim.shim.abandon import Claim, watch_abandonment
 from trioshim.shim.address import new_socket, read_address, remove_socket
 from trioshim.shim.flags import Flags
 from trioshim.shim.manager import Manager
@@ -88,6 +92,9 @@ class DaemonConfig:
     publisher_timeout: float = PUBLISHER_TIMEOUT
     plugin_config: Mapping[str, Mapping[str, Any]] | None = None
     """Per-plugin configuration; ``None`` reads ``<bundle>/trioshim-plugins.json``."""
+    abandon_timeout: float | None = None
+    """Shut down if no request comes within this many seconds of serving, or if the bundle
+    goes before the first request (:mod:`trioshim.shim.abandon`); ``None``: never."""
     trace: Callable[[str], None] | None = None
     """Called with the name of every start-up and shutdown stage (tests assert the order)."""
     # Filled in while serving (tests look at them).
@@ -196,13 +203,27 @@ async def serve_daemon(config: DaemonConfig) -> int:
             if not services:
                 raise PluginError("required that ttrpc service")
             server = config.server = Server()
+            claim = Claim()
             for descriptor, implementation in services:
+                if config.abandon_timeout is not None:
+                    implementation = claim.wrap(implementation)
                 server.register(descriptor, implementation)
                 log.debug(
                     "registering ttrpc service", extra={"fields": {"id": descriptor.full_name}}
                 )
             await root.start(server.serve, listener)
             trace("serving")
+            if config.abandon_timeout is not None:
+                await root.start(
+                    functools.partial(
+                        watch_abandonment,
+                        config.bundle,
+                        claim.claimed,
+                        shutdown,
+                        log,
+                        within=config.abandon_timeout,
+                    )
+                )
             log.info("starting signal loop", extra={"fields": {"pid": os.getpid()}})
 
             await shutdown.wait()

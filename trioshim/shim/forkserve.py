@@ -33,6 +33,7 @@ from trioshim.shim.forkserver import (
 )
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
+from trioshim.ttrpc.server import listen_backlog
 
 __all__ = ["serve"]
 
@@ -68,7 +69,7 @@ def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     os.chmod(path, 0o600)
-    listener.listen(128)
+    listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
     inode = os.stat(path).st_ino
 
     def stop(signum: int, frame: Any) -> None:

@@ -347,7 +347,10 @@ def _fork_daemon(
             os.dup2(null, fd)
         if null > 2:
             os.close(null)
-        os.chdir(bundle)
+        # containerd may already have removed the bundle (it abandoned us): serve anyway,
+        # the abandonment watch then shuts down cleanly, removing the socket.
+        with contextlib.suppress(OSError):
+            os.chdir(bundle)
         gc.enable()
         status = daemon_main(
             manager,
@@ -394,6 +397,7 @@ def daemon_main(
         log=log,
         listener=listener,
         socket_address=socket_address,
+        abandon_timeout=manager.abandon_timeout,
     )
     return trio.run(serve_daemon, config)
 

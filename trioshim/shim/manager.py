@@ -22,6 +22,7 @@ from google.protobuf import any_pb2
 
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.types import introspection_pb2
+from trioshim.shim.abandon import ABANDON_TIMEOUT
 from trioshim.shim.address import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
 from trioshim.shim.flags import Flags
 from trioshim.shim.reaper import Reaper
@@ -79,6 +80,10 @@ class Manager:
     group_annotations: tuple[str, ...] = ("io.kubernetes.cri.sandbox-id",)
     #: Bound for in-flight requests at shutdown before they are cancelled (seconds).
     shutdown_grace: float = 2.0
+    #: A daemon that gets no request within this many seconds of starting, or whose bundle is
+    #: removed before its first request, was abandoned by containerd and shuts down
+    #: (:mod:`trioshim.shim.abandon`); ``None`` keeps it serving whatever happens.
+    abandon_timeout: float | None = ABANDON_TIMEOUT
     #: Highest ``containerd.task.vN.Task`` the daemon's plugins serve. 3 lets ``start`` reply
     #: so that containerd 2.x calls ``containerd.task.v3.Task`` (:mod:`trioshim.shim.peer`);
     #: 2 (the default) keeps the plain address every line reads as version 2.

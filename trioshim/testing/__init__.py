@@ -270,12 +270,15 @@ async def open_shim(
     handle_signals: bool = False,
     plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     trace: list[str] | None = None,
+    abandon_timeout: float | None = None,
 ) -> AsyncIterator[ShimHandle]:
     """Run a shim daemon in this Trio run, connected to a Task client. Leaving the block shuts
     it down (if it is still running) and waits for it. :class:`ShimStartupError` if it exits
     before serving. ``handle_signals`` installs the SIGTERM/SIGINT/SIGUSR1 receivers (main
     thread only). The daemon's stages are appended to ``trace`` (default: a new list), so a
-    test can interleave its own entries."""
+    test can interleave its own entries. ``abandon_timeout``: the daemon's
+    :attr:`~trioshim.shim.daemon.DaemonConfig.abandon_timeout` (off by default: the client
+    this opens makes no request by itself)."""
     tmp = _short_tempdir("shim-")
     socket_path = os.path.join(tmp, "s")
     lines: list[str] = []
@@ -321,6 +324,7 @@ async def open_shim(
                 handle_signals=handle_signals,
                 plugin_config={} if plugin_config is None else plugin_config,
                 trace=on_stage,
+                abandon_timeout=abandon_timeout,
             )
 
             async def daemon() -> None:

@@ -1,0 +1,121 @@
+"""Noticing that containerd abandoned the daemon it just started.
+
+``start`` returns the address before containerd has finished with the bundle: containerd then
+writes ``shim-binary-path`` into it and only then sends its first request. When that write
+fails (a full state filesystem: measured on 1.6, 1.7 and 2.1), containerd removes the bundle
+and never calls Shutdown: nobody will ever talk to the daemon again. The same holds when
+containerd dies in between and does not come back in time.
+
+Until the first request arrives (any RPC: containerd owns the daemon from then on, and the
+Shutdown RPC ends it as usual) the daemon is *unclaimed*, and it shuts itself down when
+
+- its bundle directory is removed or replaced (checked every ``interval`` seconds), or
+- no request came within ``within`` seconds of serving.
+
+Once claimed it never exits because of this: a daemon containerd has talked to (and so every
+daemon with tasks) survives containerd being restarted, and a grouped daemon outlives the
+bundle of the container it was started for.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+
+from trioshim.shim.shutdown import ShutdownService
+
+__all__ = ["ABANDON_TIMEOUT", "BUNDLE_CHECK_INTERVAL", "Claim", "watch_abandonment"]
+
+ABANDON_TIMEOUT: Final = 60.0
+BUNDLE_CHECK_INTERVAL: Final = 1.0
+
+
+class Claim:
+    """Set by the first request any registered service receives."""
+
+    def __init__(self) -> None:
+        self.claimed = trio.Event()
+
+    def wrap(self, implementation: object) -> object:
+        """``implementation`` whose every RPC handler first marks the daemon claimed."""
+        return _Claiming(implementation, self.claimed)
+
+
+class _Claiming:
+    def __init__(self, implementation: object, claimed: trio.Event) -> None:
+        self._implementation = implementation
+        self._claimed = claimed
+
+    def __getattr__(self, name: str) -> Any:
+        handler = getattr(self._implementation, name)
+        if not inspect.iscoroutinefunction(handler):
+            return handler
+        return _claiming(handler, self._claimed)
+
+
+def _claiming(handler: Callable[..., Any], claimed: trio.Event) -> Callable[..., Any]:
+    @functools.wraps(handler)
+    async def claim_then_handle(*args: Any, **kwargs: Any) -> Any:
+        claimed.set()
+        return await handler(*args, **kwargs)
+
+    return claim_then_handle
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _open_directory(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _still_there(path: str, fd: int) -> bool:
+    """Whether ``path`` is still the directory ``fd`` was opened on. Holding ``fd`` keeps its
+    inode alive, so a new directory at the same path cannot reuse the inode number."""
+    try:
+        return _identity(os.stat(path)) == _identity(os.fstat(fd))
+    except OSError:
+        return False
+
+
+async def watch_abandonment(
+    bundle: str,
+    claimed: trio.Event,
+    shutdown: ShutdownService,
+    log: logging.Logger,
+    *,
+    within: float = ABANDON_TIMEOUT,
+    interval: float = BUNDLE_CHECK_INTERVAL,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Request shutdown if the daemon stays unclaimed (see the module); returns once claimed
+    or once shutdown is requested. A bundle already gone when this starts counts as removed."""
+    fd = _open_directory(bundle)
+    try:
+        task_status.started()
+        reason = ""
+        with trio.move_on_after(within):
+            while not reason:
+                with trio.move_on_after(interval):
+                    await claimed.wait()
+                    return
+                if fd is None or not _still_there(bundle, fd):
+                    reason = "abandoned: bundle removed before any request"
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if claimed.is_set():
+        return
+    reason = reason or f"abandoned: no request within {within:g}s of start"
+    log.warning("containerd abandoned this daemon", extra={"fields": {"reason": reason}})
+    shutdown.shutdown(reason)
