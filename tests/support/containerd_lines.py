@@ -196,11 +196,16 @@ def _apt_options() -> list[str]:
     ]
 
 
-def _apt_update(suites: tuple[str, ...] = ("trixie", "sid")) -> None:
+def _apt_update(
+    suites: tuple[str, ...] = ("trixie", "sid"), source_suites: tuple[str, ...] = ()
+) -> None:
+    """Refresh the private lists: binary packages of `suites`, source packages (deb-src) of
+    `source_suites`."""
     d = _apt_dir()
     (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     mirror, keyring = _bookworm_source()
     sources = "".join(f"deb [signed-by={keyring}] {mirror} {s} main\n" for s in suites)
+    sources += "".join(f"deb-src [signed-by={keyring}] {mirror} {s} main\n" for s in source_suites)
     src = d / "sources.list"
     stamp = d / "lists" / ".updated"
     fresh = (
