@@ -27,6 +27,7 @@ from tests.support.containerd_lines import (  # noqa: E402
     LineContainerd,
     get_line,
 )
+from tests.support.criu import criu_binary, criu_check  # noqa: E402
 from tests.support.rootfs import BUSYBOX, build_busybox_rootfs  # noqa: E402
 
 _E2E_DIR = Path(__file__).resolve().parent / "e2e"
@@ -143,6 +144,17 @@ def containerd(containerd_line: ContainerdLine) -> Iterator[LineContainerd]:
 def namespace(containerd: PrivateContainerd) -> str:
     """The containerd namespace every test of this run uses (unique to the run)."""
     return containerd.namespace
+
+
+@pytest.fixture(scope="session")
+def criu() -> Path:
+    """criu 4.x as scripts/setup builds it (tests.support.criu; built now if the cache has none).
+    Fails, never skips, when `criu check` fails on this machine."""
+    binary = criu_binary()
+    problem = criu_check(binary)
+    if problem:
+        pytest.fail(f"{binary} cannot checkpoint on this machine: criu check: {problem}")
+    return binary
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from tests.support.containerd import PrivateContainerd
 from tests.support.containerd_lines import ContainerdLine, LineContainerd
 
-from .helpers import E2E, RUNTIMES, wait_for
+from .helpers import E2E, RUNTIMES, on_own_containerd, wait_for
 
 
 @pytest.fixture(params=list(RUNTIMES.values()), ids=list(RUNTIMES))
@@ -74,20 +74,5 @@ def private_e2e(
     make_containerd: Callable[..., LineContainerd],
 ) -> Iterator[E2E]:
     """Like `e2e`, on a containerd of its own (for tests that restart or break containerd)."""
-    daemon = make_containerd()
-    daemon.start()
-    env = E2E(daemon, busybox_rootfs, runtime, request.node.name)
-    try:
+    with on_own_containerd(request, make_containerd(), busybox_rootfs, runtime) as env:
         yield env
-        if daemon.running:
-            try:
-                wait_for(lambda: not env.leftovers(), timeout=10, interval=0.1)
-            except AssertionError:
-                rep = getattr(request.node, "rep_call", None)
-                if rep is None or not rep.failed:
-                    pytest.fail(f"left behind after the test: {env.leftovers()}", pytrace=False)
-    finally:
-        forced = daemon.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if forced and rep is not None and not rep.failed:
-            pytest.fail(f"had to clean up by force: {forced}", pytrace=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import pty
 import re
 import select
 import struct
@@ -12,10 +14,12 @@ import subprocess
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import pytest
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
@@ -105,12 +109,19 @@ class E2E:
     """One test's view of containerd: runtime, rootfs, container ids and `ctr` shortcuts."""
 
     def __init__(
-        self, containerd: PrivateContainerd, rootfs: Path, runtime: str, test_name: str
+        self,
+        containerd: PrivateContainerd,
+        rootfs: Path,
+        runtime: str,
+        test_name: str,
+        *,
+        short: str | None = None,
     ) -> None:
         self.containerd = containerd
         self.rootfs = str(rootfs)
         self.runtime = runtime
-        self.short = "ts" if runtime == TRIOSHIM else "rc"
+        # In container ids: which shim runs them (given when the runtime name does not tell).
+        self.short = short or ("ts" if runtime == TRIOSHIM else "rc")
         stem = test_name.split("[")[0].removeprefix("test_").replace("_", "-")[:24]
         self.stem = "-".join(part for part in stem.split("-") if part)
         self.ids: list[str] = []
@@ -334,3 +345,79 @@ class PtyReader:
                 if not chunk:
                     raise AssertionError(f"tty closed before {pattern!r}: {self.buf!r}")
                 self.buf += chunk
+
+
+class CtrTerminal:
+    """`ctr ARGS...` with a pty of ours as its terminal (what a user's terminal would be), of
+    `rows` x `cols`; a context manager that kills ctr if still running and closes the pty."""
+
+    def __init__(
+        self, containerd: PrivateContainerd, *args: str, rows: int = 40, cols: int = 100
+    ) -> None:
+        self.master, slave = pty.openpty()
+        try:
+            set_winsize(slave, rows, cols)
+            self.proc = subprocess.Popen(
+                containerd.ctr_argv(*args),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=containerd.env,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self.master)
+            raise
+        finally:
+            os.close(slave)
+        self.tty = PtyReader(self.master)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
+        return self.tty.expect(pattern, timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> CtrTerminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        os.close(self.master)
+
+
+# ------------------------------------------------------------------------------- daemons
+
+
+@contextlib.contextmanager
+def on_own_containerd(
+    request: pytest.FixtureRequest,
+    daemon: PrivateContainerd,
+    rootfs: Path,
+    runtime: str,
+    *,
+    short: str | None = None,
+) -> Iterator[E2E]:
+    """Start `daemon`, yield an E2E on it, then check that the test left nothing behind (and
+    needed no forced clean-up) and stop it."""
+    daemon.start()
+    env = E2E(daemon, rootfs, runtime, request.node.name, short=short)
+    try:
+        yield env
+        if daemon.running:
+            try:
+                wait_for(lambda: not env.leftovers(), timeout=10, interval=0.1)
+            except AssertionError:
+                rep = getattr(request.node, "rep_call", None)
+                if rep is None or not rep.failed:
+                    pytest.fail(f"left behind after the test: {env.leftovers()}", pytrace=False)
+    finally:
+        forced = daemon.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if forced and rep is not None and not rep.failed:
+            pytest.fail(f"had to clean up by force: {forced}", pytrace=False)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 from pathlib import Path
 
-from .helpers import E2E, PtyReader, set_winsize, wait_for
+from .helpers import E2E, CtrTerminal, wait_for
 
 # pid 1 ignores SIGTERM unless it installs a handler: this one exits 42 on SIGTERM.
 TRAPPING_LOOP = "trap 'exit 42' TERM; while true; do sleep 0.1; done"
@@ -136,26 +133,13 @@ WAIT_SIZE = (
 
 def test_exec_tty(e2e: E2E) -> None:
     cid = e2e.run_detached("/bin/sleep", "1000")
-    master, slave = pty.openpty()
-    set_winsize(slave, 33, 77)
-    argv = e2e.containerd.ctr_argv(
+    exec_argv = (
         "task", "exec", "-t", "--exec-id", "tty-exec", cid,
         "/bin/sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-$((6*7)); " + WAIT_SIZE + "; exit 3",
     )  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdin=slave, stdout=slave, stderr=slave, env=e2e.containerd.env,
-        start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
-    tty = PtyReader(master)
-    try:
-        tty.expect(rb"tty-42")
+    with CtrTerminal(e2e.containerd, *exec_argv, rows=33, cols=77) as term:
+        term.expect(rb"tty-42")
         # ctr sends the size with ResizePty right after Start: wait for it to land.
-        tty.expect(rb"size=33 77")
-        assert proc.wait(30) == 3
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        os.close(master)
+        term.expect(rb"size=33 77")
+        assert term.wait() == 3
     assert e2e.kill_and_delete(cid) == 137

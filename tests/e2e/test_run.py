@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pty
 import signal
 import subprocess
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import E2E, REFERENCE, PtyReader, set_winsize, wait_for
+from .helpers import E2E, REFERENCE, CtrTerminal, set_winsize, wait_for
 
 
 def test_echo(e2e: E2E) -> None:
@@ -110,49 +109,32 @@ def test_large_stderr_and_stdout_interleaved(e2e: E2E) -> None:
 
 def test_tty_with_resize(e2e: E2E) -> None:
     cid = e2e.new_id()
-    master, slave = pty.openpty()
-    set_winsize(slave, 40, 100)
-    argv = e2e.containerd.ctr_argv(*e2e.run_argv(cid, "/bin/sh", opts=("--rm", "-t")))
-    proc = subprocess.Popen(
-        argv,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=e2e.containerd.env,
-        start_new_session=True,
-    )
-    os.close(slave)
-    tty = PtyReader(master)
-    try:
+    run = e2e.run_argv(cid, "/bin/sh", opts=("--rm", "-t"))
+    with CtrTerminal(e2e.containerd, *run) as term:
         e2e.wait_status(cid, "RUNNING")
-        os.write(master, b"[ -t 0 ] && [ -t 2 ] && echo tty-$((6*7))\n")
-        tty.expect(rb"tty-42")
-        os.write(master, b"stty size\n")
-        tty.expect(rb"40 100")
+        term.send(b"[ -t 0 ] && [ -t 2 ] && echo tty-$((6*7))\n")
+        term.expect(rb"tty-42")
+        term.send(b"stty size\n")
+        term.expect(rb"40 100")
         # Resize: ctr forwards SIGWINCH as ResizePty.
-        set_winsize(master, 50, 132)
-        proc.send_signal(signal.SIGWINCH)
+        set_winsize(term.master, 50, 132)
+        term.proc.send_signal(signal.SIGWINCH)
         deadline = time.monotonic() + 10
 
         def resized() -> bool:
-            os.write(master, b"stty size\n")
+            term.send(b"stty size\n")
             try:
-                tty.expect(rb"50 132", timeout=1)
+                term.expect(rb"50 132", timeout=1)
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise
-                proc.send_signal(signal.SIGWINCH)
+                term.proc.send_signal(signal.SIGWINCH)
                 return False
             return True
 
         wait_for(resized, timeout=15, interval=0)
         # Stdout and stderr share the terminal.
-        os.write(master, b"echo to-$((1+1))-stderr >&2\n")
-        tty.expect(rb"to-2-stderr")
-        os.write(master, b"exit 7\n")
-        assert proc.wait(30) == 7
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        os.close(master)
+        term.send(b"echo to-$((1+1))-stderr >&2\n")
+        term.expect(rb"to-2-stderr")
+        term.send(b"exit 7\n")
+        assert term.wait() == 7

@@ -11,179 +11,25 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
 
+from tests.runc.service_harness import Harness, exec_request, is_mounted
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc.exits import GO_ZERO_TIME_SECONDS
-from trioshim.runc.service import TaskService
-from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
-from trioshim.shim.shutdown import ShutdownService
 from trioshim.ttrpc.errors import Code, TTRPCError
-from trioshim.ttrpc.server import RequestContext
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runc") is None, reason="needs root and runc"
 )
-
-CTX = RequestContext(service="containerd.task.v2.Task", method="test")
-
-
-@dataclass
-class Recorder:
-    """The events the service publishes, in order."""
-
-    events: list[tuple[str, Message]] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    def publish(self, topic: str, message: Message) -> None:
-        self.events.append((topic, message))
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def topics(self, container_id: str | None = None) -> list[str]:
-        return [
-            t
-            for t, m in self.events
-            if container_id is None or getattr(m, "container_id", None) == container_id
-        ]
-
-    def of(self, topic: str) -> list[Any]:
-        return [m for t, m in self.events if t == topic]
-
-    async def wait_for(self, topic: str, count: int = 1) -> None:
-        with trio.fail_after(20):
-            while len(self.of(topic)) < count:
-                await self.changed.wait()
-
-
-@dataclass
-class Harness:
-    service: TaskService
-    events: Recorder
-    shutdown: ShutdownService
-    reaper: Reaper
-    tmp: Path
-    rootfs: Path
-    runc_root: Path
-
-    async def bundle(
-        self,
-        container_id: str,
-        args: Sequence[str],
-        *,
-        pid_namespace: bool = True,
-        edit: Any = None,
-    ) -> Path:
-        bundle = self.tmp / container_id
-        bundle.mkdir()
-        (bundle / "work").mkdir()  # containerd links it to the task's work dir
-        (await self.reaper.run(["runc", "spec", "--bundle", str(bundle)])).check()
-        spec = json.loads((bundle / "config.json").read_text())
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = list(args)
-        spec["root"] = {"path": "rootfs", "readonly": True}
-        if not pid_namespace:
-            spec["linux"]["namespaces"] = [
-                ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"
-            ]
-        if edit is not None:
-            edit(spec)
-        (bundle / "config.json").write_text(json.dumps(spec))
-        return bundle
-
-    def create_request(self, container_id: str, bundle: Path, **kwargs: Any) -> Any:
-        options = any_pb2.Any(
-            type_url="containerd.runc.v1.Options",
-            value=oci_pb2.Options(root=str(self.runc_root)).SerializeToString(),
-        )
-        fields: dict[str, Any] = {
-            "id": container_id,
-            "bundle": str(bundle),
-            "rootfs": [
-                mount_pb2.Mount(type="bind", source=str(self.rootfs), options=["rbind", "ro"])
-            ],
-            "options": options,
-        }
-        fields.update(kwargs)
-        return api.CreateTaskRequest(**fields)
-
-    async def create(self, container_id: str, args: Sequence[str], **kwargs: Any) -> Any:
-        bundle = await self.bundle(
-            container_id,
-            args,
-            pid_namespace=kwargs.pop("pid_namespace", True),
-            edit=kwargs.pop("edit", None),
-        )
-        return await self.call("Create", self.create_request(container_id, bundle, **kwargs))
-
-    async def call(self, rpc: str, request: Message) -> Any:
-        return await getattr(self.service, rpc)(api, CTX, request)
-
-    async def fails(self, rpc: str, request: Message) -> TTRPCError:
-        with pytest.raises(TTRPCError) as info:
-            await self.call(rpc, request)
-        return info.value
-
-    async def run_to_exit(self, container_id: str, args: Sequence[str], **kwargs: Any) -> Any:
-        await self.create(container_id, args, **kwargs)
-        await self.call("Start", api.StartRequest(id=container_id))
-        with trio.fail_after(20):
-            return await self.call("Wait", api.WaitRequest(id=container_id))
-
-
-@pytest.fixture
-async def harness(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Harness]:
-    set_child_subreaper(True)
-    recorder = Recorder()
-    shutdown = ShutdownService()
-    runc_root = tmp_path / "runc-root"
-    try:
-        async with open_reaper() as reaper, trio.open_nursery() as nursery:
-            service = TaskService(
-                namespace="testns",
-                reaper=reaper,
-                publisher=recorder,
-                shutdown=shutdown,
-                nursery=nursery,
-            )
-            await nursery.start(service.run)
-            h = Harness(service, recorder, shutdown, reaper, tmp_path, busybox_rootfs, runc_root)
-            try:
-                yield h
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _cleanup(h)
-                nursery.cancel_scope.cancel()
-    finally:
-        set_child_subreaper(False)
-
-
-async def _cleanup(h: Harness) -> None:
-    for container in list(h.service.containers.values()):
-        runc = container.init.runc
-        for cmd in (["kill", "--all", container.id, "9"], ["delete", "--force", container.id]):
-            await h.reaper.run(runc.command(cmd))
-        await container.unmount_rootfs()
-
-
-def _is_mounted(path: Path) -> bool:
-    return any(
-        line.split()[4] == str(path)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    )
-
 
 # --- lifecycle --------------------------------------------------------------------------------
 
@@ -198,7 +44,7 @@ async def test_lifecycle_events_files_and_cleanup(harness: Harness) -> None:
     assert (bundle / "runtime").read_text() == ""
     assert oct((bundle / "options.json").stat().st_mode & 0o777) == "0o600"
     assert (bundle / "log.json").exists()
-    assert _is_mounted(bundle / "rootfs")
+    assert is_mounted(bundle / "rootfs")
 
     state = await h.call("State", api.StateRequest(id="c1"))
     assert (state.id, state.pid, state.status) == ("c1", reply.pid, task_types.CREATED)
@@ -237,7 +83,7 @@ async def test_lifecycle_events_files_and_cleanup(harness: Harness) -> None:
     exit_event = h.events.of("/tasks/exit")[0]
     assert (exit_event.id, exit_event.pid, exit_event.exit_status) == ("c1", reply.pid, 3)
     assert exit_event.exited_at == waited.exited_at
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
 
     err = await h.fails("State", api.StateRequest(id="c1"))
     assert (err.code, err.message) == (Code.NOT_FOUND, "container not created: not found")
@@ -310,7 +156,7 @@ async def test_exec_rules(harness: Harness) -> None:
     await h.create("x1", ["sleep", "1000"])
     # allowed while created; an id in use is AlreadyExists; unstarted kill is FailedPrecondition
     await _exec(h, "x1", "e1", ["sh", "-c", "exit 7"])
-    err = await h.fails("Exec", _exec_request("x1", "e1", ["true"]))
+    err = await h.fails("Exec", exec_request("x1", "e1", ["true"]))
     assert (err.code, err.message) == (Code.ALREADY_EXISTS, "id e1: already exists")
     err = await h.fails("Kill", api.KillRequest(id="x1", exec_id="e1", signal=9))
     assert (err.code, err.message) == (
@@ -353,7 +199,7 @@ async def test_exec_rules(harness: Harness) -> None:
     await h.call("Kill", api.KillRequest(id="x1", signal=9))
     with trio.fail_after(20):
         await h.call("Wait", api.WaitRequest(id="x1"))
-    err = await h.fails("Exec", _exec_request("x1", "e2", ["true"]))
+    err = await h.fails("Exec", exec_request("x1", "e2", ["true"]))
     assert (err.code, err.message) == (Code.UNKNOWN, "cannot exec in a stopped state")
     err = await h.fails("Start", api.StartRequest(id="x1", exec_id="late"))
     assert (err.code, err.message) == (
@@ -363,15 +209,6 @@ async def test_exec_rules(harness: Harness) -> None:
     err = await h.fails("CloseIO", api.CloseIORequest(id="x1", exec_id="nope", stdin=True))
     assert (err.code, err.message) == (Code.UNKNOWN, "process does not exist nope: not found")
     await h.call("Delete", api.DeleteRequest(id="x1"))
-
-
-def _exec_request(container_id: str, exec_id: str, args: Sequence[str]) -> Any:
-    spec = {"args": list(args), "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
-    return api.ExecProcessRequest(
-        id=container_id,
-        exec_id=exec_id,
-        spec=any_pb2.Any(type_url="x", value=json.dumps(spec).encode()),
-    )
 
 
 async def test_concurrent_execs_and_init_exit_last(harness: Harness) -> None:
@@ -440,7 +277,7 @@ async def test_pids_pause_resume(harness: Harness) -> None:
     assert state.status == task_types.PAUSED
     state = await h.call("State", api.StateRequest(id="p1", exec_id="e1"))
     assert state.status == task_types.PAUSED
-    err = await h.fails("Exec", _exec_request("p1", "e2", ["true"]))
+    err = await h.fails("Exec", exec_request("p1", "e2", ["true"]))
     assert err.message == "cannot exec in a paused state"
     err = await h.fails("Delete", api.DeleteRequest(id="p1"))
     assert err.message == "cannot delete a paused process"
@@ -493,25 +330,6 @@ async def test_update_and_stats(harness: Harness) -> None:
     assert err.code == Code.NOT_FOUND
 
 
-async def test_checkpoint_failure_names_criu_log(harness: Harness) -> None:
-    h = harness
-    await h.create("ck", ["sleep", "1000"])
-    err = await h.fails("Checkpoint", api.CheckpointTaskRequest(id="ck", path=str(h.tmp / "img")))
-    assert err.message == "cannot checkpoint a task in created state"
-    await h.call("Start", api.StartRequest(id="ck"))
-    err = await h.fails("Checkpoint", api.CheckpointTaskRequest(id="ck", path=str(h.tmp / "img")))
-    assert err.code == Code.UNKNOWN
-    assert err.message.endswith(f" path= {h.tmp / 'ck' / 'criu-dump.log'}"), err.message
-    assert err.message.startswith(
-        "runc did not terminate successfully: exit status 1: criu failed: type DUMP errno 0 path="
-    ), err.message
-    assert (h.tmp / "ck" / "criu-dump.log").stat().st_size > 0  # criu's dump.log, kept
-    # the default work dir is removed again; the container keeps running
-    assert not (h.tmp / "ck" / "work" / "criu-work").exists()
-    state = await h.call("State", api.StateRequest(id="ck"))
-    assert state.status == task_types.RUNNING
-
-
 # --- odd lifecycles and failures --------------------------------------------------------------
 
 
@@ -532,7 +350,7 @@ async def test_delete_of_never_started_container(harness: Harness) -> None:
         nursery.cancel_scope.cancel()
     await trio.testing.wait_all_tasks_blocked()
     assert h.events.topics("n1") == ["/tasks/create", "/tasks/delete"]
-    assert not _is_mounted(h.tmp / "n1" / "rootfs")
+    assert not is_mounted(h.tmp / "n1" / "rootfs")
 
 
 async def test_quick_exit_still_one_exit_after_start(harness: Harness) -> None:
@@ -552,7 +370,7 @@ async def test_create_failures_unmount_and_report(harness: Harness) -> None:
     err = await h.fails("Create", h.create_request("f1", bundle))
     assert err.code == Code.UNKNOWN
     assert err.message.startswith("OCI runtime create failed: "), err.message
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
     assert "f1" not in h.service.containers
     # runc missing
     bundle = await h.bundle("f2", ["true"])
@@ -566,7 +384,7 @@ async def test_create_failures_unmount_and_report(harness: Harness) -> None:
     ), err.message
     assert err.message.endswith('exec: "no-such-runc": executable file not found in $PATH')
     assert (bundle / "runtime").read_text() == "no-such-runc"
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
     # a mount that fails
     bundle = await h.bundle("f3", ["true"])
     mounts = [
@@ -575,12 +393,12 @@ async def test_create_failures_unmount_and_report(harness: Harness) -> None:
     ]
     err = await h.fails("Create", h.create_request("f3", bundle, rootfs=mounts))
     assert err.message.startswith("failed to mount rootfs component &{bind "), err.message
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
     # unknown stdout scheme
     bundle = await h.bundle("f4", ["true"])
     err = await h.fails("Create", h.create_request("f4", bundle, stdout="http://x/y"))
     assert err.message == "failed to create init process I/O: unknown STDIO scheme http"
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
     # the service keeps working
     waited = await h.run_to_exit("ok", ["true"])
     assert waited.exit_status == 0
@@ -592,7 +410,7 @@ async def test_duplicate_create_keeps_the_live_container(harness: Harness) -> No
     bundle = h.tmp / "d1"
     err = await h.fails("Create", h.create_request("d1", bundle))
     assert err.code == Code.ALREADY_EXISTS
-    assert _is_mounted(bundle / "rootfs")
+    assert is_mounted(bundle / "rootfs")
     await h.call("Start", api.StartRequest(id="d1"))
 
 
@@ -758,28 +576,6 @@ async def test_exec_with_terminal(harness: Harness) -> None:
         os.close(out_r)
 
 
-async def test_restore_from_checkpoint_fails_clearly_without_criu(harness: Harness) -> None:
-    h = harness
-    image = h.tmp / "image"
-    image.mkdir()
-    # enough of an image for runc to hand it to criu, which then fails
-    (image / "descriptors.json").write_text('["/dev/null","/dev/null","/dev/null"]')
-    created = await h.create("r1", ["sleep", "1000"], checkpoint=str(image))
-    assert created.pid == 0
-    assert h.events.of("/tasks/create")[-1].checkpoint == str(image)
-    state = await h.call("State", api.StateRequest(id="r1"))
-    assert (state.status, state.pid) == (task_types.CREATED, 0)
-    err = await h.fails("Exec", _exec_request("r1", "e1", ["true"]))
-    assert err.message == "cannot exec in a created state"
-    err = await h.fails("Start", api.StartRequest(id="r1"))
-    assert err.code == Code.UNKNOWN
-    assert err.message.startswith("OCI runtime restore failed: criu failed: "), err.message
-    assert f"log file: {h.tmp / 'r1' / 'work' / 'restore.log'}" in err.message
-    deleted = await h.call("Delete", api.DeleteRequest(id="r1"))
-    assert deleted.pid == 0
-    assert not _is_mounted(h.tmp / "r1" / "rootfs")
-
-
 async def test_stdout_fifo_without_reader_times_out(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -794,7 +590,7 @@ async def test_stdout_fifo_without_reader_times_out(
     assert err.code == Code.DEADLINE_EXCEEDED
     assert err.message.startswith("failed to start io pipe copy: "), err.message
     assert err.message.endswith("context deadline exceeded"), err.message
-    assert not _is_mounted(bundle / "rootfs")
+    assert not is_mounted(bundle / "rootfs")
     runc_list = await h.reaper.run(["runc", "--root", str(h.runc_root / "testns"), "list", "-q"])
     assert runc_list.stdout.strip() == b""  # not left behind in runc either
     assert "dl" not in h.service.containers

@@ -196,11 +196,16 @@ def _apt_options() -> list[str]:
     ]
 
 
-def _apt_update(suites: tuple[str, ...] = ("trixie", "sid")) -> None:
+def _apt_update(
+    suites: tuple[str, ...] = ("trixie", "sid"), source_suites: tuple[str, ...] = ()
+) -> None:
+    """Refresh the private lists: binary packages of `suites`, source packages (deb-src) of
+    `source_suites`."""
     d = _apt_dir()
     (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     mirror, keyring = _bookworm_source()
     sources = "".join(f"deb [signed-by={keyring}] {mirror} {s} main\n" for s in suites)
+    sources += "".join(f"deb-src [signed-by={keyring}] {mirror} {s} main\n" for s in source_suites)
     src = d / "sources.list"
     stamp = d / "lists" / ".updated"
     fresh = (
@@ -386,16 +391,25 @@ class LineContainerd(PrivateContainerd):
     """PrivateContainerd running the binaries of one containerd line, with the config format of
     that line (version 2 for 1.x, version 3 for 2.x) and `extra_config` TOML appended.
 
-    PATH for containerd (hence for shim lookup): the venv's bin (containerd-shim-trioshim-v2),
-    then the line's own bin dir (its containerd-shim-runc-v2), then the usual dirs.
+    PATH for containerd (hence for shim lookup, and runc's for criu): `extra_path` first, then
+    the venv's bin (containerd-shim-trioshim-v2), then the line's own bin dir (its
+    containerd-shim-runc-v2), then the usual dirs.
     """
 
-    def __init__(self, line: ContainerdLine, *, extra_config: str = "", **kwargs: object) -> None:
+    def __init__(
+        self,
+        line: ContainerdLine,
+        *,
+        extra_config: str = "",
+        extra_path: tuple[str, ...] = (),
+        **kwargs: object,
+    ) -> None:
         self.line = line
         self.extra_config = extra_config
         if "path" not in kwargs:
-            rest = [d for d in default_path().split(":") if d not in (venv_bin_dir(), line.bin_dir)]
-            kwargs["path"] = ":".join([venv_bin_dir(), line.bin_dir, *rest])
+            first = [*extra_path, venv_bin_dir(), line.bin_dir]
+            rest = [d for d in default_path().split(":") if d not in first]
+            kwargs["path"] = ":".join([*first, *rest])
         kwargs.setdefault("containerd", line.containerd)
         kwargs.setdefault("ctr", line.ctr)
         super().__init__(**kwargs)  # type: ignore[arg-type]
