@@ -1,4 +1,4 @@
-"""Failpoints in the task service, in-process with real runc (the harness of test_service.py).
+"""Failpoints in the task service, in-process with real runc (tests/runc/service_harness.py).
 
 Each failure must leave the service as if the failing call had never come, or (Start.after)
 in a state the caller can clean up with the usual Kill and Delete.
@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.runc import test_service
-from tests.runc.test_service import Harness, _exec_request, _is_mounted
+from tests.runc.service_harness import Harness, exec_request, is_mounted
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc import service
@@ -21,8 +20,6 @@ from trioshim.shim import inject
 from trioshim.shim.failpoint import ANNOTATION_PREFIX, Action, Term
 from trioshim.shim.inject import InjectedPanic
 from trioshim.ttrpc.errors import Code
-
-harness = test_service.harness  # the fixture, shared
 
 
 def _annotate(**points: str) -> Any:
@@ -44,7 +41,7 @@ async def _gone(h: Harness, container_id: str) -> None:
     assert container_id not in h.service.containers
     assert not h.service._creating
     assert container_id not in await _runc_ids(h)
-    assert not _is_mounted(h.tmp / container_id / "rootfs")
+    assert not is_mounted(h.tmp / container_id / "rootfs")
     assert not h.events.topics(container_id)
 
 
@@ -115,10 +112,10 @@ async def test_start_exec_kill_delete_points(harness: Harness) -> None:
     await h.create("s1", ["sleep", "1000"], edit=points)
     await h.call("Start", api.StartRequest(id="s1"))  # 1*off: through
     for message in ("exec", "exec after"):
-        err = await h.fails("Exec", _exec_request("s1", "e1", ["true"]))
+        err = await h.fails("Exec", exec_request("s1", "e1", ["true"]))
         assert (err.code, err.message) == (Code.UNKNOWN, message)
         assert "e1" not in h.service.containers["s1"].execs
-    await h.call("Exec", _exec_request("s1", "e1", ["true"]))  # the id was released
+    await h.call("Exec", exec_request("s1", "e1", ["true"]))  # the id was released
     err = await h.fails("Start", api.StartRequest(id="s1", exec_id="e1"))
     assert err.message == "start"
     state = await h.call("State", api.StateRequest(id="s1", exec_id="e1"))
@@ -133,7 +130,7 @@ async def test_start_exec_kill_delete_points(harness: Harness) -> None:
     assert err.message == "delete"
     await h.call("Delete", api.DeleteRequest(id="s1"))
     assert "s1" not in await _runc_ids(h)
-    assert not _is_mounted(h.tmp / "s1" / "rootfs")
+    assert not is_mounted(h.tmp / "s1" / "rootfs")
 
 
 async def test_start_after_leaves_it_running_for_the_caller(harness: Harness) -> None:
@@ -149,7 +146,7 @@ async def test_start_after_leaves_it_running_for_the_caller(harness: Harness) ->
         await h.call("Wait", api.WaitRequest(id="a1"))
     await h.call("Delete", api.DeleteRequest(id="a1"))
     assert "a1" not in await _runc_ids(h)
-    assert not _is_mounted(Path(h.tmp / "a1" / "rootfs"))
+    assert not is_mounted(Path(h.tmp / "a1" / "rootfs"))
 
 
 async def test_exec_after_of_a_container_deleted_meanwhile(
@@ -170,7 +167,7 @@ async def test_exec_after_of_a_container_deleted_meanwhile(
     async with trio.open_nursery() as nursery:
 
         async def exec_() -> None:
-            err = await h.fails("Exec", _exec_request("g1", "e1", ["true"]))
+            err = await h.fails("Exec", exec_request("g1", "e1", ["true"]))
             assert (err.code, err.message) == (Code.NOT_FOUND, "container not created: not found")
 
         nursery.start_soon(exec_)
@@ -179,4 +176,4 @@ async def test_exec_after_of_a_container_deleted_meanwhile(
         release.set()
     assert not container.execs and not container.reserved
     assert "g1" not in await _runc_ids(h)
-    assert not _is_mounted(h.tmp / "g1" / "rootfs")
+    assert not is_mounted(h.tmp / "g1" / "rootfs")

@@ -1,6 +1,6 @@
 """The task service given containerd's legacy runc option types (containerd.linux.runc), as
 containerd's Go client sends them to a runtime not named io.containerd.runc*: same meaning as
-containerd.runc.v1's. Real runc and busybox, through the harness of test_service."""
+containerd.runc.v1's. Real runc and busybox, through tests/runc/service_harness.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from tests.runc.test_service import Harness, harness  # noqa: F401 (the fixture)
+from tests.runc.service_harness import Harness
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.runc.runc_cli import CheckpointOpts
@@ -23,7 +23,7 @@ def pack(message: Message) -> any_pb2.Any:
     )
 
 
-async def test_create_options_own_the_pipes_and_reach_runc(harness: Harness) -> None:  # noqa: F811
+async def test_create_options_own_the_pipes_and_reach_runc(harness: Harness) -> None:
     h = harness
     log = h.tmp / "logs" / "owner.log"
     legacy = runctypes.CreateOptions(io_uid=1234, io_gid=4321, no_new_keyring=True)
@@ -48,7 +48,7 @@ async def test_create_options_own_the_pipes_and_reach_runc(harness: Harness) -> 
     assert log.read_text().split() == ["0:4321", "0:4321"]
 
 
-async def test_create_options_restore_flags(harness: Harness) -> None:  # noqa: F811
+async def test_create_options_restore_flags(harness: Harness) -> None:
     h = harness
     image = h.tmp / "image"
     image.mkdir()
@@ -68,7 +68,7 @@ async def test_create_options_restore_flags(harness: Harness) -> None:  # noqa: 
     await h.call("Delete", api.DeleteRequest(id="lg2"))
 
 
-async def test_checkpoint_options_are_understood(harness: Harness) -> None:  # noqa: F811
+async def test_checkpoint_options_are_understood(harness: Harness) -> None:
     h = harness
     await h.create("lg3", ["sleep", "1000"])
     await h.call("Start", api.StartRequest(id="lg3"))
