@@ -5,10 +5,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pty
 import re
 import select
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 import time
@@ -334,3 +336,43 @@ class PtyReader:
                 if not chunk:
                     raise AssertionError(f"tty closed before {pattern!r}: {self.buf!r}")
                 self.buf += chunk
+
+
+def ctr_on_tty(
+    containerd: PrivateContainerd, *args: str, timeout: float = 120.0
+) -> tuple[int, bytes, str]:
+    """Run `ctr ARGS` with a fresh pty as its stdin and stdout (what `-t` wants) and its stderr
+    apart, read the pty until it hangs up; returns (exit status, terminal output, stderr).
+    ``timeout`` only bounds a hang."""
+    master, slave = pty.openpty()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            containerd.ctr_argv(*args), stdin=slave, stdout=slave, stderr=err,
+            env=containerd.env, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        out = bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"ctr {args} still writing after {timeout}s")
+                ready, _, _ = select.select([master], [], [], left)
+                if not ready:
+                    continue
+                try:
+                    chunk = os.read(master, 1 << 16)
+                except OSError:  # EIO: ctr (the last user of the slave) is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            status = proc.wait(timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            os.close(master)
+        err.seek(0)
+        return status, bytes(out), err.read().decode(errors="replace")
