@@ -11,6 +11,7 @@ import re
 import select
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 import time
@@ -323,7 +324,20 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 class PtyReader:
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.buf = b""
+        self.buf = bytearray()
+
+    def _read_chunk(self, deadline: float, what: str) -> bytes:
+        """The next bytes from the tty; b"" once it hung up (EIO: the other side is gone)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {what} on the tty in time: {bytes(self.buf[-200:])!r}")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    return os.read(self.fd, 65536)
+                except OSError:
+                    return b""
 
     def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
         deadline = time.monotonic() + timeout
@@ -333,18 +347,43 @@ class PtyReader:
             if m:
                 self.buf = self.buf[m.end() :]
                 return m
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {pattern!r} on the tty within {timeout}s: {self.buf!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 65536)
-                except OSError:  # EIO: the other side is gone
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(f"tty closed before {pattern!r}: {self.buf!r}")
-                self.buf += chunk
+            chunk = self._read_chunk(deadline, repr(pattern))
+            if not chunk:
+                raise AssertionError(f"tty closed before {pattern!r}: {bytes(self.buf)!r}")
+            self.buf += chunk
+
+    def read_to_hangup(self, timeout: float) -> bytes:
+        """Everything until the other side is gone (``timeout`` only bounds a hang)."""
+        deadline = time.monotonic() + timeout
+        while chunk := self._read_chunk(deadline, "hang-up"):
+            self.buf += chunk
+        data, self.buf = bytes(self.buf), bytearray()
+        return data
+
+
+def ctr_on_tty(
+    containerd: PrivateContainerd, *args: str, timeout: float = 120.0
+) -> tuple[int, bytes, str]:
+    """Run `ctr ARGS` with a fresh pty as its stdin and stdout (what `-t` wants) and its stderr
+    apart, read the pty until it hangs up; returns (exit status, terminal output, stderr).
+    ``timeout`` only bounds a hang."""
+    master, slave = pty.openpty()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            containerd.ctr_argv(*args), stdin=slave, stdout=slave, stderr=err,
+            env=containerd.env, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        try:
+            out = PtyReader(master).read_to_hangup(timeout)
+            status = proc.wait(timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            os.close(master)
+        err.seek(0)
+        return status, out, err.read().decode(errors="replace")
 
 
 class CtrTerminal:

@@ -15,9 +15,10 @@ pump asks ``poll(2)`` (zero timeout) and waits on the end that is not ready.
 How a pump ends (:class:`PumpEnd`):
 
 - ``EOF``: the source reached end of file (every writer of the source pipe is gone).
-- ``HANGUP``: the source is a pty master whose slave side is closed (``EIO``) and no
-  :class:`StopSignal` was given. With a stop signal, the pump does not poll a hung-up master (it
-  would be readable forever and spin): it parks until the signal is set, then drains.
+- ``HANGUP``: the source is a pty master whose slave side is closed (``EIO``): the end of the
+  terminal's output. Linux returns ``EIO`` only once everything the slave side wrote has been
+  read (a read flushes the pending input to the line discipline before it decides), so nothing
+  is left behind; and a hung-up master is readable forever, so it must not be polled again.
 - ``BROKEN``: the destination is gone: ``EPIPE`` (no reader left) or ``EIO`` (a pty master whose
   terminal hung up). Bytes read but not written are dropped, as ``io.Copy`` does.
 - ``STOPPED``: the stop signal was set; the pump copied whatever the source still had without
@@ -127,9 +128,10 @@ def errno_text(exc: OSError) -> str:
 class StopSignal:
     """A one-shot flag that tells pumps to stop waiting for their source.
 
-    After :meth:`set`, a pump copies what its source holds right now (until ``EAGAIN``, ``EIO``
-    or end of file) and returns ``STOPPED``. Used for a console at process exit: the output
-    copier drains the master and finishes instead of waiting for more.
+    After :meth:`set`, a pump copies what its source holds right now and returns ``STOPPED``
+    where it would otherwise wait (``EAGAIN``); end of file and hang-up end it as usual. Used
+    for a console at process exit: the output copier drains the master and finishes instead of
+    waiting for more (a background process may still hold the terminal open).
     """
 
     def __init__(self) -> None:
@@ -246,7 +248,6 @@ async def _rw_loop(
 ) -> PumpEnd:
     buf = bytearray(size)
     view = memoryview(buf)
-    hung_up = False
     moved_since_checkpoint = 0
     while True:
         try:
@@ -260,14 +261,7 @@ async def _rw_loop(
         except OSError as exc:
             if exc.errno != errno.EIO:
                 raise
-            # A pty master whose slave side is closed: readable forever, so never poll it again.
-            if stop is None:
-                return PumpEnd.HANGUP
-            if stop.is_set() or hung_up:
-                return PumpEnd.STOPPED
-            hung_up = True
-            await stop.wait()
-            continue  # the final drain
+            return PumpEnd.HANGUP  # a pty master whose slave side is closed: nothing more
         if n == 0:
             return PumpEnd.EOF
         done = 0

@@ -34,7 +34,8 @@ Modes, chosen by the scheme of ``stdout`` alone (stdin/stderr never select anyth
   connected (as in containerd-shim-runc-v2).
 - terminal: a console socket (see :mod:`trioshim.runc.console`); after start, the master is
   copied to the stdout FIFO (or a ``binary://`` logger's fd 3), stdin FIFO -> master; stderr is
-  ignored. Stdin's end of file shuts the console down.
+  ignored. The output is drained when the terminal hangs up (or the console is shut down at the
+  exit) and the client has read the FIFO. Stdin's end of file shuts the console down.
 - any other scheme: ``StdioError("unknown STDIO scheme <s>")``.
 
 Errors: :class:`StdioError` (maps to Unknown), :class:`StdioDeadlineExceeded` (an output FIFO
@@ -105,7 +106,9 @@ calls ``io.Close()`` before waiting for its copiers), so output still in the FIF
 the container's pipe, when the exit is reported is lost (the reference shim loses the tail of a
 large output this way). The exit is reported only after the copiers finished
 (:meth:`ProcessIO.wait_drained`), and a copier finishes only once the FIFO is empty or this
-bound passed (a reader that went away, e.g. containerd restarting, must not hold it forever)."""
+bound passed (a reader that went away, e.g. containerd restarting, must not hold it forever).
+A terminal's output copier does the same once the terminal hangs up (or, with a background
+child still holding the terminal, once the exit shuts the console down)."""
 _PIPE_PREFIX: Final = "failed to start io pipe copy: unable to copy pipes: "
 _CONSOLE_PREFIX: Final = "failed to start console copy: "
 _DEADLINE: Final = "context deadline exceeded"
@@ -596,27 +599,32 @@ class ProcessIO:
             output = self._own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         done = trio.Event()
 
-        output_open = True
-
-        def output_done(end: PumpEnd) -> None:
-            nonlocal output_open
-            if not output_open:
-                return
-            output_open = False
-            if end is PumpEnd.BROKEN:
-                log.warning("%s: error copying console output: broken", self.process_id)
+        def close_output() -> None:
+            if done.is_set():
+                return  # closed already (a descriptor number may have been reused since)
             for fd in (output, keeper, *extra):
                 if fd is not None:
                     self._close(fd)
+            done.set()
+
+        async def output_done(end: PumpEnd) -> None:
+            # The terminal hung up or was shut down: the output is complete once the client
+            # has read it (the exit waits for this), whether or not the process is still there.
+            try:
+                if end is PumpEnd.BROKEN:
+                    log.warning("%s: error copying console output: broken", self.process_id)
+                elif keeper is not None:
+                    await _wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
+            finally:
+                close_output()
 
         async def job() -> None:
             try:
                 await cons.copy(stdin=stdin_r, output=output, output_done=output_done)
             finally:
-                output_done(PumpEnd.STOPPED)  # if copy() failed before its output side ended
+                close_output()  # if copy() failed before its output side ended
                 if stdin_r is not None:
                     self._close(stdin_r)
-                done.set()  # drained: output copied, master closed
 
         cons = console
         self._run([("console", job)], [done])

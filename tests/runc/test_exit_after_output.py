@@ -1,0 +1,91 @@
+"""A terminal process's exit is reported as soon as its output is delivered, never later.
+
+Exit handling (trioshim.runc.exits) holds an exit until the process's output copiers finished,
+bounded by OUTPUT_FLUSH_TIMEOUT (2 s), because containerd 1.6 closes its FIFO readers at the
+exit. These tests run a real pty and a real output FIFO on a frozen MockClock: the bound never
+passes unless the test moves the clock, and the test moves it only by the copier's longest
+FIONREAD poll interval (50 ms). An exit that waited for the bound is therefore never published.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.runc.test_console import open_terminal_io, process_wrote
+from tests.runc.test_exits import Box, Events
+from tests.runc.test_stdio import client_reader, read_exactly, read_to_eof
+from trioshim.runc import process as p
+from trioshim.runc.exits import TASK_EXIT_TOPIC, Exits
+from trioshim.runc.process import ExecProcess, InitProcess, Process
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.stdio import _FIFO_POLL_MAX, StdioConfig
+from trioshim.shim.reaper import Exit, Reaper
+
+PID = 4321
+
+
+def track(exits: Exits, kind: str) -> Process:
+    """A running init, or a running exec of it, with a terminal, known to exit handling."""
+    terminal = StdioConfig(terminal=True)
+    runc = Runc.for_container(Reaper(), bundle="/b/c1", namespace="ns")
+    box = Box("c1", InitProcess("c1", "/b/c1", runc, terminal))
+    process: Process
+    if kind == "init":
+        process = box.init
+        process.state = p.InitRunning()
+    else:
+        exits.exec_starting(box)
+        process = ExecProcess("e1", box.init, {"args": ["sh"]}, terminal)
+        process.state = p.ExecRunning()
+    process.pid = PID
+    with exits.starting() as starting:
+        starting.started(box, process)
+    return process
+
+
+def exits_seen(events: Events) -> list[str]:
+    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT_TOPIC]
+
+
+@pytest.mark.parametrize("kind", ["exec", "init"])
+@pytest.mark.parametrize(
+    "terminal_end",
+    [
+        "hang-up",  # the process was the terminal's last user: EIO ends the output
+        "background-child",  # something else keeps the terminal open: the exit ends it
+    ],
+)
+async def test_terminal_exit_reported_once_output_delivered(
+    mock_clock: trio.testing.MockClock, tmp_path: Path, kind: str, terminal_end: str
+) -> None:
+    stdout = str(tmp_path / "stdout")
+    os.mkfifo(stdout)
+    events = Events()
+    async with trio.open_nursery() as nursery:
+        exits = Exits(events.publish, nursery)
+        process = track(exits, kind)
+        io = await open_terminal_io(Reaper(), nursery, "", stdout)
+        process.io = io
+        async with io:
+            out = client_reader(stdout)
+            pty, data = process_wrote(io, hang_up=terminal_end == "hang-up")
+            await io.after_start()
+            exits.on_exit(Exit(PID, 3, 1))
+            await trio.testing.wait_all_tasks_blocked()
+            # Every byte is in the FIFO, but the client has not read it yet: containerd 1.6
+            # would lose it if it learned of the exit now.
+            assert exits_seen(events) == []
+            assert await read_exactly(out, len(data)) == data
+            mock_clock.jump(_FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert exits_seen(events) == [process.id]
+            assert process.exit_status == 3
+            assert await read_to_eof(out) == b""  # nothing after the exit
+            if terminal_end == "background-child":
+                os.close(pty.slave)
+        nursery.cancel_scope.cancel()
