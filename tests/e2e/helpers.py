@@ -17,9 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import trio
+
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
+from trioshim.ttrpc import NAMESPACE_KEY
+from trioshim.ttrpc.client import Stub, open_unix_client
+from trioshim.ttrpc.errors import TTRPCError
 
 REFERENCE = "io.containerd.runc.v2"
 TRIOSHIM = "io.containerd.trioshim.v2"
@@ -131,6 +136,28 @@ class E2E:
         (containerd-shim-runc-v2 2.x serves only v3; ours serves both and is told to use v3),
         else v2 (the messages are field-identical)."""
         return task_v3 if self.major >= 2 else task_v2
+
+    def call_shim(self, cid: str, method: str, request: Any) -> Any:
+        """Call ``method`` of the Task service on the socket of ``cid``'s shim directly, with
+        the API version containerd uses (:attr:`task_api`); a TTRPCError is raised as is."""
+        address = self.containerd.shim_address(cid)
+        service = self.task_api.DESCRIPTOR.services_by_name["Task"]
+
+        async def call() -> Any:
+            with trio.fail_after(30):
+                async with open_unix_client(address) as client:
+                    task = Stub(
+                        client, service, metadata=[(NAMESPACE_KEY, self.namespace)], timeout=20
+                    )
+                    try:
+                        return await getattr(task, method)(request)
+                    except TTRPCError as e:  # returned, so no nursery wraps it in a group
+                        return e
+
+        result = trio.run(call)
+        if isinstance(result, TTRPCError):
+            raise result
+        return result
 
     def new_id(self, tag: str = "") -> str:
         self._n += 1
