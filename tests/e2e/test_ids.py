@@ -68,9 +68,9 @@ def test_create_with_a_bundle_outside_containerds(e2e: E2E, form: str) -> None:
             )
     finally:
         shutil.rmtree(outside)
-    # the shim is unharmed
-    r = e2e.exec(cid, "/bin/echo", "still here", exec_id="after-refusal")
-    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    if e2e.runtime == TRIOSHIM:  # the refusal left the shim and its container unharmed
+        r = e2e.exec(cid, "/bin/echo", "still here", exec_id="after-refusal")
+        assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
     assert e2e.kill_and_delete(cid) == 137
 
 
