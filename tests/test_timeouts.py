@@ -8,9 +8,14 @@ leave the following tests (Trio ones included) to pass.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.support.timeouts import UNIT_TIMEOUT_ENV
+
+REPO = str(Path(__file__).resolve().parent.parent)
 
 HANGS = """
 import os
@@ -72,6 +77,8 @@ def test_hanging_tests_fail_and_the_run_goes_on(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unwound = pytester.path / "unwound"
+    # the child pytest imports the plugin from this checkout, whatever its working directory
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv(UNIT_TIMEOUT_ENV, "1")
     monkeypatch.setenv("UNWOUND", str(unwound))
     pytester.makepyfile(test_hangs=HANGS)
