@@ -17,7 +17,7 @@ Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better
 - Wait is cancellable; a Create that fails after ``runc create`` force-deletes the container;
 - ids that are not containerd identifiers (``../x``) and a Create bundle that is not
   ``<containerd's bundle directory>/<id>`` are InvalidArgument before anything is written or
-  run (the reference writes ``init.pid`` and friends wherever the bundle points).
+  run (the reference writes ``options.json`` and friends wherever the bundle points).
 """
 
 from __future__ import annotations
