@@ -30,6 +30,9 @@ from tests.support.containerd_lines import (  # noqa: E402
 from tests.support.criu import criu_binary, criu_check  # noqa: E402
 from tests.support.rootfs import BUSYBOX, build_busybox_rootfs  # noqa: E402
 
+# pytester: tests/test_timeouts.py runs pytest on generated tests.
+pytest_plugins = ["pytester", "tests.support.timeouts"]
+
 _E2E_DIR = Path(__file__).resolve().parent / "e2e"
 ALLOW_SKIP_ENV = "TRIOSHIM_ALLOW_SKIP_E2E"
 LINES_ENV = "TRIOSHIM_CONTAINERD_LINES"

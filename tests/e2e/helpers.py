@@ -21,10 +21,16 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import trio
+from google.protobuf import any_pb2
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from trioshim.api.containerd.events import task_pb2 as events_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
+from trioshim.ttrpc import NAMESPACE_KEY
+from trioshim.ttrpc.client import Stub, open_unix_client
+from trioshim.ttrpc.errors import TTRPCError
 
 REFERENCE = "io.containerd.runc.v2"
 TRIOSHIM = "io.containerd.trioshim.v2"
@@ -50,20 +56,32 @@ def wait_for(
 
 
 class EventLog:
-    """`ctr events` in the background; lines parsed as (namespace, topic, payload dict)."""
+    """`ctr events` in the background; lines parsed as (namespace, topic, payload dict).
 
-    def __init__(self, containerd: PrivateContainerd) -> None:
+    ctr subscribes asynchronously and prints nothing when it has, so the constructor returns
+    only once the stream is known to be live: it publishes probe events into containerd (with
+    `containerd publish`, as a shim's publish binary does) until one comes back through the
+    stream. Events of any test before that point could have been missed; none after it can.
+    """
+
+    PROBE_TOPIC = "/trioshim-test/probe"
+
+    def __init__(self, containerd: PrivateContainerd, subscribe_timeout: float = 30.0) -> None:
         self.containerd = containerd
         self.proc = containerd.ctr_popen(
             "events", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.events: list[tuple[str, str, dict[str, Any]]] = []
         self.raw: list[str] = []
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._ended = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-        # ctr subscribes asynchronously: give it a moment to be registered.
-        time.sleep(0.3)
+        try:
+            self._wait_subscribed(subscribe_timeout)
+        except BaseException:
+            self.close()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -71,7 +89,7 @@ class EventLog:
             line = raw.decode(errors="replace").rstrip("\n")
             # "<date> <time> <tz-offset> <tz> <namespace> <topic> <json>"
             parts = line.split(" ", 6)
-            with self._lock:
+            with self._changed:
                 self.raw.append(line)
                 if len(parts) == 7 and parts[5].startswith("/"):
                     try:
@@ -79,10 +97,66 @@ class EventLog:
                     except ValueError:
                         payload = {"_raw": parts[6]}
                     self.events.append((parts[4], parts[5], payload))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def _publish_probe(self, probe: str) -> None:
+        c = self.containerd
+        event = events_pb2.TaskOOM(container_id=probe)  # any type ctr can decode will do
+        payload = any_pb2.Any(type_url=event.DESCRIPTOR.full_name, value=event.SerializeToString())
+        argv = [c.containerd_bin, "--address", c.address, "publish"]  # as shims call it
+        subprocess.run(
+            [*argv, "--namespace", c.namespace, "--topic", self.PROBE_TOPIC],
+            input=payload.SerializeToString(),
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+
+    def _wait_subscribed(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            probe = f"probe-{os.getpid()}-{id(self):x}-{attempt}"
+            self._publish_probe(probe)
+            # A probe published before the subscription existed is never delivered: each
+            # one gets a short wait, then the next is sent.
+            patience = min(1.0, deadline - time.monotonic())
+            if self.wait_until(lambda p=probe: self._has_probe(p), patience, None) is not None:
+                return
+            if time.monotonic() > deadline or self._ended:
+                raise AssertionError(
+                    f"`ctr events` did not subscribe within {timeout}s (ended: {self._ended}); "
+                    f"its last lines: {self.raw[-5:]}"
+                )
+
+    def _has_probe(self, probe: str) -> bool:
+        return any(
+            t == self.PROBE_TOPIC and p.get("container_id") == probe for _, t, p in self.events
+        )
+
+    def wait_until(
+        self, predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | None
+    ) -> Any:
+        """Until ``predicate()`` (called under the lock, after each new line) is truthy: its
+        value. On timeout: AssertionError saying ``what()``, or None when ``what`` is None."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not (value := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._ended:
+                    if what is None:
+                        return None
+                    raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
+                self._changed.wait(left)
+            return value
 
     def for_container(self, cid: str) -> list[tuple[str, dict[str, Any]]]:
         ns = self.containerd.namespace
-        with self._lock:
+        with self._changed:
             return [
                 (topic, p)
                 for (n, topic, p) in self.events
@@ -90,10 +164,10 @@ class EventLog:
             ]
 
     def wait_topic(self, cid: str, topic: str, timeout: float = 15.0) -> list[tuple[str, Any]]:
-        return wait_for(
+        return self.wait_until(
             lambda: (evs := self.for_container(cid)) and any(t == topic for t, _ in evs) and evs,
             timeout,
-            what=f"event {topic} for {cid}; got {self.for_container(cid)}",
+            what=lambda: f"event {topic} for {cid}; got {self.for_container(cid)}",
         )
 
     def close(self) -> None:
@@ -143,6 +217,28 @@ class E2E:
         (containerd-shim-runc-v2 2.x serves only v3; ours serves both and is told to use v3),
         else v2 (the messages are field-identical)."""
         return task_v3 if self.major >= 2 else task_v2
+
+    def call_shim(self, cid: str, method: str, request: Any) -> Any:
+        """Call ``method`` of the Task service on the socket of ``cid``'s shim directly, with
+        the API version containerd uses (:attr:`task_api`); a TTRPCError is raised as is."""
+        address = self.containerd.shim_address(cid)
+        service = self.task_api.DESCRIPTOR.services_by_name["Task"]
+
+        async def call() -> Any:
+            with trio.fail_after(30):
+                async with open_unix_client(address) as client:
+                    task = Stub(
+                        client, service, metadata=[(NAMESPACE_KEY, self.namespace)], timeout=20
+                    )
+                    try:
+                        return await getattr(task, method)(request)
+                    except TTRPCError as e:  # returned, so no nursery wraps it in a group
+                        return e
+
+        result = trio.run(call)
+        if isinstance(result, TTRPCError):
+            raise result
+        return result
 
     def new_id(self, tag: str = "") -> str:
         self._n += 1

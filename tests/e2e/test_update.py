@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import trio
 from google.protobuf import any_pb2
 
-from trioshim.ttrpc.client import Stub, open_unix_client
 from trioshim.ttrpc.errors import TTRPCError
 
 from .helpers import E2E
 
 # What containerd's typeurl puts in UpdateTaskRequest.resources for specs.LinuxResources.
 LINUX_RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-NAMESPACE_KEY = "containerd-namespace-ttrpc"
-
-
-def _call_shim(e2e: E2E, cid: str, method: str, request: Any) -> Any:
-    address = e2e.containerd.shim_address(cid)
-
-    async def call() -> Any:
-        with trio.fail_after(30):
-            async with open_unix_client(address) as client:
-                task = Stub(
-                    client,
-                    e2e.task_api.DESCRIPTOR.services_by_name["Task"],
-                    metadata=[(NAMESPACE_KEY, e2e.namespace)],
-                    timeout=20,
-                )
-                try:
-                    return await getattr(task, method)(request)
-                except TTRPCError as e:  # returned, so no nursery wraps it in a group
-                    return e
-
-    result = trio.run(call)
-    if isinstance(result, TTRPCError):
-        raise result
-    return result
 
 
 def _memory_limit(e2e: E2E, cid: str) -> int:
@@ -61,8 +34,8 @@ def test_update_memory_limit(e2e: E2E) -> None:
     cid = e2e.run_detached("/bin/sleep", "1000", opts=("--memory-limit", str(256 << 20)))
     assert _memory_limit(e2e, cid) == 256 << 20
 
-    _call_shim(
-        e2e, cid, "Update", e2e.task_api.UpdateTaskRequest(id=cid, resources=_resources(64 << 20))
+    e2e.call_shim(
+        cid, "Update", e2e.task_api.UpdateTaskRequest(id=cid, resources=_resources(64 << 20))
     )
     assert _memory_limit(e2e, cid) == 64 << 20
 
@@ -75,8 +48,7 @@ def test_update_memory_limit(e2e: E2E) -> None:
 def test_update_unknown_container(e2e: E2E) -> None:
     cid = e2e.run_detached("/bin/sleep", "1000")
     try:
-        _call_shim(
-            e2e,
+        e2e.call_shim(
             cid,
             "Update",
             e2e.task_api.UpdateTaskRequest(id="nosuch", resources=_resources(1 << 26)),

@@ -512,8 +512,20 @@ async def test_stdin_needs_closeio_and_writer_gone(harness: Harness) -> None:
         assert await _read_until(out_r, b"hello\n") == b"hello\n"
         os.close(in_w)
         in_w = -1
-        # the client's writer is gone but the shim keeps stdin open until CloseIO
-        await trio.sleep(0.2)
+        # The client's writer is gone but the shim keeps stdin open until CloseIO: its own
+        # writer still holds the FIFO, so a reader finds no end of file there (EAGAIN, not
+        # b""), and a later client's line still reaches cat.
+        probe = os.open(stdin, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(BlockingIOError):
+                os.read(probe, 1)
+        finally:
+            os.close(probe)
+        in_w = os.open(stdin, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(in_w, b"again\n")
+        os.close(in_w)
+        in_w = -1
+        assert await _read_until(out_r, b"again\n") == b"again\n"
         state = await h.call("State", api.StateRequest(id="s1"))
         assert state.status == task_types.RUNNING
         assert (state.stdin, state.stdout) == (str(stdin), str(stdout))

@@ -446,11 +446,11 @@ async def test_file_uri_creates_parents(tmp_path: Path) -> None:
 LOGGER = textwrap.dedent(
     """\
     #!{python}
-    import json, os, signal, stat, sys, time
+    import json, os, signal, stat, sys
     out = sys.argv[sys.argv.index("out") + 1]
     wait_term = "term" in sys.argv
-    terminated = []
-    signal.signal(signal.SIGTERM, lambda *a: terminated.append(1))
+    # SIGTERM stays pending until sigwait takes it: none can slip past unseen
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
     environ = open("/proc/self/environ", "rb").read().split(b"\\0")
     info = {{
         "argv": sys.argv[1:],
@@ -469,8 +469,7 @@ LOGGER = textwrap.dedent(
                     break
                 f.write(chunk)
     if wait_term:
-        while not terminated:
-            time.sleep(0.01)
+        signal.sigwait({{signal.SIGTERM}})
         open(out + "/terminated", "w").close()
     """
 )

@@ -220,9 +220,17 @@ def test_info_and_version(env: Env) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-namespace", "", "-id", "c1", "start"], b"shim namespace cannot be empty"),
-        (["-namespace", "ns", "-id", "../c1", "start"], b"shim id '../c1' is invalid"),
-        (["-namespace", "a/b", "-id", "c1", "delete"], b"shim namespace 'a/b' is invalid"),
+        (["-namespace", "", "-id", "c1", "start"], b"shim namespace must not be empty"),
+        (["-namespace", "ns", "-id", "../c1", "start"], b"shim id '../c1' must match"),
+        (["-namespace", "a/b", "-id", "c1", "delete"], b"shim namespace 'a/b' must match"),
+        (
+            ["-namespace", "ns", "-id", "c1", "-bundle", "/state/ns/../../c1", "delete"],
+            b"shim bundle '/state/ns/../../c1' is not a clean path",
+        ),
+        (
+            ["-namespace", "ns", "-id", "c1", "-bundle", "../../c1", "start"],
+            b"shim bundle '../../c1' is not an absolute path",
+        ),
         (["-namespace", "ns", "-id", "c1", "explode"], b"unknown action 'explode'"),
     ],
 )

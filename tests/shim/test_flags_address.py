@@ -24,7 +24,13 @@ from trioshim.shim.address import (
     socket_path,
     write_address,
 )
-from trioshim.shim.flags import FlagError, Flags, parse_flags, validate_identifier
+from trioshim.shim.flags import (
+    FlagError,
+    Flags,
+    parse_flags,
+    validate_bundle_flag,
+    validate_identifier,
+)
 from trioshim.ttrpc import listen_backlog
 
 
@@ -86,8 +92,16 @@ def test_identifier_validation(bad: str) -> None:
 
 def test_identifier_ok_and_empty_message() -> None:
     validate_identifier("id", "k8s.io_pod-1")
-    with pytest.raises(FlagError, match=r"^shim namespace cannot be empty$"):
+    with pytest.raises(FlagError, match=r"^shim namespace must not be empty$"):
         validate_identifier("namespace", "")
+
+
+@pytest.mark.parametrize("bundle", ["../../x", "/state/ns/../../x", "/state/ns/other", "/a//c1"])
+def test_bundle_flag_validation(bundle: str) -> None:
+    with pytest.raises(FlagError, match=r"^shim bundle"):
+        validate_bundle_flag(Flags(id="c1", bundle=bundle))
+    validate_bundle_flag(Flags(id="c1", bundle="/state/ns/c1"))
+    validate_bundle_flag(Flags(id="c1"))  # no -bundle: the working directory is the bundle
 
 
 def test_go_path_semantics() -> None:

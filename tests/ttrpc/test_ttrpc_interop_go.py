@@ -71,12 +71,14 @@ async def test_python_client_to_go_shim(
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     try:
-        # The shell needs a moment to start the background sleep.
-        for _ in range(100):
-            ps = await ctr(containerd, "task", "ps", cid)
-            if len(ps.stdout.splitlines()) >= 3:
+        # The shell starts the background sleep after `ctr run -d` returned: wait for it (no
+        # event announces a process in the container; a poll with a deadline).
+        for _ in range(400):
+            if len((await ctr(containerd, "task", "ps", cid)).stdout.splitlines()) >= 3:
                 break
             await trio.sleep(0.05)
+        else:
+            raise AssertionError("the container's background sleep never started")
         address = containerd.shim_address(cid)
         api = task_api(containerd)
         async with open_unix_client(address) as client:
@@ -119,12 +121,8 @@ async def test_python_client_to_go_shim(
         finally:
             await peer.aclose()
     finally:
-        await ctr(containerd, "task", "kill", "-s", "SIGKILL", cid)
-        for _ in range(100):
-            if (await task_rows(containerd)).get(cid, ["", "STOPPED"])[1] == "STOPPED":
-                break
-            await trio.sleep(0.1)
-        await ctr(containerd, "task", "delete", "-f", cid)
+        # --force kills the task and waits for its exit before deleting it
+        await ctr(containerd, "task", "delete", "--force", cid)
         await ctr(containerd, "container", "delete", cid)
 
 

@@ -240,11 +240,13 @@ class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
         self.errors = errors
         self.attempts: list[float] = []
         self.closed = trio.Event()
+        self.errors_used = trio.Event()  # the accept after the last error is waiting
 
     async def accept(self) -> trio.abc.Stream:
         self.attempts.append(trio.current_time())
         if self.errors:
             raise self.errors.pop(0)
+        self.errors_used.set()
         await self.closed.wait()
         raise trio.ClosedResourceError
 
@@ -260,7 +262,7 @@ async def test_accept_capacity_errors_back_off(
     listener = FlakyListener([OSError(errno.EMFILE, "too many"), OSError(errno.ENFILE, "x")])
     server = Server(handshake=None)
     await nursery.start(server.serve, listener)
-    await trio.sleep(0.5)  # virtual time: the retries happen at 1 ms and 3 ms
+    await listener.errors_used.wait()  # (virtual time: the retries happen at 1 ms and 3 ms)
     assert listener.attempts == [0, pytest.approx(0.001), pytest.approx(0.003)]
     assert "accept failed" in caplog.text
     await server.shutdown()

@@ -14,7 +14,10 @@ Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better
   refused instead of crashing;
 - a second Create for a live id is AlreadyExists instead of unmounting the live rootfs;
 - an exit of a process deleted before it exited publishes nothing after its TaskDelete;
-- Wait is cancellable; a Create that fails after ``runc create`` force-deletes the container.
+- Wait is cancellable; a Create that fails after ``runc create`` force-deletes the container;
+- ids that are not containerd identifiers (``../x``) and a Create bundle that is not
+  ``<containerd's bundle directory>/<id>`` are InvalidArgument before anything is written or
+  run (the reference writes ``options.json`` and friends wherever the bundle points).
 
 Failpoints (docs/failpoints.md): a container whose spec annotates
 ``io.containerd.runtime.v2.shim.failpoint.<point>`` has the RPCs naming it fail, stall or raise
@@ -53,6 +56,7 @@ from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, u
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig
 from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
+from trioshim.shim.identifiers import InvalidRequest, validate_bundle, validate_identifier
 from trioshim.shim.inject import InjectedError, bundle_failpoints, trigger
 from trioshim.shim.plugin import (
     EVENT_PLUGIN,
@@ -140,8 +144,12 @@ class TaskService:
         publisher: Publisher,
         shutdown: Shutdown,
         nursery: trio.Nursery,
+        bundle_dir: str | None = None,
     ) -> None:
         self.namespace = namespace
+        # containerd's directory of bundles (<state>/<namespace>): every Create's bundle must
+        # be <bundle_dir>/<id>. None: only the form of the bundle path is checked.
+        self.bundle_dir = bundle_dir
         self.reaper = reaper
         self.publisher = publisher
         self.shutdown = shutdown
@@ -534,11 +542,41 @@ async def _failpoint(failpoints: Failpoints, point: str) -> None:
 
 
 class _Handlers:
-    """The ttrpc implementation of one API version: every RPC bound to the shared service."""
+    """The ttrpc implementation of one API version: every RPC bound to the shared service.
+
+    This is the service's boundary: each request's ids (and Create's bundle) are checked
+    before the service sees it, and a value containerd would never send is InvalidArgument.
+    """
 
     def __init__(self, service: TaskService, api: ModuleType) -> None:
         for name in RPCS:
-            setattr(self, name, functools.partial(getattr(service, name), api))
+            setattr(self, name, _checked(service, getattr(service, name), api))
+
+
+def _checked(service: TaskService, rpc: Any, api: ModuleType) -> Any:
+    async def handler(ctx: RequestContext, request: Any) -> Any:
+        try:
+            check_request(request, bundle_dir=service.bundle_dir)
+        except InvalidRequest as exc:
+            raise InvalidArgument(str(exc)) from None
+        return await rpc(api, ctx, request)
+
+    return functools.update_wrapper(handler, rpc)
+
+
+def check_request(request: Any, *, bundle_dir: str | None = None) -> None:
+    """Raise :class:`InvalidRequest` unless every id of ``request`` is a containerd identifier
+    and a Create's bundle is ``<bundle_dir>/<id>``. An empty ``exec_id`` names the init,
+    except in Exec, which adds an exec and so needs one."""
+    fields = request.DESCRIPTOR.fields_by_name
+    container_id: str = request.id
+    validate_identifier(container_id, "container id")
+    if "exec_id" in fields:
+        exec_id: str = request.exec_id
+        if exec_id or isinstance(request, (task_v2.ExecProcessRequest, task_v3.ExecProcessRequest)):
+            validate_identifier(exec_id, "exec id")
+    if "bundle" in fields:
+        validate_bundle(request.bundle, container_id, bundle_dir=bundle_dir)
 
 
 # --- the plugin ---------------------------------------------------------------------------------
@@ -552,6 +590,7 @@ async def init_plugin(ctx: InitContext) -> TaskService:
         publisher=ctx.get(EVENT_PLUGIN),
         shutdown=ctx.get(INTERNAL_PLUGIN, "shutdown"),
         nursery=ctx.nursery,
+        bundle_dir=os.path.dirname(ctx.bundle),
     )
     await ctx.nursery.start(service.run)
     return service

@@ -9,11 +9,19 @@ action. Nothing here exits the process: errors are :class:`FlagError`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-__all__ = ["USAGE", "FlagError", "Flags", "parse_flags", "validate_identifier"]
+from trioshim.shim import identifiers
+
+__all__ = [
+    "USAGE",
+    "FlagError",
+    "Flags",
+    "parse_flags",
+    "validate_bundle_flag",
+    "validate_identifier",
+]
 
 
 class FlagError(ValueError):
@@ -131,17 +139,19 @@ def parse_flags(argv: Sequence[str]) -> Flags:
     return Flags(**values)  # type: ignore[arg-type]
 
 
-# containerd's identifiers.Validate: alphanumerics separated by single '.', '_' or '-'.
-_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*\Z")
-_MAX_IDENTIFIER = 76
-
-
 def validate_identifier(kind: str, value: str) -> None:
     """Reject what containerd would never send and what could escape a directory."""
-    if not value:
-        raise FlagError(f"shim {kind} cannot be empty")
-    if len(value) > _MAX_IDENTIFIER or not _IDENTIFIER.match(value):
-        raise FlagError(
-            f"shim {kind} {value!r} is invalid: must match {_IDENTIFIER.pattern[:-2]} "
-            f"and be at most {_MAX_IDENTIFIER} characters (no path separators or '..')"
-        )
+    try:
+        identifiers.validate_identifier(value, f"shim {kind}")
+    except identifiers.InvalidIdentifier as exc:
+        raise FlagError(str(exc)) from None
+
+
+def validate_bundle_flag(flags: Flags) -> None:
+    """``-bundle``, when given, must be an absolute clean path named after ``-id``."""
+    if not flags.bundle:
+        return
+    try:
+        identifiers.validate_bundle(flags.bundle, flags.id)
+    except identifiers.InvalidBundle as exc:
+        raise FlagError(f"shim {exc}") from None

@@ -37,7 +37,14 @@ from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import address as addr
 from trioshim.shim.daemon import DaemonConfig, serve_daemon
-from trioshim.shim.flags import USAGE, FlagError, Flags, parse_flags, validate_identifier
+from trioshim.shim.flags import (
+    USAGE,
+    FlagError,
+    Flags,
+    parse_flags,
+    validate_bundle_flag,
+    validate_identifier,
+)
 from trioshim.shim.log import open_log_fifo, setup_logger
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 from trioshim.shim.peer import start_reply
@@ -110,6 +117,7 @@ def run(
         flags = _flags_from_env(flags, env)
         validate_identifier("namespace", flags.namespace)
         validate_identifier("id", flags.id)
+        validate_bundle_flag(flags)
         if flags.action == "start":
             return _start(manager, flags, registry, io, env, containerd_pid or os.getppid())
         if flags.action == "delete":
