@@ -1,10 +1,13 @@
 """The fork server's side of :mod:`trioshim.shim.forkserver` (imported only by the server).
 
-``serve(app, path)`` imports the shim, binds ``path`` (under an exclusive ``flock`` on
-``path + ".lock"``, so exactly one server owns a path), and forks one worker per request. A
-worker becomes the helper that asked (its stdin/stdout/stderr, cwd, environment, argv as seen
-in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run`, sends
-``b"S" + status`` back and exits; the daemon it forks is never the server's child.
+``serve(app, path, argv0, containerd_pid=...)`` imports the shim, binds ``path`` (under an
+exclusive ``flock`` on ``path + ".lock"``, so exactly one server owns a path), and forks one
+worker per request until its containerd exits, it idles out, or SIGTERM; then it removes the
+socket and the lock file. A worker puts itself where the helper that asked is
+(:mod:`trioshim.shim.placement`; if it cannot, it answers ``b"L"`` and the helper runs the
+action itself), becomes that helper (its stdin/stdout/stderr, cwd, environment, argv as seen
+in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run`,
+sends ``b"S" + status`` back and exits; the daemon it forks is never the server's child.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from trioshim.shim.cmdline import set_cmdline
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
@@ -32,10 +36,15 @@ from trioshim.shim.forkserver import (
     load_app,
 )
 from trioshim.shim.manager import Manager
+from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
 from trioshim.ttrpc.server import listen_backlog
 
 __all__ = ["serve"]
+
+# Without a pidfd the server looks at its containerd this often (it must be gone within a
+# second of containerd).
+_POLL_INTERVAL = 0.25
 
 
 def _log(message: str) -> None:
@@ -46,8 +55,74 @@ def _log(message: str) -> None:
         )
 
 
-def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = None) -> int:
-    """Run a fork server for ``app`` on ``path`` until idle or SIGTERM; returns the status
+class _Containerd:
+    """The containerd a server serves: alive until its pidfd is readable or, without one,
+    until its pid is gone or names another process (start time changed)."""
+
+    def __init__(self, pid: int, pidfd: int | None) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self._start_time = _start_time(pid) if pidfd is None else None
+
+    def fds(self) -> list[int]:
+        return [] if self.pidfd is None else [self.pidfd]
+
+    def poll_interval(self) -> float | None:
+        return _POLL_INTERVAL if self.pidfd is None and self.pid > 0 else None
+
+    def gone(self, readable: list[int]) -> bool:
+        if self.pidfd is not None:
+            return self.pidfd in readable
+        return self.pid > 0 and _start_time(self.pid) != self._start_time
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            _close(self.pidfd)
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _lock(path: str) -> int | None:
+    """Own ``path + ".lock"``; ``None`` when another server does. A lock file its owner
+    removed on the way out (we opened it just before) is not a lock: open the new one."""
+    lock_path = path + ".lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (
+            mine.st_dev,
+            mine.st_ino,
+        ):
+            return fd
+        os.close(fd)
+
+
+def serve(
+    app: str,
+    path: str,
+    argv0: str = "",
+    *,
+    containerd_pid: int = 0,
+    containerd_pidfd: int | None = None,
+    idle_timeout: float | None = None,
+) -> int:
+    """Run a fork server for ``app`` on ``path`` until its containerd (``containerd_pidfd``,
+    else ``containerd_pid`` polled; 0: none) exits, it is idle or SIGTERM; returns the status
     (0 too when another server already owns ``path``)."""
     import gc
 
@@ -55,41 +130,46 @@ def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = 
 
     if idle_timeout is None:
         idle_timeout = float(os.environ.get(ENV_IDLE) or IDLE_TIMEOUT)
+    containerd = _Containerd(containerd_pid, containerd_pidfd)
     manager, registry = load_app(app)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock)
+    lock = _lock(path)
+    if lock is None:
+        containerd.close()
         _log(f"another server owns {path}")
         return 0
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    os.chmod(path, 0o600)
-    listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
-    inode = os.stat(path).st_ino
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    gc.collect()
-    gc.freeze()
-    _log(f"serving {app} on {path}")
-    last = time.monotonic()
+    listener: socket.socket | None = None
+    inode = None
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
+        inode = os.stat(path).st_ino
+
+        def stop(signum: int, frame: Any) -> None:
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        gc.collect()
+        gc.freeze()
+        _log(f"serving {app} on {path} for containerd {containerd_pid}")
+        last = time.monotonic()
         while True:
             _reap_workers()
             left = idle_timeout - (time.monotonic() - last)
             if left <= 0:
                 _log("idle, exiting")
                 return 0
-            ready, _, _ = select.select([listener], [], [], min(left, 5.0))
-            if not ready:
+            timeout = min(left, containerd.poll_interval() or 5.0)
+            ready, _, _ = select.select([listener.fileno(), *containerd.fds()], [], [], timeout)
+            if containerd.gone(ready):
+                _log(f"containerd {containerd_pid} exited, exiting")
+                return 0
+            if listener.fileno() not in ready:
                 continue
             try:
                 conn, _ = listener.accept()
@@ -105,14 +185,20 @@ def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = 
                     continue
                 pid = os.fork()
                 if pid == 0:
-                    _worker(conn, listener, lock, manager, registry, argv0, shim_run)
+                    server_fds = (listener.fileno(), lock, *containerd.fds())
+                    _worker(conn, server_fds, manager, registry, argv0, shim_run)
                 _log(f"worker {pid} for pid {peer_pid}")
     finally:
+        # Socket first, lock file last, while we still hold the lock (see _lock).
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:
+            if inode is not None and os.stat(path).st_ino == inode:
                 os.unlink(path)
-        listener.close()
+        if listener is not None:
+            listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path + ".lock")
         os.close(lock)
+        containerd.close()
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
@@ -154,8 +240,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _worker(
     conn: socket.socket,
-    listener: socket.socket,
-    lock: int,
+    server_fds: tuple[int, ...],
     manager: Manager,
     registry: Registry,
     argv0: str,
@@ -164,12 +249,17 @@ def _worker(
     """Become the helper that asked, run the action, report the status (never returns)."""
     status = 1
     try:
-        listener.close()
-        os.close(lock)
+        for fd in server_fds:
+            _close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         request, fds = _receive(conn)
         conn.settimeout(None)
+        try:
+            Placement.from_request(request.get("placement")).apply()
+        except PlacementError as exc:
+            _log(f"worker for pid {_peer(conn)[0]}: {exc}; the helper runs it itself")
+            _exit(conn, b"L", 0)
         # The daemon must not keep the helper's connection (or anything else of ours) open.
         conn_fd = conn.fileno()
         os.register_at_fork(after_in_child=lambda: _close(conn_fd))
@@ -183,36 +273,22 @@ def _worker(
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request.get("argv0") or argv0, *request["argv"]]
-        _set_cmdline(sys.argv)
+        # Like the helper this worker stands for (the daemon forked from here rewrites it to
+        # its own argv); room left for that, so no exact trim.
+        set_cmdline(sys.argv)
         status = run(manager, request["argv"], registry, containerd_pid=int(request["ppid"]))
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"trioshim fork server worker: {exc!r}\n".encode())
-    finally:
-        with contextlib.suppress(BaseException):
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            conn.sendall(_STATUS.pack(b"S", status))
-        os._exit(0)
+    _exit(conn, b"S", status)
 
 
-def _set_cmdline(args: list[str]) -> None:
-    """Show ``args`` in ``/proc/self/cmdline`` (and ``ps``), like the helper this worker stands
-    for, by rewriting the original argv area in place (truncated to its size). The daemon
-    forked from here inherits it, so tools that find a shim by ``-id`` keep working."""
-    import ctypes
-
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[48 - 3]), int(fields[49 - 3])  # arg_start, arg_end
-    except (OSError, IndexError, ValueError):
-        return
-    size = end - start
-    if size <= 1:
-        return
-    data = b"\0".join(a.encode(errors="replace") for a in args)[: size - 1]
-    ctypes.memmove(start, data.ljust(size, b"\0"), size)
+def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
+    with contextlib.suppress(BaseException):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        conn.sendall(_STATUS.pack(tag, status))
+    os._exit(0)
 
 
 def _close(fd: int) -> None:
