@@ -56,13 +56,13 @@ def _log(message: str) -> None:
 
 
 class _Containerd:
-    """The containerd a server serves: alive until its pidfd is readable or, without one,
-    until its pid is gone or names another process (start time changed)."""
+    """The containerd a server serves (pid 0: none): gone once its pidfd is readable or,
+    without one, once its pid is a zombie, gone, or names another process (its start time)."""
 
     def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self._start_time = _start_time(pid) if pidfd is None else None
+        self._start_time = _running_since(pid) if pidfd is None and pid > 0 else None
 
     def fds(self) -> list[int]:
         return [] if self.pidfd is None else [self.pidfd]
@@ -73,17 +73,18 @@ class _Containerd:
     def gone(self, readable: list[int]) -> bool:
         if self.pidfd is not None:
             return self.pidfd in readable
-        return self.pid > 0 and _start_time(self.pid) != self._start_time
+        if self.pid <= 0:
+            return False
+        now = _running_since(self.pid)
+        return now is None or now != self._start_time
 
-    def close(self) -> None:
-        if self.pidfd is not None:
-            _close(self.pidfd)
 
-
-def _start_time(pid: int) -> int | None:
+def _running_since(pid: int) -> int | None:
+    """The start time of ``pid`` if it is running (not a zombie), else ``None``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])  # fields 3 and 22
     except (OSError, IndexError, ValueError):
         return None
 
@@ -99,16 +100,11 @@ def _lock(path: str) -> int | None:
         except OSError:
             os.close(fd)
             return None
-        try:
-            current = os.stat(lock_path)
-        except FileNotFoundError:
-            current = None
         mine = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (
-            mine.st_dev,
-            mine.st_ino,
-        ):
-            return fd
+        with contextlib.suppress(FileNotFoundError):
+            named = os.stat(lock_path)
+            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
         os.close(fd)
 
 
@@ -135,7 +131,8 @@ def serve(
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     lock = _lock(path)
     if lock is None:
-        containerd.close()
+        if containerd_pidfd is not None:
+            _close(containerd_pidfd)
         _log(f"another server owns {path}")
         return 0
     listener: socket.socket | None = None
@@ -198,7 +195,8 @@ def serve(
         with contextlib.suppress(OSError):
             os.unlink(path + ".lock")
         os.close(lock)
-        containerd.close()
+        if containerd_pidfd is not None:
+            _close(containerd_pidfd)
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:

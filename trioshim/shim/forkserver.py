@@ -218,12 +218,25 @@ def _placement() -> dict[str, object]:
     os.umask(umask)
     place: dict[str, object] = {"umask": umask}
     for name in ("cgroup", "limits", "oom_score_adj"):
-        try:
-            with open("/proc/self/" + name, "rb") as f:
-                place[name] = f.read()
-        except OSError:
-            place[name] = None
+        place[name] = _read_proc("/proc/self/" + name)
     return place
+
+
+def _read_proc(path: str) -> bytes | None:
+    """A small /proc file, without a file object's cost; ``None`` if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _spawn_server(app: str, path: str) -> None:
@@ -253,6 +266,8 @@ def _spawn_server(app: str, path: str) -> None:
         (os.POSIX_SPAWN_OPEN, 2, log, flags, 0o600),
     ]
     if pidfd >= 0:
+        # Inheritable: a dup2 onto itself (pidfd == 3) would keep its close-on-exec flag.
+        os.set_inheritable(pidfd, True)
         actions.append((os.POSIX_SPAWN_DUP2, pidfd, PIDFD_FD))
     try:
         os.posix_spawn(
