@@ -4,12 +4,10 @@ one server per containerd that ends with it."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tests.support.forkserver_env import (
     alive,
     cmdline,
     daemon_cmdline,
+    open_env,
     poll,
     proc_ppid,
     shim_pid,
@@ -71,13 +70,8 @@ def test_importing_the_helper_side_is_light() -> None:
 
 @pytest.fixture
 def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
-    world = Env(root)
-    try:
+    with open_env() as world:
         yield world
-    finally:
-        world.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> None:
@@ -148,6 +142,7 @@ def test_server_ends_with_its_containerd_and_its_daemons_do_not(env: Env) -> Non
 
     containerd.stop()
     poll(lambda: not alive(server_pid), "the server to end with its containerd")
+    assert f"containerd {containerd.proc.pid} exited" in env.server_log()  # not idle, not a crash
     assert env.server_files() == []
     try:
         assert all(alive(pid) for pid in daemons)  # containers outlive a containerd restart

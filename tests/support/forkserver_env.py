@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +154,18 @@ class Env:
                 fake.proc.wait(10)
         for pid in self.server_pids():
             signal_pid(pid, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def open_env() -> Iterator[Env]:
+    """A new world in a temp dir; on the way out, its fake containerds and servers stop."""
+    root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    world = Env(root)
+    try:
+        yield world
+    finally:
+        world.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def signal_pid(pid: int, sig: int) -> None:
