@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-__all__ = ["daemon_argv", "set_cmdline"]
+__all__ = ["daemon_argv", "program_path", "set_cmdline"]
 
 _PR_SET_MM = 35
 _PR_SET_MM_MAP = 14  # the whole map at once: needs no CAP_SYS_RESOURCE (all of it is checked)
@@ -27,6 +27,18 @@ def daemon_argv(argv0: str, *, namespace: str, id: str, address: str, debug: boo
     if debug:
         argv.append("-debug")
     return argv
+
+
+def program_path() -> str:
+    """The program containerd ran, as it named it: the script in the interpreter's own argv
+    (``sys.argv[0]`` may have been changed since, e.g. by ``runpy.run_path``), else
+    ``sys.argv[0]`` (a fork-server worker's, which is the helper's)."""
+    import sys
+
+    argv, orig = sys.argv, getattr(sys, "orig_argv", [])
+    if argv and len(orig) > len(argv) and orig[len(orig) - len(argv) + 1 :] == argv[1:]:
+        return str(orig[len(orig) - len(argv)])
+    return argv[0] if argv else ""
 
 
 def _stat_fields() -> list[bytes] | None:

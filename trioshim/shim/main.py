@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import address as addr
-from trioshim.shim.cmdline import daemon_argv, set_cmdline
+from trioshim.shim.cmdline import daemon_argv, program_path, set_cmdline
 from trioshim.shim.daemon import DaemonConfig, serve_daemon
 from trioshim.shim.flags import USAGE, FlagError, Flags, parse_flags, validate_identifier
 from trioshim.shim.log import open_log_fifo, setup_logger
@@ -348,7 +348,7 @@ def _fork_daemon(
         # ps, monitoring and leak checks tell a daemon from a `start` helper by its argv: the
         # shape Go's daemon is exec'd with, no action word.
         sys.argv = daemon_argv(
-            sys.argv[0] if sys.argv else manager.name,
+            program_path() or manager.name,
             namespace=flags.namespace,
             id=flags.id,
             address=flags.address,
