@@ -2,7 +2,8 @@
 
 ``import trio`` and protobuf cost ~0.2 s (much more on a loaded host), and containerd runs the
 shim binary for every container start and every clean-up. A shim whose console script calls
-:func:`main` (instead of :func:`trioshim.shim.main`) pays that only once per shim build:
+:func:`main` (instead of :func:`trioshim.shim.main`) pays that only once per shim build and
+containerd:
 
 - the **helper** (the process containerd execs) imports nothing but the standard library. For
   ``start`` and ``delete`` it connects to the fork server of this build, hands over its argv,
