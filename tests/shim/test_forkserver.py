@@ -14,9 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.forkserver_env import (
-    ADDRESS,
-    APP,
-    LAUNCHER,
     Env,
     alive,
     cmdline,
@@ -89,7 +86,7 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     )
 
     # A burst of helpers at once is queued, not refused: the system's maximum backlog.
-    assert listen_queue_size(env.server_socket()) == listen_backlog()
+    assert listening(env.server_socket())[1] == listen_backlog()
 
     helper_pid, out2 = env.run("c2", "start")  # warm: a worker of the server does it
     assert f"for pid {helper_pid}" in env.server_log()
@@ -116,14 +113,6 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     poll(lambda: not alive(server_pid), "the server to exit on SIGTERM")
     assert env.server_files() == []  # socket and lock file
     assert daemon1 != daemon2
-
-
-def listen_queue_size(path: str) -> int:
-    """The backlog a unix socket listens with (``ss`` shows it as the Send-Q of LISTEN)."""
-    out = subprocess.run(["ss", "-xlH", "src", path], capture_output=True, text=True, check=True)
-    fields = out.stdout.split()
-    assert fields[:2] == ["u_str", "LISTEN"], out.stdout
-    return int(fields[3])
 
 
 def test_server_ends_with_its_containerd_and_its_daemons_do_not(env: Env) -> None:
@@ -176,40 +165,63 @@ def test_one_server_per_containerd_address(env: Env) -> None:
 
 def test_without_a_pidfd_the_server_polls_its_containerd(env: Env) -> None:
     containerd = subprocess.Popen(["sleep", "1000"])
-    path = str(env.server_dir / "fs-polling")
-    argv = [sys.executable, "-m", "trioshim.shim.forkserver", "serve", APP, path, str(LAUNCHER)]
-    with open(env.root / "fs.log", "ab") as log:
-        server = subprocess.Popen(
-            [*argv, str(containerd.pid), "0"], stdout=log, stderr=log, env=env.env
-        )
+    server = env.serve(str(env.server_dir / "fs-polling"), containerd.pid)
     try:
         poll(lambda: "serving" in env.server_log(), "the fork server")
-        assert sorted(env.server_files()) == ["fs-polling", "fs-polling.lock"]
+        assert env.server_files() == ["fs-polling", "fs-polling.lock"]
         containerd.kill()
         containerd.wait(10)
         assert server.wait(60) == 0
-        assert env.server_files() == [] and "containerd" in env.server_log().split("\n")[-2]
+        assert f"containerd {containerd.pid} exited" in env.server_log()
+        assert env.server_files() == []
     finally:
         containerd.kill()
         server.kill()
         server.wait(10)
 
 
+def test_a_helper_queued_when_the_server_goes_is_served(env: Env) -> None:
+    env.bundle("c1")
+    containerd = subprocess.Popen(["sleep", "1000"])
+    path = env.server_path()
+    server = env.serve(path, containerd.pid)
+    try:
+        poll(lambda: "serving" in env.server_log(), "the fork server")
+        server.send_signal(signal.SIGSTOP)  # a helper connects, then containerd goes
+        helper = subprocess.Popen(
+            env.argv("c1", "start"),
+            cwd=env.root / "c1",
+            env=env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        poll(lambda: listening(path)[0] == 1, "the helper's connection to be queued")
+        containerd.kill()
+        containerd.wait(10)
+        server.send_signal(signal.SIGCONT)
+        out, _ = helper.communicate(timeout=60)
+        assert helper.returncode == 0 and f"for pid {helper.pid}" in env.server_log()
+        assert server.wait(60) == 0 and env.server_files() == []
+        shutdown(out.decode())
+    finally:
+        containerd.kill()
+        server.send_signal(signal.SIGCONT)  # (nothing once it is reaped)
+        server.kill()
+        server.wait(10)
+
+
+def listening(path: str) -> tuple[int, int]:
+    """(connections queued, backlog) of a listening unix socket: ``ss`` shows them as its
+    Recv-Q and Send-Q."""
+    out = subprocess.run(["ss", "-xlH", "src", path], capture_output=True, text=True, check=True)
+    fields = out.stdout.split()
+    assert fields[:2] == ["u_str", "LISTEN"], out.stdout
+    return int(fields[2]), int(fields[3])
+
+
 def test_stale_server_files_are_replaced(env: Env) -> None:
     env.bundle("c1")
-    # What the launcher will compute for this interpreter, launcher path and containerd.
-    code = (
-        "import os, sys; sys.argv[0] = os.environ['L']; "
-        "from trioshim.shim.forkserver import server_path; "
-        "print(server_path(os.environ['A'], os.environ['C']))"
-    )
-    path = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env.env, "L": str(LAUNCHER), "A": APP, "C": ADDRESS},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    path = env.server_path()  # what the launcher will look for
     os.makedirs(os.path.dirname(path), mode=0o700)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(path)  # a dead server's socket: connect is refused, the helper runs locally

@@ -113,6 +113,32 @@ class Env:
         self.fakes.append(fake)
         return fake
 
+    def server_path(self, address: str = ADDRESS) -> str:
+        """The socket the launcher's helpers look for (this interpreter, launcher, address)."""
+        code = (
+            "import os, sys; sys.argv[0] = os.environ['L']; "
+            "from trioshim.shim.forkserver import server_path; "
+            "print(server_path(os.environ['A'], os.environ['C']))"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env={**self.env, "L": str(LAUNCHER), "A": APP, "C": address},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def serve(self, path: str, containerd_pid: int) -> subprocess.Popen[bytes]:
+        """A server on ``path`` started by hand, polling ``containerd_pid`` (no pidfd)."""
+        argv = [sys.executable, "-m", "trioshim.shim.forkserver", "serve", APP, path]
+        with open(self.root / "fs.log", "ab") as log:
+            return subprocess.Popen(
+                [*argv, str(LAUNCHER), str(containerd_pid), "0"],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+            )
+
     def server_log(self) -> str:
         try:
             return (self.root / "fs.log").read_text()

@@ -13,7 +13,6 @@ sends ``b"S" + status`` back and exits; the daemon it forks is never the server'
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import marshal
 import os
@@ -144,6 +143,7 @@ def serve(
         listener.bind(path)
         os.chmod(path, 0o600)
         listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
+        listener.setblocking(False)  # select says when; accept never waits (see _accept)
         inode = os.stat(path).st_ino
 
         def stop(signum: int, frame: Any) -> None:
@@ -154,42 +154,44 @@ def serve(
         gc.collect()
         gc.freeze()
         _log(f"serving {app} on {path} for containerd {containerd_pid}")
+
+        def fork_worker(conn: socket.socket) -> None:
+            assert listener is not None and lock is not None
+            with conn:
+                peer_pid, peer_uid = _peer(conn)
+                if peer_uid != os.getuid():
+                    _log(f"refused pid {peer_pid}: uid {peer_uid}")
+                    return
+                pid = os.fork()
+                if pid == 0:
+                    server_fds = (listener.fileno(), lock, *containerd.fds())
+                    _worker(conn, server_fds, manager, registry, argv0, shim_run)
+                _log(f"worker {pid} for pid {peer_pid}")
+
         last = time.monotonic()
         while True:
             _reap_workers()
             left = idle_timeout - (time.monotonic() - last)
             if left <= 0:
                 _log("idle, exiting")
-                return 0
+                break
             timeout = min(left, containerd.poll_interval() or 5.0)
             ready, _, _ = select.select([listener.fileno(), *containerd.fds()], [], [], timeout)
             if containerd.gone(ready):
                 _log(f"containerd {containerd_pid} exited, exiting")
-                return 0
-            if listener.fileno() not in ready:
-                continue
-            try:
-                conn, _ = listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.ECONNABORTED, errno.EAGAIN):
-                    continue
-                raise
-            last = time.monotonic()
-            with conn:
-                peer_pid, peer_uid = _peer(conn)
-                if peer_uid != os.getuid():
-                    _log(f"refused pid {peer_pid}: uid {peer_uid}")
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    server_fds = (listener.fileno(), lock, *containerd.fds())
-                    _worker(conn, server_fds, manager, registry, argv0, shim_run)
-                _log(f"worker {pid} for pid {peer_pid}")
+                break
+            if listener.fileno() in ready and (conn := _accept(listener)) is not None:
+                last = time.monotonic()
+                fork_worker(conn)
+        # Helpers that connected before we decided to go are served, not dropped: the socket
+        # goes first, so no more can arrive, then whatever is queued is taken.
+        _unlink_socket(path, inode)
+        while (conn := _accept(listener)) is not None:
+            fork_worker(conn)
+        return 0
     finally:
         # Socket first, lock file last, while we still hold the lock (see _lock).
-        with contextlib.suppress(OSError):
-            if inode is not None and os.stat(path).st_ino == inode:
-                os.unlink(path)
+        _unlink_socket(path, inode)
         if listener is not None:
             listener.close()
         with contextlib.suppress(OSError):
@@ -197,6 +199,26 @@ def serve(
         os.close(lock)
         if containerd_pidfd is not None:
             _close(containerd_pidfd)
+
+
+def _unlink_socket(path: str, inode: int | None) -> None:
+    """Remove our socket (not one a newer server bound at the same path)."""
+    with contextlib.suppress(OSError):
+        if inode is not None and os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def _accept(listener: socket.socket) -> socket.socket | None:
+    """A queued connection from the (non-blocking) listener, ``None`` when none is left."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):
+            continue  # that one went away: the next one, if any
+        except BlockingIOError:
+            return None
+        conn.setblocking(True)
+        return conn
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
