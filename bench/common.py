@@ -361,7 +361,7 @@ class BenchEnv:
     def close(self) -> list[str]:
         """Remove everything; returns what had to be cleaned by force."""
         forced: list[str] = []
-        self.stop_fork_servers()  # by design alive until idle; ours to stop, not a leftover
+        self.stop_fork_servers()  # alive while containerd runs, by design: not a leftover
         if self.started:
             # Name what containerd's own clean-up will kill, before it does.
             for pid in self.containerd.shim_pids():
@@ -469,7 +469,7 @@ class BenchEnv:
         in their argv or its ttrpc address in their environment. With ``servers``, ours's
         fork server too (``trioshim.shim.forkserver``, kept private to this run by
         ``TRIOSHIM_FORKSERVER_DIR``): it serves every start, so its memory counts, but it
-        outlives the containers by design, so it is no leftover."""
+        outlives the containers (not its containerd) by design, so it is no leftover."""
         names = (
             [REFERENCE_BINARY, OURS_BINARY] if rt is None else [rt.binary_name]
         )  # python launchers: [python, script, ...]

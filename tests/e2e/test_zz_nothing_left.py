@@ -1,4 +1,5 @@
-"""Runs last (file order): after every e2e test, nothing of ours is left on the machine."""
+"""Runs last (file order): after every e2e test, nothing of ours is left on the machine, and
+once containerd stops, neither is our shim's fork server (process, socket or lock file)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def test_nothing_left_behind(containerd: PrivateContainerd) -> None:
         wait_for(lambda: not leftovers(), timeout=10, interval=0.2)
     except AssertionError:
         raise AssertionError(f"left behind after the e2e tests: {leftovers()}") from None
+
+    def forkserver_leftovers() -> list[str]:
+        left = [f"fork server {pid}" for pid in containerd.forkserver_pids()]
+        left += [f"shim process {pid}" for pid in containerd.shim_pids()]
+        return left + [f"fork server file {f}" for f in containerd.forkserver_files()]
+
+    containerd.halt()
+    try:
+        wait_for(lambda: not forkserver_leftovers(), timeout=10, interval=0.1)
+    except AssertionError:
+        raise AssertionError(
+            f"left behind once containerd stopped: {forkserver_leftovers()}"
+        ) from None
+    finally:
+        containerd.start()  # for any later test of this containerd line

@@ -1,31 +1,32 @@
-"""The fork server: an import-light helper, start/delete run by a pre-imported server's worker."""
+"""The fork server: an import-light helper, start/delete run by a pre-imported server's worker,
+one server per containerd that ends with it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
 
+from tests.support.forkserver_env import (
+    Env,
+    alive,
+    cmdline,
+    daemon_cmdline,
+    open_env,
+    poll,
+    proc_ppid,
+    shim_pid,
+    shutdown,
+)
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import forkserver
-from trioshim.testing import connect_task
 from trioshim.ttrpc import listen_backlog
-
-LAUNCHER = Path(__file__).resolve().parents[2] / "examples" / "minimal_shim_fast"
-APP = str(LAUNCHER.parent / "minimal_shim.py") + ":app"
 
 
 def test_action_word_by_go_flag_rules() -> None:
@@ -36,141 +37,65 @@ def test_action_word_by_go_flag_rules() -> None:
     assert forkserver._action(["--", "start"]) == "start"
 
 
-def test_server_path_is_keyed_and_short(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_containerd_address_flag_first_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_ADDRESS", "unix:///g.sock")
+    monkeypatch.setenv("TTRPC_ADDRESS", "/t.sock.ttrpc")
+    assert forkserver.containerd_address(["-address", "/a.sock", "start"]) == "/a.sock"
+    assert forkserver.containerd_address(["--address=/b.sock", "start"]) == "/b.sock"
+    assert forkserver.containerd_address(["-id", "x", "start"]) == "/g.sock"
+    monkeypatch.delenv("GRPC_ADDRESS")
+    assert forkserver.containerd_address(["start"]) == "/t.sock.ttrpc"
+
+
+def test_server_path_is_keyed_by_containerd_and_short(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(forkserver.ENV_DIR, "/run/trioshim")
-    a, b = forkserver.server_path("x:app"), forkserver.server_path("y:app")
-    assert a != b and a == forkserver.server_path("x:app")
+    a, b = forkserver.server_path("x:app", "/c.sock"), forkserver.server_path("y:app", "/c.sock")
+    assert a != b and a == forkserver.server_path("x:app", "/c.sock")
+    assert forkserver.server_path("x:app", "/other/c.sock") != a
     assert a.startswith("/run/trioshim/fs-") and len(a) < 106
 
 
 def test_importing_the_helper_side_is_light() -> None:
     code = (
         "import sys, trioshim.shim.forkserver, trioshim.shim; "
-        "print(sorted(m for m in ('trio', 'google.protobuf', 'typing', 'socket', 'json', 're')"
-        " if m in sys.modules))"
+        "print(sorted(m for m in ('trio', 'google.protobuf', 'typing', 'socket', 'json', 're',"
+        " 'resource') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@dataclass
-class Env:
-    root: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            forkserver.ENV_DIR: str(self.root / "fs"),
-            forkserver.ENV_LOG: str(self.root / "fs.log"),
-            "TRIOSHIM_SOCKET_DIR": str(self.root / "s"),
-            "TTRPC_ADDRESS": str(self.root / "no-containerd"),
-        }
-
-    def bundle(self, id: str) -> Path:
-        path = self.root / id
-        path.mkdir()
-        (path / "config.json").write_text("{}")
-        (path / "log").touch()
-        return path
-
-    def shim(self, id: str, action: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        argv = ["-namespace", "ns", "-address", "/x.sock", "-publish-binary", "/c", "-id", id]
-        return subprocess.Popen(
-            [sys.executable, str(LAUNCHER), *argv, action],
-            cwd=self.root / id,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            **kwargs,  # type: ignore[call-overload]
-        )
-
-    def run(self, id: str, action: str) -> tuple[int, int, bytes]:
-        proc = self.shim(id, action)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        return proc.pid, proc.returncode, out
-
-    def server_log(self) -> str:
-        try:
-            return (self.root / "fs.log").read_text()
-        except FileNotFoundError:
-            return ""
-
-    def server_pid(self) -> int:
-        found = re.findall(r"forkserver\[(\d+)\] serving", self.server_log())
-        assert len(found) == 1, self.server_log()
-        return int(found[0])
-
-
 @pytest.fixture
 def env() -> Iterator[Env]:
-    root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
-    try:
-        yield Env(root)
-    finally:
-        log = (root / "fs.log").read_text() if (root / "fs.log").exists() else ""
-        for pid in re.findall(r"forkserver\[(\d+)\] serving", log):
-            signal_pid(int(pid), signal.SIGTERM)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def signal_pid(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def poll(predicate: object, what: str) -> None:
-    for _ in range(6000):
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-def shim_pid(address: str) -> int:
-    async def go() -> int:
-        async with connect_task(address, "ns") as task:
-            pid: int = (await task.Connect(shim_pb2.ConnectRequest(id="x"))).shim_pid
-            return pid
-
-    return trio.run(go)
-
-
-def shutdown(address: str) -> None:
-    async def go() -> None:
-        async with connect_task(address, "ns") as task:
-            await task.Shutdown(shim_pb2.ShutdownRequest(id="x"))
-
-    trio.run(go)
+    with open_env() as world:
+        yield world
 
 
 def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> None:
     env.bundle("c1")
     env.bundle("c2")
-    _, _, out1 = env.run("c1", "start")  # cold: runs in-process, then spawns the server
+    _, out1 = env.run("c1", "start")  # cold: runs in-process, then spawns the server
     poll(lambda: "serving" in env.server_log(), "the fork server")
     server_pid = env.server_pid()
     assert "worker" not in env.server_log()
-    # The server serves every containerd: it keeps none of the spawning call's environment.
+    # The server serves every start of its containerd: it keeps none of the spawning call's
+    # environment (workers take each request's own).
     assert not any(
         v.startswith(b"TTRPC_ADDRESS=")
         for v in Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
     )
 
     # A burst of helpers at once is queued, not refused: the system's maximum backlog.
-    assert listen_queue_size(forkserver_socket(env)) == listen_backlog()
+    assert listening(env.server_socket())[1] == listen_backlog()
 
-    helper_pid, _, out2 = env.run("c2", "start")  # warm: a worker of the server does it
+    helper_pid, out2 = env.run("c2", "start")  # warm: a worker of the server does it
     assert f"for pid {helper_pid}" in env.server_log()
     daemon1, daemon2 = shim_pid(out1.decode()), shim_pid(out2.decode())
     try:
-        cmdline = Path(f"/proc/{daemon2}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[cmdline.index(b"-id") + 1] == b"c2"  # looks like the helper it replaced
-        with open(f"/proc/{daemon2}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        assert ppid != server_pid  # never the server's child
+        # Both daemons, forked in the exec'd helper and in a worker, show Go's daemon argv.
+        assert cmdline(daemon1) == daemon_cmdline("c1")
+        assert cmdline(daemon2) == daemon_cmdline("c2")
+        assert proc_ppid(daemon2) != server_pid  # never the server's child
         assert os.getpgid(daemon2) == daemon2
         for fd in (0, 1):
             assert os.readlink(f"/proc/{daemon2}/fd/{fd}") == "/dev/null"
@@ -180,54 +105,134 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
         shutdown(out2.decode())
     poll(lambda: not os.path.exists(out2.decode().removeprefix("unix://")), "daemon 2 exit")
 
-    helper_pid, _, data = env.run("c2", "delete")
+    helper_pid, data = env.run("c2", "delete")
     assert f"for pid {helper_pid}" in env.server_log()
     assert shim_pb2.DeleteResponse.FromString(data).exit_status == 137
 
     os.kill(server_pid, signal.SIGTERM)
-    path = forkserver_socket(env)
-    poll(lambda: not os.path.exists(path), "the server to remove its socket")
+    poll(lambda: not alive(server_pid), "the server to exit on SIGTERM")
+    assert env.server_files() == []  # socket and lock file
     assert daemon1 != daemon2
 
 
-def listen_queue_size(path: str) -> int:
-    """The backlog a unix socket listens with (``ss`` shows it as the Send-Q of LISTEN)."""
+def test_server_ends_with_its_containerd_and_its_daemons_do_not(env: Env) -> None:
+    env.bundle("c1")
+    env.bundle("c2")
+    containerd = env.run_under("c1", "start")  # cold: spawns the server for this containerd
+    assert containerd.status == 0
+    poll(lambda: "serving" in env.server_log(), "the fork server")
+    server_pid = env.server_pid()
+    assert f"for containerd {containerd.proc.pid}" in env.server_log()
+    _, out2 = env.run("c2", "start")  # same address: the same server (any parent)
+    assert "worker" in env.server_log()
+    socket_name = Path(env.server_socket()).name
+    assert env.server_files() == [socket_name, socket_name + ".lock"]
+    daemons = [shim_pid(out) for out in (containerd.out.decode(), out2.decode())]
+
+    containerd.stop()
+    poll(lambda: not alive(server_pid), "the server to end with its containerd")
+    assert f"containerd {containerd.proc.pid} exited" in env.server_log()  # not idle, not a crash
+    assert env.server_files() == []
+    try:
+        assert all(alive(pid) for pid in daemons)  # containers outlive a containerd restart
+        assert [shim_pid(out) for out in (containerd.out.decode(), out2.decode())] == daemons
+    finally:
+        shutdown(containerd.out.decode())
+        shutdown(out2.decode())
+
+
+def test_one_server_per_containerd_address(env: Env) -> None:
+    env.bundle("c1")
+    env.bundle("c2")
+    first = env.run_under("c1", "start", address="/first.sock")
+    second = env.run_under("c2", "start", address="/second.sock")
+    poll(lambda: len(env.server_pids()) == 2, "a server for each containerd")
+    (first_pid, first_socket), (second_pid, second_socket) = map(env.server_of, (first, second))
+    assert first_socket != second_socket
+    assert env.server_files() == sorted(
+        [first_socket, first_socket + ".lock", second_socket, second_socket + ".lock"]
+    )
+    first.stop()
+    poll(lambda: not alive(first_pid), "the first containerd's server to go")
+    assert alive(second_pid)
+    assert env.server_files() == [second_socket, second_socket + ".lock"]
+    second.stop()
+    poll(lambda: not alive(second_pid), "the second containerd's server to go")
+    assert env.server_files() == []
+    for fake in (first, second):
+        shutdown(fake.out.decode())
+
+
+def test_without_a_pidfd_the_server_polls_its_containerd(env: Env) -> None:
+    containerd = subprocess.Popen(["sleep", "1000"])
+    server = env.serve(str(env.server_dir / "fs-polling"), containerd.pid)
+    try:
+        poll(lambda: "serving" in env.server_log(), "the fork server")
+        assert env.server_files() == ["fs-polling", "fs-polling.lock"]
+        containerd.kill()
+        containerd.wait(10)
+        assert server.wait(60) == 0
+        assert f"containerd {containerd.pid} exited" in env.server_log()
+        assert env.server_files() == []
+    finally:
+        containerd.kill()
+        server.kill()
+        server.wait(10)
+
+
+def test_a_helper_queued_when_the_server_goes_is_served(env: Env) -> None:
+    env.bundle("c1")
+    containerd = subprocess.Popen(["sleep", "1000"])
+    path = env.server_path()
+    server = env.serve(path, containerd.pid)
+    try:
+        poll(lambda: "serving" in env.server_log(), "the fork server")
+        server.send_signal(signal.SIGSTOP)  # a helper connects, then containerd goes
+        helper = subprocess.Popen(
+            env.argv("c1", "start"),
+            cwd=env.root / "c1",
+            env=env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        poll(lambda: listening(path)[0] == 1, "the helper's connection to be queued")
+        containerd.kill()
+        containerd.wait(10)
+        server.send_signal(signal.SIGCONT)
+        out, _ = helper.communicate(timeout=60)
+        assert helper.returncode == 0 and f"for pid {helper.pid}" in env.server_log()
+        assert server.wait(60) == 0 and env.server_files() == []
+        shutdown(out.decode())
+    finally:
+        containerd.kill()
+        server.send_signal(signal.SIGCONT)  # (nothing once it is reaped)
+        server.kill()
+        server.wait(10)
+
+
+def listening(path: str) -> tuple[int, int]:
+    """(connections queued, backlog) of a listening unix socket: ``ss`` shows them as its
+    Recv-Q and Send-Q."""
     out = subprocess.run(["ss", "-xlH", "src", path], capture_output=True, text=True, check=True)
     fields = out.stdout.split()
     assert fields[:2] == ["u_str", "LISTEN"], out.stdout
-    return int(fields[3])
+    return int(fields[2]), int(fields[3])
 
 
-def forkserver_socket(env: Env) -> str:
-    found = re.findall(r"serving \S+ on (\S+)", env.server_log())
-    assert found, env.server_log()
-    return found[-1]
-
-
-def test_stale_server_socket_and_disabled_server(env: Env) -> None:
+def test_stale_server_files_are_replaced(env: Env) -> None:
     env.bundle("c1")
-    # What the launcher will compute for this interpreter and launcher path.
-    code = (
-        "import os, sys; sys.argv[0] = os.environ['L']; "
-        "from trioshim.shim.forkserver import server_path; print(server_path(os.environ['A']))"
-    )
-    path = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env.env, "L": str(LAUNCHER), "A": APP},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    path = env.server_path()  # what the launcher will look for
     os.makedirs(os.path.dirname(path), mode=0o700)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(path)  # a dead server's socket: connect is refused, the helper runs locally
-    _, _, out = env.run("c1", "start")
+    Path(path + ".lock").touch()  # and its lock file, which nobody holds
+    _, out = env.run("c1", "start")
     poll(lambda: "serving" in env.server_log(), "a new fork server")
-    assert forkserver_socket(env) == path and stat_is_listening(path)
+    assert env.server_socket() == path and is_listening(path)
     shutdown(out.decode())
 
 
-def stat_is_listening(path: str) -> bool:
+def is_listening(path: str) -> bool:
     with socket.socket(socket.AF_UNIX) as s:
         try:
             s.connect(path)
@@ -236,13 +241,10 @@ def stat_is_listening(path: str) -> bool:
         return True
 
 
-def test_disabled_runs_locally_and_spawns_nothing(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_disabled_runs_locally_and_spawns_nothing(env: Env) -> None:
     env.bundle("c1")
-    monkeypatch.setenv(forkserver.ENV_DISABLE, "0")
     proc = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), "-namespace", "ns", "-address", "/x", "-id", "c1", "start"],
+        env.argv("c1", "start"),
         cwd=env.root / "c1",
         env={**env.env, forkserver.ENV_DISABLE: "0"},
         stdin=subprocess.DEVNULL,
@@ -250,5 +252,8 @@ def test_disabled_runs_locally_and_spawns_nothing(
     )
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out.startswith(b"unix://")
-    shutdown(out.decode())
-    assert not (env.root / "fs").exists() and env.server_log() == ""
+    try:
+        assert cmdline(shim_pid(out.decode())) == daemon_cmdline("c1")
+    finally:
+        shutdown(out.decode())
+    assert not env.server_dir.exists() and env.server_log() == ""

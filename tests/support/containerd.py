@@ -114,11 +114,13 @@ class PrivateContainerd:
         start_timeout: float = 30.0,
         containerd: str | None = None,
         ctr: str | None = None,
+        wrap: Sequence[str] = (),
     ) -> None:
         # The binaries: the machine's (or $TRIOSHIM_CONTAINERD / $TRIOSHIM_CTR) by default;
         # tests.support.containerd_lines.LineContainerd passes those of a fetched line.
         self.containerd_bin = containerd or CONTAINERD
         self.ctr_bin = ctr or CTR
+        self.wrap = list(wrap)  # a command that runs containerd's (placed elsewhere, say)
         self.namespace = namespace or f"tsh-{os.getpid()}-{secrets.token_hex(3)}"
         # Short base dir: unix socket paths are limited to 108 bytes.
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tsc", dir="/tmp"))
@@ -128,6 +130,8 @@ class PrivateContainerd:
         self.address = str(self.base / "ctrd.sock")
         self.ttrpc_address = self.address + ".ttrpc"
         self.config_path = self.base / "config.toml"
+        # Our shim's fork servers for this daemon, apart from any other containerd's.
+        self.forkserver_dir = self.base / "fs"
         self.log_path = self.base / "containerd.log"
         self.path = path or default_path()
         self.extra_env = dict(env or {})
@@ -205,6 +209,7 @@ oom_score = 0
             if k not in ("NOTIFY_SOCKET", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE")
         }
         env["PATH"] = self.path
+        env["TRIOSHIM_FORKSERVER_DIR"] = str(self.forkserver_dir)
         env.update(self.extra_env)
         return env
 
@@ -218,7 +223,7 @@ oom_score = 0
         self._log_file.write(self.banner().encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(
-            [self.containerd_bin, "--config", str(self.config_path)],
+            [*self.wrap, self.containerd_bin, "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -253,6 +258,10 @@ oom_score = 0
         raise ContainerdError(
             f"containerd did not answer within {self.start_timeout}s: {last}\n{self.log_tail()}"
         )
+
+    def halt(self) -> None:
+        """Stop the daemon process only (SIGTERM): its shims keep running, `start()` again."""
+        self._halt()
 
     def _halt(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the daemon process only (its shims keep running, as with systemd's KillMode)."""
@@ -460,6 +469,23 @@ oom_score = 0
             if marker in environ:
                 found.append(pid)
         return found
+
+    def forkserver_pids(self) -> list[int]:
+        """Pids of our shim's fork servers for this daemon (their socket is in our dir)."""
+        under = str(self.forkserver_dir) + "/"
+        return [
+            pid
+            for pid in _pids()
+            if "trioshim.shim.forkserver" in (argv := _proc_cmdline(pid))
+            and any(a.startswith(under) for a in argv)
+        ]
+
+    def forkserver_files(self) -> list[Path]:
+        """What is in the fork servers' dir (sockets and lock files while they run)."""
+        try:
+            return sorted(self.forkserver_dir.iterdir())
+        except FileNotFoundError:
+            return []
 
     def mounts(self) -> list[str]:
         """Mount points below our temp dir (rootfs mounts the shims left behind)."""

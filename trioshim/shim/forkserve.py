@@ -1,16 +1,18 @@
 """The fork server's side of :mod:`trioshim.shim.forkserver` (imported only by the server).
 
-``serve(app, path)`` imports the shim, binds ``path`` (under an exclusive ``flock`` on
-``path + ".lock"``, so exactly one server owns a path), and forks one worker per request. A
-worker becomes the helper that asked (its stdin/stdout/stderr, cwd, environment, argv as seen
-in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run`, sends
-``b"S" + status`` back and exits; the daemon it forks is never the server's child.
+``serve(app, path, argv0, containerd_pid=...)`` imports the shim, binds ``path`` (under an
+exclusive ``flock`` on ``path + ".lock"``, so exactly one server owns a path), and forks one
+worker per request until its containerd exits, it idles out, or SIGTERM; then it removes the
+socket and the lock file. A worker puts itself where the helper that asked is
+(:mod:`trioshim.shim.placement`; if it cannot, it answers ``b"L"`` and the helper runs the
+action itself), becomes that helper (its stdin/stdout/stderr, cwd, environment, argv as seen
+in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run`,
+sends ``b"S" + status`` back and exits; the daemon it forks is never the server's child.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import marshal
 import os
@@ -22,6 +24,7 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from trioshim.shim.cmdline import set_cmdline
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
@@ -32,10 +35,15 @@ from trioshim.shim.forkserver import (
     load_app,
 )
 from trioshim.shim.manager import Manager
+from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
 from trioshim.ttrpc.server import listen_backlog
 
 __all__ = ["serve"]
+
+# Without a pidfd the server looks at its containerd this often (it must be gone within a
+# second of containerd).
+_POLL_INTERVAL = 0.25
 
 
 def _log(message: str) -> None:
@@ -46,8 +54,70 @@ def _log(message: str) -> None:
         )
 
 
-def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = None) -> int:
-    """Run a fork server for ``app`` on ``path`` until idle or SIGTERM; returns the status
+class _Containerd:
+    """The containerd a server serves (pid 0: none): gone once its pidfd is readable or,
+    without one, once its pid is a zombie, gone, or names another process (its start time)."""
+
+    def __init__(self, pid: int, pidfd: int | None) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self._start_time = _running_since(pid) if pidfd is None and pid > 0 else None
+
+    def fds(self) -> list[int]:
+        return [] if self.pidfd is None else [self.pidfd]
+
+    def poll_interval(self) -> float | None:
+        return _POLL_INTERVAL if self.pidfd is None and self.pid > 0 else None
+
+    def gone(self, readable: list[int]) -> bool:
+        if self.pidfd is not None:
+            return self.pidfd in readable
+        if self.pid <= 0:
+            return False
+        now = _running_since(self.pid)
+        return now is None or now != self._start_time
+
+
+def _running_since(pid: int) -> int | None:
+    """The start time of ``pid`` if it is running (not a zombie), else ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])  # fields 3 and 22
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _lock(path: str) -> int | None:
+    """Own ``path + ".lock"``; ``None`` when another server does. A lock file its owner
+    removed on the way out (we opened it just before) is not a lock: open the new one."""
+    lock_path = path + ".lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        mine = os.fstat(fd)
+        with contextlib.suppress(FileNotFoundError):
+            named = os.stat(lock_path)
+            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd
+        os.close(fd)
+
+
+def serve(
+    app: str,
+    path: str,
+    argv0: str = "",
+    *,
+    containerd_pid: int = 0,
+    containerd_pidfd: int | None = None,
+    idle_timeout: float | None = None,
+) -> int:
+    """Run a fork server for ``app`` on ``path`` until its containerd (``containerd_pidfd``,
+    else ``containerd_pid`` polled; 0: none) exits, it is idle or SIGTERM; returns the status
     (0 too when another server already owns ``path``)."""
     import gc
 
@@ -55,64 +125,100 @@ def serve(app: str, path: str, argv0: str = "", *, idle_timeout: float | None = 
 
     if idle_timeout is None:
         idle_timeout = float(os.environ.get(ENV_IDLE) or IDLE_TIMEOUT)
+    containerd = _Containerd(containerd_pid, containerd_pidfd)
     manager, registry = load_app(app)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock)
+    lock = _lock(path)
+    if lock is None:
+        if containerd_pidfd is not None:
+            _close(containerd_pidfd)
         _log(f"another server owns {path}")
         return 0
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    os.chmod(path, 0o600)
-    listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
-    inode = os.stat(path).st_ino
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    gc.collect()
-    gc.freeze()
-    _log(f"serving {app} on {path}")
-    last = time.monotonic()
+    listener: socket.socket | None = None
+    inode = None
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(listen_backlog())  # a burst of helpers at once must not be refused
+        listener.setblocking(False)  # select says when; accept never waits (see _accept)
+        inode = os.stat(path).st_ino
+
+        def stop(signum: int, frame: Any) -> None:
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        gc.collect()
+        gc.freeze()
+        _log(f"serving {app} on {path} for containerd {containerd_pid}")
+
+        def fork_worker(conn: socket.socket) -> None:
+            assert listener is not None and lock is not None
+            with conn:
+                peer_pid, peer_uid = _peer(conn)
+                if peer_uid != os.getuid():
+                    _log(f"refused pid {peer_pid}: uid {peer_uid}")
+                    return
+                pid = os.fork()
+                if pid == 0:
+                    server_fds = (listener.fileno(), lock, *containerd.fds())
+                    _worker(conn, server_fds, manager, registry, argv0, shim_run)
+                _log(f"worker {pid} for pid {peer_pid}")
+
+        last = time.monotonic()
         while True:
             _reap_workers()
             left = idle_timeout - (time.monotonic() - last)
             if left <= 0:
                 _log("idle, exiting")
-                return 0
-            ready, _, _ = select.select([listener], [], [], min(left, 5.0))
-            if not ready:
-                continue
-            try:
-                conn, _ = listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.ECONNABORTED, errno.EAGAIN):
-                    continue
-                raise
-            last = time.monotonic()
-            with conn:
-                peer_pid, peer_uid = _peer(conn)
-                if peer_uid != os.getuid():
-                    _log(f"refused pid {peer_pid}: uid {peer_uid}")
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    _worker(conn, listener, lock, manager, registry, argv0, shim_run)
-                _log(f"worker {pid} for pid {peer_pid}")
+                break
+            timeout = min(left, containerd.poll_interval() or 5.0)
+            ready, _, _ = select.select([listener.fileno(), *containerd.fds()], [], [], timeout)
+            if containerd.gone(ready):
+                _log(f"containerd {containerd_pid} exited, exiting")
+                break
+            if listener.fileno() in ready and (conn := _accept(listener)) is not None:
+                last = time.monotonic()
+                fork_worker(conn)
+        # Helpers that connected before we decided to go are served, not dropped: the socket
+        # goes first, so no more can arrive, then whatever is queued is taken.
+        _unlink_socket(path, inode)
+        while (conn := _accept(listener)) is not None:
+            fork_worker(conn)
+        return 0
     finally:
+        # Socket first, lock file last, while we still hold the lock (see _lock).
+        _unlink_socket(path, inode)
+        if listener is not None:
+            listener.close()
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
-        listener.close()
+            os.unlink(path + ".lock")
         os.close(lock)
+        if containerd_pidfd is not None:
+            _close(containerd_pidfd)
+
+
+def _unlink_socket(path: str, inode: int | None) -> None:
+    """Remove our socket (not one a newer server bound at the same path)."""
+    with contextlib.suppress(OSError):
+        if inode is not None and os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def _accept(listener: socket.socket) -> socket.socket | None:
+    """A queued connection from the (non-blocking) listener, ``None`` when none is left."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):
+            continue  # that one went away: the next one, if any
+        except BlockingIOError:
+            return None
+        conn.setblocking(True)
+        return conn
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
@@ -154,8 +260,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _worker(
     conn: socket.socket,
-    listener: socket.socket,
-    lock: int,
+    server_fds: tuple[int, ...],
     manager: Manager,
     registry: Registry,
     argv0: str,
@@ -164,12 +269,17 @@ def _worker(
     """Become the helper that asked, run the action, report the status (never returns)."""
     status = 1
     try:
-        listener.close()
-        os.close(lock)
+        for fd in server_fds:
+            _close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         request, fds = _receive(conn)
         conn.settimeout(None)
+        try:
+            Placement.from_request(request.get("placement")).apply()
+        except PlacementError as exc:
+            _log(f"worker for pid {_peer(conn)[0]}: {exc}; the helper runs it itself")
+            _exit(conn, b"L", 0)
         # The daemon must not keep the helper's connection (or anything else of ours) open.
         conn_fd = conn.fileno()
         os.register_at_fork(after_in_child=lambda: _close(conn_fd))
@@ -183,36 +293,22 @@ def _worker(
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request.get("argv0") or argv0, *request["argv"]]
-        _set_cmdline(sys.argv)
+        # Like the helper this worker stands for (the daemon forked from here rewrites it to
+        # its own argv); room left for that, so no exact trim.
+        set_cmdline(sys.argv)
         status = run(manager, request["argv"], registry, containerd_pid=int(request["ppid"]))
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"trioshim fork server worker: {exc!r}\n".encode())
-    finally:
-        with contextlib.suppress(BaseException):
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            conn.sendall(_STATUS.pack(b"S", status))
-        os._exit(0)
+    _exit(conn, b"S", status)
 
 
-def _set_cmdline(args: list[str]) -> None:
-    """Show ``args`` in ``/proc/self/cmdline`` (and ``ps``), like the helper this worker stands
-    for, by rewriting the original argv area in place (truncated to its size). The daemon
-    forked from here inherits it, so tools that find a shim by ``-id`` keep working."""
-    import ctypes
-
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[48 - 3]), int(fields[49 - 3])  # arg_start, arg_end
-    except (OSError, IndexError, ValueError):
-        return
-    size = end - start
-    if size <= 1:
-        return
-    data = b"\0".join(a.encode(errors="replace") for a in args)[: size - 1]
-    ctypes.memmove(start, data.ljust(size, b"\0"), size)
+def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
+    with contextlib.suppress(BaseException):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        conn.sendall(_STATUS.pack(tag, status))
+    os._exit(0)
 
 
 def _close(fd: int) -> None:

@@ -2,30 +2,37 @@
 
 ``import trio`` and protobuf cost ~0.2 s (much more on a loaded host), and containerd runs the
 shim binary for every container start and every clean-up. A shim whose console script calls
-:func:`main` (instead of :func:`trioshim.shim.main`) pays that only once per shim build:
+:func:`main` (instead of :func:`trioshim.shim.main`) pays that only once per shim build and
+containerd:
 
 - the **helper** (the process containerd execs) imports nothing but the standard library. For
   ``start`` and ``delete`` it connects to the fork server of this build, hands over its argv,
   environment, cwd, parent pid and its stdin/stdout/stderr (``SCM_RIGHTS``), and exits with
   the status the server's worker reports. Everything else (``-info``, ``-v``, the daemon
   mode) runs in-process as usual;
-- the **fork server** (one per shim build and user; its socket is ``<dir>/fs-<hash>`` where
-  ``<dir>`` is ``$TRIOSHIM_FORKSERVER_DIR`` or ``/run/trioshim``) has imported the shim (the
-  ``module:function`` *app* returning ``(manager, registry)``), then forks one **worker** per
-  request; the worker becomes the helper (descriptors, cwd, environment, its own process
-  group) and runs :func:`trioshim.shim.main.run`, which forks the daemon as usual. The worker
-  then exits, so a daemon is never the server's child: a server crash touches no container,
-  and each daemon is still one process per container (group), sharing the server's pages
-  copy-on-write;
-- **no server yet** (the first start after boot or upgrade, or a server that idled out): the
-  helper runs the action in-process (the cold path costs what the plain entry costs) and then
-  spawns a server, detached (own session, stdio on ``/dev/null``), for the next start.
+- the **fork server** (one per containerd, shim build and user; its socket is
+  ``<dir>/fs-<hash>`` where ``<dir>`` is ``$TRIOSHIM_FORKSERVER_DIR`` or ``/run/trioshim``) has
+  imported the shim (the ``module:function`` *app* returning ``(manager, registry)``), then
+  forks one **worker** per request; the worker first puts itself where the helper is (cgroups,
+  resource limits, umask, ``oom_score_adj``: :mod:`trioshim.shim.placement`; when it cannot,
+  the helper runs the action itself), then becomes the helper (descriptors, cwd, environment,
+  its own process group) and runs :func:`trioshim.shim.main.run`, which forks the daemon as
+  usual. The worker then exits, so a daemon is never the server's child: a server crash or
+  exit touches no container, and each daemon is still one process per container (group),
+  sharing the server's pages copy-on-write;
+- **no server yet** (the first start after boot, upgrade or containerd start, or a server
+  that idled out): the helper runs the action in-process (the cold path costs what the plain
+  entry costs) and then spawns a server, detached (own session, stdio on ``/dev/null``), for
+  the next start.
 
-The server trusts only peers with its own uid (``SO_PEERCRED``), lives in a 0700 directory
-with a 0600 socket, exits after ``$TRIOSHIM_FORKSERVER_IDLE`` seconds without requests
-(default 600) or on SIGTERM, and is keyed by the app, the interpreter, the shim executable
-(path and mtime), the trioshim version and the uid, so an upgraded shim never talks to a stale
-server. ``TRIOSHIM_FORKSERVER=0`` disables delegation. This module must stay import-light.
+The server is keyed by the app, the interpreter, the shim executable (path and mtime), the
+trioshim version, the uid and containerd's address (``-address``, else ``$GRPC_ADDRESS`` or
+``$TTRPC_ADDRESS``), so an upgraded shim never talks to a stale server and two containerds
+never share one. It ends with the containerd that started it (the helper's parent: a pidfd,
+else polling), after ``$TRIOSHIM_FORKSERVER_IDLE`` seconds without requests (default 600), or
+on SIGTERM, and removes its socket and lock file as it goes. It trusts only peers with its own
+uid (``SO_PEERCRED``) and lives in a 0700 directory with a 0600 socket.
+``TRIOSHIM_FORKSERVER=0`` disables delegation. This module must stay import-light.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ if TYPE_CHECKING:
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
-__all__ = ["launch", "load_app", "main", "server_path"]
+__all__ = ["containerd_address", "launch", "load_app", "main", "server_path"]
 
 ENV_DISABLE = "TRIOSHIM_FORKSERVER"
 ENV_DIR = "TRIOSHIM_FORKSERVER_DIR"
@@ -55,15 +62,17 @@ ENV_IDLE = "TRIOSHIM_FORKSERVER_IDLE"
 ENV_LOG = "TRIOSHIM_FORKSERVER_LOG"
 DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
-PROTOCOL = 1
+PROTOCOL = 2
 _DELEGATED = ("start", "delete")
 # Set by containerd for one shim invocation (shim-v2.md 1.3); never part of the server's own.
 _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
-_STATUS = struct.Struct("!ci")  # b"S" + exit status
+_STATUS = struct.Struct("!ci")  # b"S" + exit status, or b"L" + 0: "run it yourself"
+_DECLINED = -1  # what _delegate returns for b"L" (the worker could not stand in for us)
 _CMDLINE_ROOM = 2048  # bytes of blank argv the server starts with (see _spawn_server)
+PIDFD_FD = 3  # where the server finds the pidfd of its containerd, when the helper has one
 _REQUEST_TIMEOUT = 10.0  # to receive a request once connected
 _MAX_REQUEST = 4 << 20
 _SCM_RIGHTS = 1
@@ -84,30 +93,53 @@ def launch(app: str, argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if _action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
         return _run_local(app, args)
-    path = server_path(app)
-    status = _delegate(path, args)
-    if status is not None:
-        return status
-    status = _run_local(app, args)  # the cold path: everything is imported now anyway
-    import contextlib
+    path = server_path(app, containerd_address(args))
+    delegated = _delegate(path, args)
+    if delegated is not None and delegated != _DECLINED:
+        return delegated
+    status = _run_local(app, args)  # everything is imported now anyway
+    if delegated is None:  # the cold path: no server (yet) for this containerd
+        import contextlib
 
-    with contextlib.suppress(OSError):
-        _spawn_server(app, path)
+        with contextlib.suppress(OSError):
+            _spawn_server(app, path)
     return status
 
 
-def _action(args: list[str]) -> str:
-    """The action word, by Go's flag rules (enough of them to find it)."""
+def _scan(args: list[str]) -> tuple[str, dict[str, str]]:
+    """The action word and the string flags, by Go's flag rules (enough of them for us)."""
+    values: dict[str, str] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         if arg == "--":
-            return args[i + 1] if i + 1 < len(args) else ""
+            return (args[i + 1] if i + 1 < len(args) else ""), values
         if len(arg) < 2 or not arg.startswith("-"):
-            return arg
-        name = arg.lstrip("-")
-        i += 2 if name in _STRING_FLAGS else 1
-    return ""
+            return arg, values
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in _STRING_FLAGS and not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            i += 1
+        if name in _STRING_FLAGS:
+            values[name] = value
+        i += 1
+    return "", values
+
+
+def _action(args: list[str]) -> str:
+    return _scan(args)[0]
+
+
+def containerd_address(args: list[str]) -> str:
+    """The containerd this invocation is for: ``-address``, else what 1.7+ put in the
+    environment (the same fallback as the shim's own flag handling)."""
+    address = _scan(args)[1].get("address", "")
+    env = os.environ
+    return (
+        address
+        or env.get("GRPC_ADDRESS", "").removeprefix("unix://")
+        or env.get("TTRPC_ADDRESS", "").removeprefix("unix://")
+    )
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -121,20 +153,23 @@ def _sha256_hex(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
 
-def server_path(app: str) -> str:
-    """The fork server's socket for this app, interpreter, shim build and user."""
+def server_path(app: str, address: str) -> str:
+    """The fork server's socket for this app, interpreter, shim build, user and containerd."""
     exe = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     try:
         mtime = os.stat(exe).st_mtime_ns if exe else 0
     except OSError:
         mtime = 0
-    key = repr((PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, os.getuid()))
+    key = repr(
+        (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, os.getuid(), address)
+    )
     directory = os.environ.get(ENV_DIR) or DEFAULT_DIR
     return os.path.join(directory, "fs-" + _sha256_hex(key.encode())[:24])
 
 
 def _delegate(path: str, args: list[str]) -> int | None:
-    """The worker's exit status, or ``None`` when there is no server to ask."""
+    """The worker's exit status; ``None`` when there is no server to ask, ``_DECLINED`` when
+    the worker could not take our place (nothing ran: the caller runs the action)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
@@ -149,6 +184,7 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "env": dict(os.environ),
                 "cwd": os.getcwd(),
                 "ppid": os.getppid(),
+                "placement": _placement(),
             }
         )
         fds = struct.pack("3i", 0, 1, 2)
@@ -170,8 +206,38 @@ def _delegate(path: str, args: list[str]) -> int | None:
         tag, status = _STATUS.unpack(data)
         if tag == b"S":
             return int(status)
+        if tag == b"L":
+            return _DECLINED
     os.write(2, b"trioshim: the fork server's worker died without a status\n")
     return 1
+
+
+def _placement() -> dict[str, object]:
+    """What puts a process where we are, as the kernel shows it (the worker parses it: only
+    reads and two ``umask`` calls here, no ``resource`` import)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    place: dict[str, object] = {"umask": umask}
+    for name in ("cgroup", "limits", "oom_score_adj"):
+        place[name] = _read_proc("/proc/self/" + name)
+    return place
+
+
+def _read_proc(path: str) -> bytes | None:
+    """A small /proc file, without a file object's cost; ``None`` if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _spawn_server(app: str, path: str) -> None:
@@ -179,8 +245,15 @@ def _spawn_server(app: str, path: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     log = os.environ.get(ENV_LOG) or os.devnull
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    # The server lives as long as our containerd (our parent): a pidfd on it, handed over as
+    # fd 3, where the kernel has them (no pid-reuse race); else the server polls the pid.
+    containerd = os.getppid()
+    try:
+        pidfd = os.pidfd_open(containerd)
+    except (AttributeError, OSError):
+        pidfd = -1
     argv = [sys.executable, "-m", "trioshim.shim.forkserver", "serve", app, path]
-    argv.append(sys.argv[0] if sys.argv else "")
+    argv += [sys.argv[0] if sys.argv else "", str(containerd), "1" if pidfd >= 0 else "0"]
     # Room in the argv area: a worker rewrites it in place with the helper's argv (truncated
     # to its size), and containerd 1.7/2.x's `start` argv (long -publish-binary and -address
     # paths, a 64-char pod id) must fit whole, `-id` included, in /proc/<daemon>/cmdline.
@@ -188,18 +261,27 @@ def _spawn_server(app: str, path: str) -> None:
     # The server serves every containerd of this uid: it must not carry the environment of the
     # one whose start happened to spawn it (workers take each request's own environment).
     env = {k: v for k, v in os.environ.items() if k not in _PER_CALL_ENV}
-    os.posix_spawn(
-        sys.executable,
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, log, flags, 0o600),
-            (os.POSIX_SPAWN_OPEN, 2, log, flags, 0o600),
-        ],
-        setsid=True,
-        setsigdef=(13,),  # SIGPIPE (CPython ignores it; the server's children want it back)
-    )
+    actions: list[tuple[object, ...]] = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, log, flags, 0o600),
+        (os.POSIX_SPAWN_OPEN, 2, log, flags, 0o600),
+    ]
+    if pidfd >= 0:
+        # Inheritable: a dup2 onto itself (pidfd == 3) would keep its close-on-exec flag.
+        os.set_inheritable(pidfd, True)
+        actions.append((os.POSIX_SPAWN_DUP2, pidfd, PIDFD_FD))
+    try:
+        os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=(13,),  # SIGPIPE (CPython ignores it; the server's children want it back)
+        )
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 def _run_local(app: str, args: list[str], *, containerd_pid: int | None = None) -> int:
@@ -235,10 +317,21 @@ def load_app(app: str) -> tuple[Manager, Registry]:
 
 
 if __name__ == "__main__":
-    # Inherit nothing but stdio from whoever spawned us (workers and daemons fork from here).
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    if len(sys.argv) >= 4 and sys.argv[1] == "serve":
+    # serve APP SOCKET ARGV0 CONTAINERD_PID HAS_PIDFD [ROOM]
+    if len(sys.argv) >= 7 and sys.argv[1] == "serve" and sys.argv[5].isdigit():
+        has_pidfd = sys.argv[6] == "1"
+        # Inherit nothing but stdio (and the pidfd) from whoever spawned us: workers and
+        # daemons fork from here.
+        os.closerange(PIDFD_FD + 1 if has_pidfd else PIDFD_FD, os.sysconf("SC_OPEN_MAX"))
         from trioshim.shim.forkserve import serve
 
-        sys.exit(serve(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else ""))
-    sys.exit("usage: python -m trioshim.shim.forkserver serve APP SOCKET [ARGV0]")
+        sys.exit(
+            serve(
+                sys.argv[2],
+                sys.argv[3],
+                sys.argv[4],
+                containerd_pid=int(sys.argv[5]),
+                containerd_pidfd=PIDFD_FD if has_pidfd else None,
+            )
+        )
+    sys.exit("usage: python -m trioshim.shim.forkserver serve APP SOCKET ARGV0 PID 0|1 [ROOM]")

@@ -5,7 +5,9 @@
   file, **fork** the daemon (imports are already paid: no second interpreter start-up on the
   critical path; ``gc.freeze()`` first so the daemon shares pages copy-on-write), move it to
   its own process group with stdio on ``/dev/null`` (containerd waits for EOF on the helper's
-  output), set its OOM score to containerd's + 1, print the address and nothing else.
+  output) and its argv in the shape of Go's daemon (``<shim> -namespace N -id ID -address A
+  [-debug]``, rewritten in place: :mod:`trioshim.shim.cmdline`), set its OOM score to
+  containerd's + 1, print the address and nothing else.
 - ``delete``: the manager's :meth:`~trioshim.shim.manager.Manager.stop` (with a reaper), then
   the raw ``DeleteResponse`` on stdout; removes a socket a dead daemon leaked.
 - no action: the daemon, on fd 3 or ``-socket`` (the forked daemon gets its socket directly).
@@ -36,6 +38,7 @@ from google.protobuf.message import DecodeError
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import address as addr
+from trioshim.shim.cmdline import daemon_argv, program_path, set_cmdline
 from trioshim.shim.daemon import DaemonConfig, serve_daemon
 from trioshim.shim.flags import (
     USAGE,
@@ -350,6 +353,16 @@ def _fork_daemon(
     try:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
+        # ps, monitoring and leak checks tell a daemon from a `start` helper by its argv: the
+        # shape Go's daemon is exec'd with, no action word.
+        sys.argv = daemon_argv(
+            program_path() or manager.name,
+            namespace=flags.namespace,
+            id=flags.id,
+            address=flags.address,
+            debug=flags.debug,
+        )
+        set_cmdline(sys.argv, exact=True)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
