@@ -29,7 +29,6 @@ RPCs that have points.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.runc.boundary import Handlers
 from trioshim.runc.cgroups import Cgroup, CgroupV2
 from trioshim.runc.container import Container, enable_v2_controllers
 from trioshim.runc.exits import Exits, timestamp
@@ -56,7 +56,6 @@ from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, u
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig
 from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
-from trioshim.shim.identifiers import InvalidRequest, validate_bundle, validate_identifier
 from trioshim.shim.inject import InjectedError, bundle_failpoints, trigger
 from trioshim.shim.plugin import (
     EVENT_PLUGIN,
@@ -83,26 +82,6 @@ TASK_EXEC_STARTED: Final = "/tasks/exec-started"
 TASK_PAUSED: Final = "/tasks/paused"
 TASK_RESUMED: Final = "/tasks/resumed"
 TASK_OOM: Final = "/tasks/oom"
-
-RPCS: Final = (
-    "State",
-    "Create",
-    "Start",
-    "Delete",
-    "Pids",
-    "Pause",
-    "Resume",
-    "Checkpoint",
-    "Kill",
-    "Exec",
-    "ResizePty",
-    "CloseIO",
-    "Update",
-    "Wait",
-    "Stats",
-    "Connect",
-    "Shutdown",
-)
 
 FAILPOINTS: Final = frozenset(
     {"Create", "Create.after", "Start", "Start.after", "Exec", "Exec.after", "Kill", "Delete"}
@@ -174,8 +153,8 @@ class TaskService:
 
     def ttrpc_services(self) -> Iterable[tuple[ServiceDescriptor, object]]:
         return [
-            (task_v2.DESCRIPTOR.services_by_name["Task"], _Handlers(self, task_v2)),
-            (task_v3.DESCRIPTOR.services_by_name["Task"], _Handlers(self, task_v3)),
+            (task_v2.DESCRIPTOR.services_by_name["Task"], Handlers(self, task_v2)),
+            (task_v3.DESCRIPTOR.services_by_name["Task"], Handlers(self, task_v3)),
         ]
 
     # -- helpers ---------------------------------------------------------------------------
@@ -539,44 +518,6 @@ async def _failpoint(failpoints: Failpoints, point: str) -> None:
         await trigger(point, failpoints.evaluate(point))
     except InjectedError as exc:
         raise unknown(exc.message) from exc
-
-
-class _Handlers:
-    """The ttrpc implementation of one API version: every RPC bound to the shared service.
-
-    This is the service's boundary: each request's ids (and Create's bundle) are checked
-    before the service sees it, and a value containerd would never send is InvalidArgument.
-    """
-
-    def __init__(self, service: TaskService, api: ModuleType) -> None:
-        for name in RPCS:
-            setattr(self, name, _checked(service, getattr(service, name), api))
-
-
-def _checked(service: TaskService, rpc: Any, api: ModuleType) -> Any:
-    async def handler(ctx: RequestContext, request: Any) -> Any:
-        try:
-            check_request(request, bundle_dir=service.bundle_dir)
-        except InvalidRequest as exc:
-            raise InvalidArgument(str(exc)) from None
-        return await rpc(api, ctx, request)
-
-    return functools.update_wrapper(handler, rpc)
-
-
-def check_request(request: Any, *, bundle_dir: str | None = None) -> None:
-    """Raise :class:`InvalidRequest` unless every id of ``request`` is a containerd identifier
-    and a Create's bundle is ``<bundle_dir>/<id>``. An empty ``exec_id`` names the init,
-    except in Exec, which adds an exec and so needs one."""
-    fields = request.DESCRIPTOR.fields_by_name
-    container_id: str = request.id
-    validate_identifier(container_id, "container id")
-    if "exec_id" in fields:
-        exec_id: str = request.exec_id
-        if exec_id or isinstance(request, (task_v2.ExecProcessRequest, task_v3.ExecProcessRequest)):
-            validate_identifier(exec_id, "exec id")
-    if "bundle" in fields:
-        validate_bundle(request.bundle, container_id, bundle_dir=bundle_dir)
 
 
 # --- the plugin ---------------------------------------------------------------------------------
