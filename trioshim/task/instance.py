@@ -1,0 +1,147 @@
+"""The instance level: what a backend implements, one object per process.
+
+A :class:`Backend` makes the init process of a container (:meth:`Backend.create`); an
+:class:`Instance` is one process (the init, or an exec made by :meth:`Instance.exec`). The
+required operations are ``start``, ``kill``, ``wait`` and ``delete``; the others are optional:
+an instance without one answers Unimplemented naming the RPC (see :data:`OPTIONAL`).
+
+The kit calls them in an order it guarantees (``trioshim.task.service``): ``start`` at most
+once, and only on a created process; ``wait`` exactly once, after ``start`` succeeded (or
+after a ``kill`` of a process never started); ``delete`` last, never while ``wait`` is pending
+unless the process was never started. Events, Wait, the states and the error codes are the
+kit's job, not the instance's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, runtime_checkable
+
+import trio
+from google.protobuf import any_pb2
+
+from trioshim.shim.reaper import Reaper
+from trioshim.task.stdio import Stdio, StdioSpec, open_stdio
+
+__all__ = [
+    "OPTIONAL",
+    "Backend",
+    "CreateRequest",
+    "ExecRequest",
+    "Exit",
+    "Host",
+    "Instance",
+    "ProcessInfo",
+]
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the shim lends its backends."""
+
+    namespace: str
+    reaper: Reaper
+    """Start every child through it (one reaper per shim process)."""
+    nursery: trio.Nursery
+    """Owned by the task service: tasks an instance starts live here and end at shutdown."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a process ended: ``status`` is its exit code, or 128 + the signal that killed it.
+
+    ``oom``: the process was killed by the OOM killer; the kit publishes TaskOOM before this
+    exit's TaskExit (the hand-off that orders the two)."""
+
+    status: int
+    exited_at_ns: int = field(default_factory=time.time_ns)
+    oom: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One line of Pids."""
+
+    pid: int
+    info: any_pb2.Any | None = None
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A Create, checked (ids, bundle) and decoded."""
+
+    id: str
+    bundle: str
+    stdio: StdioSpec
+    host: Host
+    spec: Mapping[str, Any]
+    """The OCI runtime spec (``<bundle>/config.json``)."""
+    rootfs_mounts: tuple[Any, ...] = ()
+    """containerd's ``rootfs`` mounts (``containerd.types.Mount``), unmounted."""
+    options: any_pb2.Any | None = None
+    checkpoint: str = ""
+
+    async def open_stdio(self) -> Stdio:
+        """Open :attr:`stdio` as containerd asked (the caller owns the result)."""
+        return await open_stdio(
+            self.stdio, reaper=self.host.reaper, container_id=self.id, namespace=self.host.namespace
+        )
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """An Exec, checked and decoded: ``process`` is the OCI process spec it carries."""
+
+    container_id: str
+    exec_id: str
+    stdio: StdioSpec
+    host: Host
+    process: Mapping[str, Any]
+
+    async def open_stdio(self) -> Stdio:
+        """Open :attr:`stdio` as containerd asked (the caller owns the result)."""
+        return await open_stdio(
+            self.stdio,
+            reaper=self.host.reaper,
+            container_id=self.exec_id,
+            namespace=self.host.namespace,
+        )
+
+
+class Instance(Protocol):
+    """One process. Optional operations (:data:`OPTIONAL`) are looked up by name."""
+
+    async def start(self) -> int:
+        """Run it; its pid (the shim's own pid for a workload without a process)."""
+
+    async def kill(self, signal: int, all: bool) -> None:
+        """Deliver ``signal`` (``all``: to every process of the container)."""
+
+    async def wait(self) -> Exit:
+        """Until it has exited; called once by the kit."""
+
+    async def delete(self) -> None:
+        """Release everything it holds; it has exited, or was never started."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Makes containers: the init process of each."""
+
+    async def create(self, request: CreateRequest) -> Instance: ...
+
+
+OPTIONAL: Final = {
+    "Exec": "exec",  # async def exec(request: ExecRequest) -> Instance   (on the init)
+    "Pause": "pause",  # async def pause() -> None                        (on the init)
+    "Resume": "resume",  # async def resume() -> None
+    "Pids": "pids",  # async def pids() -> Sequence[ProcessInfo]
+    "Stats": "stats",  # async def stats() -> any_pb2.Any | None
+    "Update": "update",  # async def update(resources: any_pb2.Any, annotations) -> None
+    "ResizePty": "resize",  # async def resize(width: int, height: int) -> None
+    "CloseIO": "close_stdin",  # async def close_stdin() -> None
+    "Checkpoint": "checkpoint",  # async def checkpoint(path: str, options: Any | None) -> None
+}
+"""RPC -> the optional instance method that serves it."""
