@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 import trio
 import trio.testing
+from google.protobuf import any_pb2
 
 import trioshim.task as task
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
 from trioshim.testing.task import open_task_shim
-from trioshim.ttrpc import FailedPrecondition, NotFound, Unimplemented
+from trioshim.ttrpc import FailedPrecondition, NotFound, Unimplemented, Unknown
 
 
 class Sleeper:
@@ -25,8 +27,6 @@ class Sleeper:
     async def run(self, ctx: task.RunContext) -> int:
         self.contexts.append(ctx)
         ctx.started()
-        import os
-
         os.write(ctx.stdio.stdout, " ".join(ctx.args).encode())
         return 128 + await ctx.signals.receive()
 
@@ -114,3 +114,46 @@ async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.Mock
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
         assert await kit.shim.wait() == 0
+
+
+class Failing:
+    name = "failing"
+
+    async def run(self, ctx: task.RunContext) -> int:
+        if ctx.args[0] == "after":
+            ctx.started()
+        raise RuntimeError("the workload broke")
+
+
+async def test_an_engine_error_fails_start_or_becomes_status_255(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(Failing()) as kit:
+        await kit.create("c1", ["before"])
+        with pytest.raises(Unknown, match="engine failing: the workload broke"):
+            await kit.task.Start(pb.StartRequest(id="c1"))
+        assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 1  # still CREATED
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        assert await kit.run("c2", ["after"]) == 255
+
+
+class ExecSleeper(Sleeper):
+    execs = True
+
+
+async def test_an_engine_with_execs_runs_them_with_their_process_spec(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    engine = ExecSleeper()
+    async with open_task_shim(engine) as kit:
+        await kit.create("c1", ["init"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        spec = any_pb2.Any(value=b'{"args": ["exec", "args"], "cwd": "/work"}')
+        await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=spec))
+        await kit.task.Start(pb.StartRequest(id="c1", exec_id="e1"))
+        ctx = engine.contexts[1]
+        assert (ctx.exec_id, tuple(ctx.args), ctx.cwd) == ("e1", ("exec", "args"), "/work")
+        await kit.task.Kill(pb.KillRequest(id="c1", exec_id="e1", signal=signal.SIGINT))
+        waited = await kit.task.Wait(pb.WaitRequest(id="c1", exec_id="e1"))
+        assert waited.exit_status == 128 + signal.SIGINT
+        assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 2  # init runs on

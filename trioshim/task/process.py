@@ -49,6 +49,8 @@ class Process:
     state: State = State.CREATED
     pid: int = 0
     exit: Exit | None = None
+    watched: bool = False
+    """The kit waits for its exit (started, or killed before Start)."""
     _exited: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
@@ -69,10 +71,12 @@ class Process:
 
     def check_start(self) -> None:
         self._require("start", State.CREATED)
+        if self.watched:
+            raise FailedPreconditionError(f"process {self.name} was killed before it started")
 
     def started(self, pid: int) -> None:
-        self._require("start", State.CREATED)
-        self.state, self.pid = State.RUNNING, pid
+        self.check_start()
+        self.state, self.pid, self.watched = State.RUNNING, pid, True
 
     def check_kill(self) -> None:
         if self.state is State.STOPPED:
@@ -107,6 +111,8 @@ class Process:
 
     def check_delete(self) -> None:
         self._require("delete", State.CREATED, State.STOPPED)
+        if self.state is State.CREATED and self.watched:
+            raise FailedPreconditionError(f"process {self.name} is exiting")
 
     def deleted(self) -> None:
         self.state = State.DELETED

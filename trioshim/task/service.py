@@ -219,9 +219,9 @@ class TaskService:
         process.check_kill()
         never_started = process.state is State.CREATED and process not in self._busy
         await process.instance.kill(req.signal, req.all)
-        if never_started and process.state is State.CREATED:
+        if never_started and not process.watched and process.state is State.CREATED:
             # Killed before Start: the instance exits without running; record that exit.
-            process.state = State.RUNNING
+            process.watched = True
             self.host.nursery.start_soon(self._watch, container, process)
         return empty_pb2.Empty()
 
