@@ -15,7 +15,7 @@ kit's job, not the instance's.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -34,6 +34,15 @@ __all__ = [
     "Host",
     "Instance",
     "ProcessInfo",
+    "SupportsCheckpoint",
+    "SupportsCloseStdin",
+    "SupportsExec",
+    "SupportsPause",
+    "SupportsPids",
+    "SupportsResize",
+    "SupportsResume",
+    "SupportsStats",
+    "SupportsUpdate",
 ]
 
 
@@ -133,15 +142,64 @@ class Backend(Protocol):
     async def create(self, request: CreateRequest) -> Instance: ...
 
 
-OPTIONAL: Final = {
-    "Exec": "exec",  # async def exec(request: ExecRequest) -> Instance   (on the init)
-    "Pause": "pause",  # async def pause() -> None                        (on the init)
-    "Resume": "resume",  # async def resume() -> None
-    "Pids": "pids",  # async def pids() -> Sequence[ProcessInfo]
-    "Stats": "stats",  # async def stats() -> any_pb2.Any | None
-    "Update": "update",  # async def update(resources: any_pb2.Any, annotations) -> None
-    "ResizePty": "resize",  # async def resize(width: int, height: int) -> None
-    "CloseIO": "close_stdin",  # async def close_stdin() -> None
-    "Checkpoint": "checkpoint",  # async def checkpoint(path: str, options: Any | None) -> None
+# The optional operations, one protocol each: the kit serves an RPC when the instance has the
+# method, and mypy checks its signature where an author declares the protocol.
+
+
+@runtime_checkable
+class SupportsExec(Protocol):
+    async def exec(self, request: ExecRequest) -> Instance: ...
+
+
+@runtime_checkable
+class SupportsPause(Protocol):
+    async def pause(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsResume(Protocol):
+    async def resume(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsPids(Protocol):
+    async def pids(self) -> Sequence[ProcessInfo]: ...
+
+
+@runtime_checkable
+class SupportsStats(Protocol):
+    async def stats(self) -> any_pb2.Any | None: ...
+
+
+@runtime_checkable
+class SupportsUpdate(Protocol):
+    async def update(self, resources: any_pb2.Any, annotations: Mapping[str, str]) -> None: ...
+
+
+@runtime_checkable
+class SupportsResize(Protocol):
+    async def resize(self, width: int, height: int) -> None: ...
+
+
+@runtime_checkable
+class SupportsCloseStdin(Protocol):
+    async def close_stdin(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsCheckpoint(Protocol):
+    async def checkpoint(self, path: str, options: any_pb2.Any | None) -> None: ...
+
+
+OPTIONAL: Final[Mapping[str, type]] = {
+    "Exec": SupportsExec,  # on the init
+    "Pause": SupportsPause,  # on the init
+    "Resume": SupportsResume,  # on the init
+    "Pids": SupportsPids,  # on the init
+    "Stats": SupportsStats,  # on the init
+    "Update": SupportsUpdate,  # on the init
+    "ResizePty": SupportsResize,
+    "CloseIO": SupportsCloseStdin,
+    "Checkpoint": SupportsCheckpoint,  # on the init
 }
-"""RPC -> the optional instance method that serves it."""
+"""RPC -> the protocol of the optional instance method that serves it."""

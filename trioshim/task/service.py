@@ -39,7 +39,22 @@ from trioshim.task.errors import (
     UnimplementedError,
 )
 from trioshim.task.events import Publish, TaskEvents, timestamp
-from trioshim.task.instance import OPTIONAL, Backend, CreateRequest, ExecRequest, Exit, Host
+from trioshim.task.instance import (
+    Backend,
+    CreateRequest,
+    ExecRequest,
+    Exit,
+    Host,
+    SupportsCheckpoint,
+    SupportsCloseStdin,
+    SupportsExec,
+    SupportsPause,
+    SupportsPids,
+    SupportsResize,
+    SupportsResume,
+    SupportsStats,
+    SupportsUpdate,
+)
 from trioshim.task.process import Process, State
 from trioshim.task.stdio import StdioSpec, check_supported
 from trioshim.ttrpc.server import RequestContext
@@ -103,12 +118,6 @@ class TaskService:
             raise NotFoundError(f"exec {exec_id} does not exist in container {container_id}")
         return process
 
-    def _optional(self, process: Process, rpc: str) -> Any:
-        method = getattr(process.instance, OPTIONAL[rpc], None)
-        if method is None:
-            raise UnimplementedError(f"{rpc} is not implemented by this shim")
-        return method
-
     def _claim(self, process: Process) -> None:
         if process in self._busy:
             raise FailedPreconditionError(f"another request is already changing {process.name}")
@@ -150,7 +159,9 @@ class TaskService:
         if req.exec_id in container.execs or key in self._reserved:
             raise AlreadyExistsError(f"id {req.exec_id}: already exists")
         container.init.check_running("exec in")
-        add_exec = self._optional(container.init, "Exec")
+        init = container.init.instance
+        if not isinstance(init, SupportsExec):
+            raise _unimplemented("Exec")
         stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
         check_supported(stdio)
         try:
@@ -159,7 +170,7 @@ class TaskService:
             raise InvalidArgumentError(f"exec {req.exec_id}: process spec: {exc}") from None
         self._reserved.add(key)
         try:
-            instance = await add_exec(
+            instance = await init.exec(
                 ExecRequest(req.id, req.exec_id, stdio, self.host, process_spec)
             )
             container.execs[req.exec_id] = Process(req.id, req.exec_id, instance, stdio)
@@ -276,8 +287,10 @@ class TaskService:
         )
 
     async def Pids(self, ctx: RequestContext, req: pb.PidsRequest) -> pb.PidsResponse:
-        pids = self._optional(self.container(req.id).init, "Pids")
-        infos = await pids()
+        init = self.container(req.id).init.instance
+        if not isinstance(init, SupportsPids):
+            raise _unimplemented("Pids")
+        infos = await init.pids()
         return pb.PidsResponse(
             processes=[
                 task_types.ProcessInfo(pid=i.pid, info=i.info)
@@ -288,7 +301,10 @@ class TaskService:
         )
 
     async def Stats(self, ctx: RequestContext, req: pb.StatsRequest) -> pb.StatsResponse:
-        stats = await self._optional(self.container(req.id).init, "Stats")()
+        instance = self.container(req.id).init.instance
+        if not isinstance(instance, SupportsStats):
+            raise _unimplemented("Stats")
+        stats = await instance.stats()
         return pb.StatsResponse(stats=stats) if stats is not None else pb.StatsResponse()
 
     async def Connect(self, ctx: RequestContext, req: pb.ConnectRequest) -> pb.ConnectResponse:
@@ -301,52 +317,71 @@ class TaskService:
 
     async def Pause(self, ctx: RequestContext, req: pb.PauseRequest) -> empty_pb2.Empty:
         init = self.container(req.id).init
-        pause = self._optional(init, "Pause")
+        instance = init.instance
+        if not isinstance(instance, SupportsPause):
+            raise _unimplemented("Pause")
         init.check_pause()
-        await pause()
+        await instance.pause()
         init.paused()
         self.events.paused(req.id)
         return empty_pb2.Empty()
 
     async def Resume(self, ctx: RequestContext, req: pb.ResumeRequest) -> empty_pb2.Empty:
         init = self.container(req.id).init
-        resume = self._optional(init, "Resume")
+        instance = init.instance
+        if not isinstance(instance, SupportsResume):
+            raise _unimplemented("Resume")
         init.check_resume()
-        await resume()
+        await instance.resume()
         init.resumed()
         self.events.resumed(req.id)
         return empty_pb2.Empty()
 
     async def Update(self, ctx: RequestContext, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
         init = self.container(req.id).init
-        update = self._optional(init, "Update")
+        instance = init.instance
+        if not isinstance(instance, SupportsUpdate):
+            raise _unimplemented("Update")
         init.check_running("update")
-        await update(req.resources, dict(req.annotations))
+        await instance.update(req.resources, dict(req.annotations))
         return empty_pb2.Empty()
 
     async def ResizePty(self, ctx: RequestContext, req: pb.ResizePtyRequest) -> empty_pb2.Empty:
         process = self.process(req.id, req.exec_id)
-        await self._optional(process, "ResizePty")(req.width, req.height)
+        instance = process.instance
+        if not isinstance(instance, SupportsResize):
+            raise _unimplemented("ResizePty")
+        await instance.resize(req.width, req.height)
         return empty_pb2.Empty()
 
     async def CloseIO(self, ctx: RequestContext, req: pb.CloseIORequest) -> empty_pb2.Empty:
         process = self.process(req.id, req.exec_id)
         if req.stdin:
-            await self._optional(process, "CloseIO")()
+            instance = process.instance
+            if not isinstance(instance, SupportsCloseStdin):
+                raise _unimplemented("CloseIO")
+            await instance.close_stdin()
         return empty_pb2.Empty()
 
     async def Checkpoint(
         self, ctx: RequestContext, req: pb.CheckpointTaskRequest
     ) -> empty_pb2.Empty:
         init = self.container(req.id).init
-        checkpoint = self._optional(init, "Checkpoint")
-        await checkpoint(req.path, req.options if req.HasField("options") else None)
+        instance = init.instance
+        if not isinstance(instance, SupportsCheckpoint):
+            raise _unimplemented("Checkpoint")
+        await instance.checkpoint(req.path, req.options if req.HasField("options") else None)
         return empty_pb2.Empty()
 
     async def Shutdown(self, ctx: RequestContext, req: pb.ShutdownRequest) -> empty_pb2.Empty:
         if not self.containers and not self._reserved:
             self._shutdown("no task left")
         return empty_pb2.Empty()
+
+
+def _unimplemented(rpc: str) -> UnimplementedError:
+    """An optional operation (:data:`~trioshim.task.instance.OPTIONAL`) the backend lacks."""
+    return UnimplementedError(f"{rpc} is not implemented by this shim")
 
 
 async def _read_spec(bundle: str) -> dict[str, Any]:
