@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import E2E, EventLog, wait_for
+from tests.e2e.helpers import E2E, CtrTerminal, EventLog, wait_for
 from tests.support.containerd import PrivateContainerd
 from tests.task.readme_shim import readme_shim_source
 
@@ -80,3 +80,16 @@ def test_instance_example_runs_an_exec_and_is_killed(env: E2E, launchers: dict[s
     r = env.ctr("task", "exec", "--exec-id", "e1", cid, "/bin/sh", "-c", "echo in-exec; exit 3")
     assert (r.returncode, r.stdout) == (3, "in-exec\n"), r.stderr
     assert env.kill_and_delete(cid) == 137  # SIGKILL reached the host process
+
+
+def test_engine_example_on_a_terminal(env: E2E, launchers: dict[str, str]) -> None:
+    """`ctr run -t`: the process is on a terminal and its output arrives. (Its size is not
+    checked here: ctr sends ResizePty only after Start, so the process may run before it;
+    tests/task/test_terminal.py checks the resize in order.)"""
+    env.runtime = launchers["engine"]
+    cid = env.new_id("tty")
+    script = "test -t 0 && test -t 1 && echo on-a-tty; exit 4"
+    argv = env.run_argv(cid, "/bin/sh", "-c", script, opts=("--rm", "-t"))
+    with CtrTerminal(env.containerd, *argv) as tty:
+        tty.expect(rb"on-a-tty\r*\n")
+        assert tty.wait() == 4

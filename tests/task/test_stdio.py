@@ -92,9 +92,12 @@ async def test_binary_logger_gets_fd3_and_fd4_and_is_stopped(tmp_path: Path) -> 
 
 async def test_what_is_not_served_is_refused_before_opening(tmp_path: Path) -> None:
     async with open_reaper() as reaper:
-        with pytest.raises(UnimplementedError, match="terminal"):
+        with pytest.raises(UnimplementedError, match="terminal with file://"):
             await open_stdio(
-                StdioSpec(terminal=True), reaper=reaper, container_id="c", namespace="n"
+                StdioSpec(stdout="file:///tmp/x", terminal=True),
+                reaper=reaper,
+                container_id="c",
+                namespace="n",
             )
         with pytest.raises(InvalidArgumentError, match="unknown STDIO scheme ftp"):
             await open_stdio(

@@ -194,6 +194,9 @@ class EngineInstance:
     async def close_stdin(self) -> None:
         self.ctx.stdio.close_stdin()
 
+    async def resize(self, width: int, height: int) -> None:
+        self.ctx.stdio.resize(width, height)
+
     async def exec(self, request: ExecRequest) -> Instance:
         if not getattr(self.engine, "execs", False):
             raise UnimplementedError(f"Exec is not implemented by engine {self.engine.name}")

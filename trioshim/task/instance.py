@@ -95,7 +95,11 @@ class CreateRequest:
     async def open_stdio(self) -> Stdio:
         """Open :attr:`stdio` as containerd asked (the caller owns the result)."""
         return await open_stdio(
-            self.stdio, reaper=self.host.reaper, container_id=self.id, namespace=self.host.namespace
+            self.stdio,
+            reaper=self.host.reaper,
+            container_id=self.id,
+            namespace=self.host.namespace,
+            nursery=self.host.nursery,
         )
 
 
@@ -116,6 +120,7 @@ class ExecRequest:
             reaper=self.host.reaper,
             container_id=self.exec_id,
             namespace=self.host.namespace,
+            nursery=self.host.nursery,
         )
 
 

@@ -16,8 +16,9 @@ workload (a child process, a wasm runtime) gets :attr:`Stdio.stdin`, :attr:`Stdi
 - :class:`FileStdio` (``file:///abs/path``): stdout and stderr appended to one file (parents
   created 0755, the file 0644).
 - :class:`BinaryStdio` (``binary:///abs/logger?k=v``): the logger (in ``binary.py``).
-- a terminal: :class:`UnimplementedError` for now (a pty and its copy are runc-specific code
-  today).
+- a terminal (with FIFOs): a pseudo-terminal, copied to and from the FIFOs
+  (:class:`~trioshim.task.terminal.TerminalStdio`); with ``file://`` or ``binary://``,
+  :class:`UnimplementedError` for now.
 
 The FIFO and file rules are those of :mod:`trioshim.runc.stdio`, which copies through pipes
 instead; the two should later share these classes (runc keeps its copy for the io uid/gid and
@@ -33,7 +34,14 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from trioshim.task.errors import InvalidArgumentError, TaskError, UnimplementedError
+import trio
+
+from trioshim.task.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    TaskError,
+    UnimplementedError,
+)
 
 if TYPE_CHECKING:
     from trioshim.shim.reaper import Reaper
@@ -84,6 +92,10 @@ class Stdio:
     stderr: int
     _owned: list[int] = field(default_factory=list, repr=False)
     _stdin_keeper: int | None = field(default=None, repr=False)
+
+    def resize(self, width: int, height: int) -> None:
+        """ResizePty: only a terminal has a size."""
+        raise FailedPreconditionError("the process has no terminal to resize")
 
     def close_stdin(self) -> None:
         """CloseIO: drop the stdin keeper; end of file once every client writer is gone too."""
@@ -209,18 +221,30 @@ def _close_now(io: Stdio) -> None:
 
 def check_supported(spec: StdioSpec) -> None:
     """Refuse, before anything is opened, what no mode here serves."""
-    if spec.terminal:
-        raise UnimplementedError("a terminal (tty) is not supported by the task kit yet")
     kind = scheme(spec.stdout) if spec.stdout else "fifo"
     if kind not in ("fifo", "file", "binary"):
         raise InvalidArgumentError(f"unknown STDIO scheme {kind}")
+    if spec.terminal and kind != "fifo":
+        raise UnimplementedError(f"a terminal with {kind}:// stdout is not supported")
 
 
 async def open_stdio(
-    spec: StdioSpec, *, reaper: Reaper, container_id: str, namespace: str
+    spec: StdioSpec,
+    *,
+    reaper: Reaper,
+    container_id: str,
+    namespace: str,
+    nursery: trio.Nursery | None = None,
 ) -> Stdio:
-    """Open ``spec`` in the mode its ``stdout`` selects (see the module's docstring)."""
+    """Open ``spec`` in the mode its ``stdout`` selects (see the module's docstring).
+    ``nursery`` runs a terminal's copiers (required for a terminal)."""
     check_supported(spec)
+    if spec.terminal:
+        from trioshim.task.terminal import TerminalStdio  # it builds on this module
+
+        if nursery is None:
+            raise ValueError("a terminal needs a nursery for its copiers")
+        return TerminalStdio.open(spec, nursery=nursery)
     if spec.is_null:
         return NullStdio.open(spec)
     kind = scheme(spec.stdout) if spec.stdout else "fifo"
