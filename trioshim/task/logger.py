@@ -23,7 +23,7 @@ from typing import Final
 import trio
 
 from trioshim.shim.reaper import DEVNULL, Child, Reaper
-from trioshim.task.stdio import Stdio, StdioError, _absolute_path, _close_now
+from trioshim.task.stdio import Stdio, StdioError, absolute_path, close_all
 
 __all__ = ["LOGGER_TERM_TIMEOUT", "BinaryStdio", "logger_argv"]
 
@@ -34,7 +34,7 @@ LOGGER_TERM_TIMEOUT: Final = 12.0
 
 def logger_argv(uri: str) -> list[str]:
     """``binary://`` URI -> argv: the path, then each query key followed by its first value."""
-    argv = [_absolute_path(uri)]
+    argv = [absolute_path(uri)]
     seen: set[str] = set()
     for key, value in urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query, True):
         if key not in seen:
@@ -56,9 +56,9 @@ class BinaryStdio(Stdio):
         argv = logger_argv(stdout_uri)
         io = cls(-1, -1, -1)
         try:
-            io.stdin = io._own(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-            out_r, io.stdout = (io._own(fd) for fd in os.pipe2(os.O_CLOEXEC))
-            err_r, io.stderr = (io._own(fd) for fd in os.pipe2(os.O_CLOEXEC))
+            io.stdin = io.own(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            out_r, io.stdout = (io.own(fd) for fd in os.pipe2(os.O_CLOEXEC))
+            err_r, io.stderr = (io.own(fd) for fd in os.pipe2(os.O_CLOEXEC))
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
             try:
                 io.logger = reaper.spawn(
@@ -75,12 +75,11 @@ class BinaryStdio(Stdio):
             finally:
                 os.close(ready_w)
             for fd in (out_r, err_r):  # only the logger reads them
-                io._owned.remove(fd)
-                os.close(fd)
+                io.close_one(fd)
             async with trio.lowlevel.FdStream(ready_r) as ready:
                 await ready.receive_some(1)  # a byte, or end of file: ready either way
         except BaseException:
-            _close_now(io)
+            close_all(io)
             if io.logger is not None:
                 with trio.CancelScope(shield=True):
                     await _stop(io.logger)

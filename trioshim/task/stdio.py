@@ -93,6 +93,11 @@ class Stdio:
     _owned: list[int] = field(default_factory=list, repr=False)
     _stdin_keeper: int | None = field(default=None, repr=False)
 
+    def close_one(self, fd: int) -> None:
+        """Close one owned descriptor now."""
+        self._owned.remove(fd)
+        os.close(fd)
+
     def resize(self, width: int, height: int) -> None:
         """ResizePty: only a terminal has a size."""
         raise FailedPreconditionError("the process has no terminal to resize")
@@ -110,31 +115,36 @@ class Stdio:
         for fd in owned:
             os.close(fd)
 
-    def _own(self, fd: int) -> int:
+    def own(self, fd: int) -> int:
+        """Take ``fd`` into this object's care (closed by :meth:`aclose`); returns it."""
         self._owned.append(fd)
         return fd
 
 
-def _devnull(io: Stdio) -> int:
-    return io._own(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+def open_devnull(io: Stdio) -> int:
+    """``/dev/null``, owned by ``io``."""
+    return io.own(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
 
 
 def _os_error(what: str, path: str, exc: OSError) -> StdioError:
     return StdioError(f"open {what} {path}: {exc.strerror or exc}")
 
 
-def _open_output(io: Stdio, path: str, what: str) -> int:
+def open_output(io: Stdio, path: str, what: str) -> int:
+    """An output path, owned by ``io``: a FIFO read-write (never waits for a reader), another
+    file for appending (never created)."""
     try:
         if stat.S_ISFIFO(os.stat(path).st_mode):
-            return io._own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-        return io._own(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+            return io.own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        return io.own(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
     except OSError as exc:
         raise _os_error(what, path, exc) from None
 
 
-def _open_stdin(io: Stdio, path: str) -> int:
+def open_stdin(io: Stdio, path: str) -> int:
+    """The stdin FIFO's read end (blocking), owned by ``io``, with its keeper writer."""
     try:
-        reader = io._own(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        reader = io.own(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         if stat.S_ISFIFO(os.fstat(reader).st_mode):
             io._stdin_keeper = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -151,9 +161,9 @@ class NullStdio:
     def open(spec: StdioSpec) -> Stdio:
         io = Stdio(-1, -1, -1)
         try:
-            null = _devnull(io)
+            null = open_devnull(io)
         except BaseException:
-            _close_now(io)
+            close_all(io)
             raise
         io.stdin = io.stdout = io.stderr = null
         return io
@@ -166,15 +176,15 @@ class FifoStdio:
     def open(spec: StdioSpec) -> Stdio:
         io = Stdio(-1, -1, -1)
         try:
-            io.stdin = _open_stdin(io, spec.stdin) if spec.stdin else _devnull(io)
+            io.stdin = open_stdin(io, spec.stdin) if spec.stdin else open_devnull(io)
             io.stdout = (
-                _open_output(io, _path(spec.stdout), "stdout") if spec.stdout else _devnull(io)
+                open_output(io, _path(spec.stdout), "stdout") if spec.stdout else open_devnull(io)
             )
             io.stderr = (
-                _open_output(io, _path(spec.stderr), "stderr") if spec.stderr else _devnull(io)
+                open_output(io, _path(spec.stderr), "stderr") if spec.stderr else open_devnull(io)
             )
         except BaseException:
-            _close_now(io)
+            close_all(io)
             raise
         return io
 
@@ -184,18 +194,18 @@ class FileStdio:
 
     @staticmethod
     def open(spec: StdioSpec) -> Stdio:
-        path = _absolute_path(spec.stdout)
+        path = absolute_path(spec.stdout)
         io = Stdio(-1, -1, -1)
         try:
-            io.stdin = _open_stdin(io, spec.stdin) if spec.stdin else _devnull(io)
+            io.stdin = open_stdin(io, spec.stdin) if spec.stdin else open_devnull(io)
             try:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                io.stdout = io.stderr = io._own(os.open(path, flags, 0o644))
+                io.stdout = io.stderr = io.own(os.open(path, flags, 0o644))
             except OSError as exc:
                 raise _os_error("log file", path, exc) from None
         except BaseException:
-            _close_now(io)
+            close_all(io)
             raise
         return io
 
@@ -204,7 +214,8 @@ def _path(uri: str) -> str:
     return uri.removeprefix("fifo://")
 
 
-def _absolute_path(uri: str) -> str:
+def absolute_path(uri: str) -> str:
+    """The path of a ``file://`` or ``binary://`` URI; InvalidArgument unless absolute."""
     parsed = urllib.parse.urlsplit(uri)
     path = urllib.parse.unquote(parsed.path)
     if parsed.netloc or not os.path.isabs(path):
@@ -212,7 +223,8 @@ def _absolute_path(uri: str) -> str:
     return path
 
 
-def _close_now(io: Stdio) -> None:
+def close_all(io: Stdio) -> None:
+    """Close what ``io`` opened so far (a failed open; synchronous)."""
     io.close_stdin()
     for fd in io._owned:
         os.close(fd)

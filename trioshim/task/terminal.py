@@ -25,7 +25,7 @@ from typing import Final
 
 import trio
 
-from trioshim.task.stdio import Stdio, StdioSpec, _close_now, _devnull, _open_output, _open_stdin
+from trioshim.task.stdio import Stdio, StdioSpec, close_all, open_devnull, open_output, open_stdin
 
 __all__ = ["DRAIN_TIMEOUT", "TerminalStdio"]
 
@@ -44,16 +44,16 @@ class TerminalStdio(Stdio):
     def open(cls, spec: StdioSpec, *, nursery: trio.Nursery) -> TerminalStdio:
         io = cls(-1, -1, -1)
         try:
-            io.master, slave = (io._own(fd) for fd in os.openpty())
+            io.master, slave = (io.own(fd) for fd in os.openpty())
             os.set_inheritable(io.master, False)
             os.set_inheritable(slave, False)
             io.stdin = io.stdout = io.stderr = slave
-            out = _open_output(io, spec.stdout, "stdout") if spec.stdout else _devnull(io)
-            src = _open_stdin(io, spec.stdin) if spec.stdin else None
+            out = open_output(io, spec.stdout, "stdout") if spec.stdout else open_devnull(io)
+            src = open_stdin(io, spec.stdin) if spec.stdin else None
             for fd in (io.master, out, *((src,) if src is not None else ())):
                 os.set_blocking(fd, False)  # ours alone: the workload has the slave
         except BaseException:
-            _close_now(io)
+            close_all(io)
             raise
         nursery.start_soon(io._copy, out, src)
         return io
@@ -77,8 +77,7 @@ class TerminalStdio(Stdio):
     async def aclose(self) -> None:
         if self.master < 0:
             return
-        os.close(self.stdin)  # our slave: the terminal hangs up once the workload's are gone
-        self._owned.remove(self.stdin)
+        self.close_one(self.stdin)  # our slave: hang-up once the workload's are gone too
         with trio.move_on_after(DRAIN_TIMEOUT) as drain:
             drain.shield = True
             await self._hung_up.wait()
