@@ -8,12 +8,14 @@ import signal
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import trio
 import trio.testing
 from google.protobuf import any_pb2
 
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
 from trioshim.testing.task import open_task_shim
+from trioshim.ttrpc import Unknown
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -95,3 +97,14 @@ async def test_host_instance_runs_the_init_and_an_exec(
         "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
         "/tasks/exit", "/tasks/exit", "/tasks/delete",
     ]  # fmt: skip
+
+
+async def test_host_engine_a_missing_program_fails_start_clearly(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(load("host_engine").HostProcess()) as kit:
+        await kit.create("c1", ["/no/such/program"])
+        with pytest.raises(Unknown, match=r"engine host-process: .*No such file"):
+            await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        assert await kit.run("c2", ["/bin/true"]) == 0  # the shim serves on
