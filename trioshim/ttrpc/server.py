@@ -28,6 +28,7 @@ then retried after a growing pause. Other accept errors propagate out of ``serve
 
 from __future__ import annotations
 
+import difflib
 import errno
 import inspect
 import logging
@@ -289,7 +290,25 @@ class _Method:
     streaming: bool
 
 
+def _check_handler_names(descriptor: ServiceDescriptor, implementation: object) -> None:
+    """A handler named like no rpc of the service (``Creat``) would never be called and its
+    rpc would answer Unimplemented: refuse it at registration. Handlers are recognised as Go
+    names them: async methods whose name starts with a capital letter."""
+    rpcs = [method.name for method in descriptor.methods]
+    for name in dir(implementation):
+        if not name[:1].isupper() or name in rpcs:
+            continue
+        if inspect.iscoroutinefunction(getattr(implementation, name, None)):
+            close = difflib.get_close_matches(name, rpcs, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TypeError(
+                f"{type(implementation).__name__}.{name} is not an rpc of "
+                f"{descriptor.full_name}{hint}; its rpcs are {', '.join(rpcs)}"
+            )
+
+
 def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict[str, _Method]:
+    _check_handler_names(descriptor, implementation)
     methods: dict[str, _Method] = {}
     for method in descriptor.methods:
         full_name = f"/{descriptor.full_name}/{method.name}"
@@ -345,7 +364,9 @@ class Server:
         """Serve ``service`` (a protobuf ``ServiceDescriptor``) with ``implementation``.
 
         Each rpc is looked up on ``implementation`` by name; missing ones answer
-        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too.
+        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too. An
+        async method named with a capital letter that is no rpc of ``service`` (a typo such
+        as ``Creat``) is a ``TypeError`` here.
         """
         if service.full_name in self._services:
             raise ValueError(f"service {service.full_name} is already registered")
