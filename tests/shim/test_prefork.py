@@ -100,7 +100,7 @@ def test_prepare_heap_freezes_warms_up_and_forks_cleanly(immortal: str) -> None:
         assert result["marker"] < 10
 
 
-def test_a_failed_warm_up_is_reported_and_the_heap_still_frozen() -> None:
+def test_failed_steps_are_reported_and_the_heap_still_frozen() -> None:
     result = _run(
         """
         import gc, json
@@ -109,11 +109,18 @@ def test_a_failed_warm_up_is_reported_and_the_heap_still_frozen() -> None:
         def broken():
             raise OSError("no sockets here")
 
+        def no_stats():
+            raise OSError("no room for the allocator's statistics")
+
         prefork._warm_up = broken
+        prefork.pool_holes = no_stats
         print(json.dumps({"problem": prefork.prepare_heap(), "frozen": gc.get_freeze_count()}))
         """
     )
-    assert result["problem"] == "OSError: no sockets here"
+    assert result["problem"] == (
+        "warm-up: OSError: no sockets here; "
+        "filling pool holes: OSError: no room for the allocator's statistics"
+    )
     assert result["frozen"] > 1000
 
 

@@ -43,6 +43,8 @@ import trio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
@@ -59,25 +61,33 @@ _HOLE_FILLERS: list[list[object]] = []  # alive for good (see _fill_pool_holes)
 
 
 def prepare_heap(manager: Manager | None = None, registry: Registry | None = None) -> str | None:
-    """Warm up, collect, freeze, and make the frozen heap immortal where the interpreter
-    allows it. Call it once, right before the first fork; ``manager`` and ``registry`` (the
-    app's) are for the daemon's dry run, skipped without them. Returns why the warm-up failed
-    (``None`` if it did not): a failed warm-up costs memory, not correctness, so the rest is
-    done anyway."""
-    problem = None
-    try:
+    """Warm up, collect, fill the pool holes, freeze, and make the frozen heap immortal where
+    the interpreter allows it. Call it once, right before the first fork; ``manager`` and
+    ``registry`` (the app's) are for the daemon's dry run, skipped without them. Returns what
+    failed (``None``: nothing did). A failed step costs memory, not correctness, so the other
+    steps are done anyway."""
+    problems: list[str] = []
+    with _noting(problems, "warm-up"):
         _warm_up()
         if manager is not None and registry is not None:
             _daemon_dry_run(manager, registry)
-    except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
     gc.collect()
-    _HOLE_FILLERS.extend(_fill_pool_holes())
+    with _noting(problems, "filling pool holes"):
+        _HOLE_FILLERS.extend(_fill_pool_holes())
     objects = gc.get_objects()  # before freezing: the permanent generation is not listed
     gc.freeze()
     if immortalize_supported() and os.environ.get(ENV_IMMORTALIZE) != "0":
-        immortalize(objects)
-    return problem
+        with _noting(problems, "immortal heap"):
+            immortalize(objects)
+    return "; ".join(problems) or None
+
+
+@contextlib.contextmanager
+def _noting(problems: list[str], step: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        problems.append(f"{step}: {type(exc).__name__}: {exc}")
 
 
 def _warm_up() -> None:
