@@ -11,7 +11,9 @@ Usage::
 
 Handlers are looked up by rpc name on the implementation object, as
 ``async def State(self, ctx: RequestContext, request: StateRequest) -> StateResponse``; an rpc
-the object does not have answers Unimplemented by itself.
+the object does not have answers Unimplemented by itself. A handler that computes its reply
+without waiting can be marked :func:`nonblocking`: it then runs in the connection's reader task,
+which saves starting a task per request (the largest per-request cost of a trivial call).
 
 Resource handling: :meth:`Server.serve` owns its listener (closed when serving stops) and every
 connection accepted from it (closed, forcefully, when the connection ends, whatever happened).
@@ -29,6 +31,7 @@ then retried after a growing pause. Other accept errors propagate out of ``serve
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import logging
 import math
@@ -37,7 +40,7 @@ import socket as _stdlib_socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import trio
 from google.protobuf.descriptor import ServiceDescriptor
@@ -70,6 +73,7 @@ __all__ = [
     "PeerCredentials",
     "RequestContext",
     "Server",
+    "nonblocking",
     "open_unix_listener",
     "peer_credentials",
     "require_root",
@@ -255,16 +259,39 @@ def _request_context(
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
+_NONBLOCKING_ATTR: Final = "__ttrpc_nonblocking__"
+
+
+def nonblocking(handler: _H) -> _H:
+    """Mark a handler that answers without waiting (no await that reaches Trio).
+
+    The server runs it in the connection's reader, in the order the requests were read, instead
+    of in a task of its own. Should it wait after all, it is still served correctly (deadline
+    included), but the connection reads nothing else meanwhile, not even the peer's disconnect,
+    so leave unmarked whatever may block (Wait, anything calling runc). Works through
+    ``functools.partial`` and bound methods.
+    """
+    setattr(handler, _NONBLOCKING_ATTR, True)
+    return handler
+
+
+def _is_nonblocking(handler: object) -> bool:
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return getattr(handler, _NONBLOCKING_ATTR, False) is True
 
 
 @dataclass(frozen=True, slots=True)
 class _Method:
+    service: str
     name: str
     full_name: str
     input_type: type[Message]
     output_type: type[Message]
     handler: Handler | None
     streaming: bool
+    inline: bool
 
 
 def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict[str, _Method]:
@@ -275,12 +302,14 @@ def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict
         if handler is not None and not (callable(handler) and inspect.iscoroutinefunction(handler)):
             raise TypeError(f"{full_name}: {handler!r} is not an async method")
         methods[method.name] = _Method(
+            service=descriptor.full_name,
             name=method.name,
             full_name=full_name,
             input_type=GetMessageClass(method.input_type),
             output_type=GetMessageClass(method.output_type),
             handler=handler,
             streaming=bool(method.client_streaming or method.server_streaming),
+            inline=handler is not None and _is_nonblocking(handler),
         )
     return methods
 
@@ -499,6 +528,9 @@ def _status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> 
 class _Connection:
     """One accepted connection: its reader and its request handlers, in one nursery.
 
+    The requests read in one chunk are handled in the order read: :func:`nonblocking` ones by
+    the reader itself, the others each in a task of the connection's nursery.
+
     Frames are written whole under ``_send_lock`` by whichever task has one to send (the reader
     for protocol rejections, a handler for its reply, the flusher for batched replies). Those
     writes are not shielded: the only thing that cancels a task of the connection is the end of
@@ -526,7 +558,7 @@ class _Connection:
         # their frame here and the last writes them all (or _flusher, if a sibling blocks).
         self._outbox: list[bytes] = []
         self._batch_left: dict[int, int] = {}  # read-chunk number -> replies still to come
-        self._chunk = 0
+        self._chunk = 0  # read-chunk counter
         self._flusher: trio.lowlevel.Task | None = None  # parked, waiting for work
 
     def close(self) -> None:
@@ -554,7 +586,6 @@ class _Connection:
         protocol = self._protocol
         sock = self._sock
         stream = self._stream
-        batch_left = self._batch_left
         while True:
             try:
                 if sock is None:
@@ -568,8 +599,7 @@ class _Connection:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
-            self._chunk += 1
-            chunk = self._chunk
+            requests: list[RequestReceived] = []
             while True:
                 try:
                     event = protocol.next_event()
@@ -577,11 +607,7 @@ class _Connection:
                     log.warning("ttrpc: closing connection: %s", exc)
                     return
                 if type(event) is RequestReceived:
-                    self._in_flight += 1
-                    # The deadline counts from reception; read the clock only when there is one.
-                    received_at = trio.current_time() if event.request.timeout_nano else 0.0
-                    nursery.start_soon(self._handle, event, received_at, chunk)
-                    batch_left[chunk] = batch_left.get(chunk, 0) + 1
+                    requests.append(event)
                 elif isinstance(event, NeedData):
                     break
                 elif isinstance(event, ConnectionClosed):
@@ -592,6 +618,31 @@ class _Connection:
                     )
                     if not await self._write(event.data):
                         return
+            if requests:
+                await self._start_requests(requests, nursery)
+
+    async def _start_requests(self, requests: list[RequestReceived], nursery: trio.Nursery) -> None:
+        """Handle the requests read in one chunk: inline ones here, the others in tasks."""
+        self._in_flight += len(requests)
+        self._chunk += 1
+        chunk = self._chunk
+        self._batch_left[chunk] = len(requests)
+        lookup = self._server._lookup
+        received_at: float | None = None
+        for event in requests:
+            request = event.request
+            # A deadline counts from reception; read the clock only when there is one.
+            timeout_nano = request.timeout_nano
+            deadline = math.inf
+            if timeout_nano:
+                if received_at is None:
+                    received_at = trio.current_time()
+                deadline = received_at + timeout_nano / 1e9
+            found = lookup(request)
+            if type(found) is _Method and found.inline:
+                await self._handle(event, found, deadline, chunk)
+            else:
+                nursery.start_soon(self._handle, event, found, deadline, chunk)
 
     async def _write(self, frame: bytes) -> bool:
         """Write one whole frame; False when the connection broke (it is being closed).
@@ -618,11 +669,17 @@ class _Connection:
             lock.release()
         return True
 
-    async def _handle(self, event: RequestReceived, received_at: float, chunk: int) -> None:
+    async def _handle(
+        self,
+        event: RequestReceived,
+        found: _Method | tuple[int, str],
+        deadline: float,
+        chunk: int,
+    ) -> None:
         stream_id = event.stream_id
         queued = False
         try:
-            reply = await self._dispatch(event.request, stream_id, received_at)
+            reply = await self._dispatch(found, event.request, stream_id, deadline)
             if type(reply) is bytes:
                 frame = self._protocol.send_payload(stream_id, reply)
             else:
@@ -676,10 +733,9 @@ class _Connection:
                 await self._flush()
 
     async def _dispatch(
-        self, request: Request, stream_id: int, received_at: float
+        self, found: _Method | tuple[int, str], request: Request, stream_id: int, deadline: float
     ) -> bytes | Response:
         """The reply to ``request``: the serialized result, or a status Response."""
-        found = self._server._lookup(request)
         if type(found) is not _Method:
             return _status_response(*found)  # type: ignore[misc]
         handler = found.handler
@@ -695,13 +751,9 @@ class _Connection:
                 metadata[kv.key] = [kv.value]
             else:
                 values.append(kv.value)
-        timeout_nano = request.timeout_nano
-        deadline = received_at + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = _request_context(
-            request.service, request.method, metadata, deadline, stream_id, self._peer
-        )
+        ctx = _request_context(found.service, found.name, metadata, deadline, stream_id, self._peer)
         try:
-            if not timeout_nano:
+            if deadline == math.inf:
                 result = await handler(ctx, message)
             else:
                 if deadline <= trio.current_time():
