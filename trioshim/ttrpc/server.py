@@ -38,7 +38,7 @@ import math
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -49,7 +49,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from trioshim.api.ttrpc.request_pb2 import Request, Response
 
-from ._io import receive_some_fd, send_all_fd, stream_socket
+from ._io import receive_some_fd, send_all_fd, stream_socket, write_some_fd
 from .codec import (
     MAX_MESSAGE_SIZE,
     ConnectionClosed,
@@ -216,6 +216,43 @@ class RequestContext:
     def namespace(self) -> str | None:
         """The containerd namespace (first ``containerd-namespace-ttrpc`` value), if sent."""
         return self.get(NAMESPACE_KEY)
+
+
+class _Metadata(Mapping[str, list[str]]):
+    """A request's metadata as ``{key: [values in wire order]}``, decoded on first use.
+
+    Most handlers never look at it, and decoding the protobuf list costs about as much as the
+    rest of a trivial call's dispatch.
+    """
+
+    __slots__ = ("_decoded", "_request")
+
+    def __init__(self, request: Request) -> None:
+        self._request: Request | None = request
+        self._decoded: dict[str, list[str]] | None = None
+
+    def _dict(self) -> dict[str, list[str]]:
+        decoded = self._decoded
+        if decoded is None:
+            assert self._request is not None
+            decoded = {}
+            for kv in self._request.metadata:
+                decoded.setdefault(kv.key, []).append(kv.value)
+            self._decoded = decoded
+            self._request = None
+        return decoded
+
+    def __getitem__(self, key: str) -> list[str]:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 # Built once per request: fill the slots directly instead of through the frozen dataclass
@@ -648,26 +685,39 @@ class _Connection:
         """Write one whole frame; False when the connection broke (it is being closed).
 
         Uncontended (the usual case), the frame goes out in one non-blocking write without
-        a trip through the scheduler; the rest of a partial write, and writers arriving
-        meanwhile, wait for the socket under ``_send_lock``.
+        a trip through the scheduler, or even the lock (nothing can run between the check and
+        the write); the rest of a partial write, and writers arriving meanwhile, wait for the
+        socket under ``_send_lock``.
         """
         lock = self._send_lock
+        sock = self._sock
+        sent = 0
+        try:
+            if sock is not None and not lock.locked():
+                sent = write_some_fd(sock, frame)
+                if sent == len(frame):
+                    return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return self._write_failed(exc)
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._sock is None:
+            if sock is None:
                 await self._stream.send_all(frame)
             else:
-                await send_all_fd(self._sock, frame)
+                await send_all_fd(sock, memoryview(frame)[sent:] if sent else frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("ttrpc: write failed, closing connection: %r", exc)
-            self._scope.cancel()
-            return False
+            return self._write_failed(exc)
         finally:
             lock.release()
         return True
+
+    def _write_failed(self, exc: Exception) -> bool:
+        log.debug("ttrpc: write failed, closing connection: %r", exc)
+        self._scope.cancel()
+        return False
 
     async def _handle(
         self,
@@ -744,13 +794,7 @@ class _Connection:
             message = found.input_type.FromString(request.payload)
         except DecodeError as exc:
             return _status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
-        metadata: dict[str, list[str]] = {}
-        for kv in request.metadata:
-            values = metadata.get(kv.key)
-            if values is None:
-                metadata[kv.key] = [kv.value]
-            else:
-                values.append(kv.value)
+        metadata = _Metadata(request)
         ctx = _request_context(found.service, found.name, metadata, deadline, stream_id, self._peer)
         try:
             if deadline == math.inf:
