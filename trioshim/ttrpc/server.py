@@ -568,11 +568,13 @@ class _Connection:
     The requests read in one chunk are handled in the order read: :func:`nonblocking` ones by
     the reader itself, the others each in a task of the connection's nursery.
 
-    Frames are written whole under ``_send_lock`` by whichever task has one to send (the reader
-    for protocol rejections, a handler for its reply, the flusher for batched replies). Those
-    writes are not shielded: the only thing that cancels a task of the connection is the end of
-    the connection itself, so a frame cut short by cancellation is never followed by another
-    one. A request counts as in flight until its reply is written, batched or not.
+    Frames are written whole by whichever task has one to send (the reader for protocol
+    rejections and inline replies, a handler task for its reply, the flusher for batched
+    replies): at once when nobody holds ``_send_lock`` and the kernel takes it all, else under
+    the lock. Those writes are not shielded: the only thing that cancels a task of the
+    connection is the end of the connection itself, so a frame cut short by cancellation is
+    never followed by another one. A request counts as in flight until its reply is written,
+    batched or not.
     """
 
     def __init__(
@@ -595,7 +597,7 @@ class _Connection:
         # their frame here and the last writes them all (or _flusher, if a sibling blocks).
         self._outbox: list[bytes] = []
         self._batch_left: dict[int, int] = {}  # read-chunk number -> replies still to come
-        self._chunk = 0  # read-chunk counter
+        self._chunk = 0
         self._flusher: trio.lowlevel.Task | None = None  # parked, waiting for work
 
     def close(self) -> None:
