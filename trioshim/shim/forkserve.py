@@ -162,11 +162,13 @@ def serve(
                 if peer_uid != os.getuid():
                     _log(f"refused pid {peer_pid}: uid {peer_uid}")
                     return
+                # Logged before the fork: the worker may finish the helper's action before
+                # this process runs again, and the log must already say who served it.
+                _log(f"worker for pid {peer_pid}")
                 pid = os.fork()
                 if pid == 0:
                     server_fds = (listener.fileno(), lock, *containerd.fds())
                     _worker(conn, server_fds, manager, registry, argv0, shim_run)
-                _log(f"worker {pid} for pid {peer_pid}")
 
         last = time.monotonic()
         while True:
