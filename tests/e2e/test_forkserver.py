@@ -116,7 +116,7 @@ def test_daemons_are_placed_and_named_like_the_go_shims(
                 go.run_detached("/bin/sleep", "1000"),
                 ours.run_detached("/bin/sleep", "1000"),
             )
-            assert re.search(r"worker \d+ for pid", log.read_text())  # ours went through it
+            assert re.search(r"worker for pid \d+", log.read_text())  # ours went through it
             go_shim, our_shim = only_shim(go, go_cid), only_shim(ours, our_cid)
 
             # Placed like Go's daemon (so like containerd), not like the server.
