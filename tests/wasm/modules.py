@@ -83,13 +83,13 @@ HOG: Final = f"""(module
   (import {_WASI} "proc_exit" (func $proc_exit (param i32)))
   (memory (export "memory") 1)
   (func (export "_start") (local $p i32)
-    (if (i32.eq (memory.grow (i32.const 16383)) (i32.const -1))
+    (if (i32.eq (memory.grow (i32.const 4095)) (i32.const -1))
       (then (call $proc_exit (i32.const 3))))
     (local.set $p (i32.const 0))
     (loop $touch
       (i32.store8 (local.get $p) (i32.const 1))
       (local.set $p (i32.add (local.get $p) (i32.const 4096)))
-      (br_if $touch (i32.lt_u (local.get $p) (i32.const 1073741824))))))"""
+      (br_if $touch (i32.lt_u (local.get $p) (i32.const 268435456))))))"""
 
 # no _start: a library ("reactor"), not a command
 NO_START: Final = """(module (memory (export "memory") 1) (func (export "other")))"""

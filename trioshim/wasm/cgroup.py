@@ -72,10 +72,10 @@ def cgroup_path(spec: Mapping[str, Any]) -> str | None:
         parts = raw.split(":")
         if len(parts) != 3:
             raise CgroupError(f"linux.cgroupsPath {raw!r}: want /path or slice:prefix:name")
+        if any("/" in part for part in parts):
+            raise CgroupError(f"linux.cgroupsPath {raw!r}: a systemd name cannot hold a /")
         path = _systemd_path(*parts)
-    if any(part == ".." for part in path.split("/")):
-        raise CgroupError(f"linux.cgroupsPath {raw!r} climbs out of the hierarchy")
-    return path
+    return path  # normalised: ".." stops at the hierarchy's root, as runc's path cleaning does
 
 
 def _systemd_path(slice_: str, prefix: str, name: str) -> str:
@@ -160,18 +160,28 @@ class ContainerCgroup:
         else:
             self._apply_v1(limits)
 
+    def _need(self, name: str) -> str:
+        path = self._file(name)
+        if path is None:
+            controller = name.partition(".")[0]
+            raise CgroupError(
+                f"a {controller} limit is asked for but {name} is not there "
+                f"(is the {controller} controller mounted?)"
+            )
+        return path
+
     def _apply_v1(self, limits: CgroupLimits) -> None:
-        limit = self._file("memory.limit_in_bytes")
-        memsw = self._file("memory.memsw.limit_in_bytes")
-        if limits.memory is not None and limit is not None:
+        if limits.memory is not None:
+            memsw = self._file("memory.memsw.limit_in_bytes")  # absent without swap accounting
             if memsw is not None:
                 _write(memsw, -1)  # memsw >= limit always; lift it first so the limit fits
-            _write(limit, limits.memory)
-        if limits.memory_swap is not None and memsw is not None:
-            _write(memsw, limits.memory_swap)
-        pids = self._file("pids.max")
-        if limits.pids is not None and pids is not None:
-            _write(pids, "max" if limits.pids <= 0 else limits.pids)
+            _write(self._need("memory.limit_in_bytes"), limits.memory)
+        if limits.memory_swap is not None:
+            memsw = self._file("memory.memsw.limit_in_bytes")
+            if memsw is not None:  # no swap accounting: no swap to limit
+                _write(memsw, limits.memory_swap)
+        if limits.pids is not None:
+            _write(self._need("pids.max"), "max" if limits.pids <= 0 else limits.pids)
 
     def _apply_v2(self, limits: CgroupLimits) -> None:
         directory = self.directories[0]

@@ -58,6 +58,9 @@ class WasmProcess:
     """Set once the module is instantiated and its ``_start`` called."""
     failure: str | None = None
     """The trap or load error the child reported, if any."""
+    oom_killed: bool = False
+    """Whether the kernel OOM-killed in the cgroup during the run (v1 ``oom_kill`` count, v2
+    ``memory.events``); known once :meth:`wait` has returned."""
     _diagnostics_done: trio.Event = field(default_factory=trio.Event)
     _oom_kills_before: int = 0
 
@@ -74,13 +77,9 @@ class WasmProcess:
         child is reaped and its diagnostics are read to the end."""
         status = await self.child.wait()
         await self._diagnostics_done.wait()
+        if self.cgroup is not None:  # read now: the cgroup goes once the run is over
+            self.oom_killed = self.cgroup.oom_kills() > self._oom_kills_before
         return status
-
-    @property
-    def oom_killed(self) -> bool:
-        """Whether the kernel OOM-killed in the cgroup since the start (v1 ``oom_kill`` count
-        or v2 ``memory.events``); meaningful after :meth:`wait`."""
-        return self.cgroup is not None and self.cgroup.oom_kills() > self._oom_kills_before
 
     def _record(self, line: bytes) -> None:
         try:
