@@ -30,6 +30,7 @@ class Run:
     env: Sequence[str] = ()
     cwd: str = "/"
     spec: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
 
 
 async def _drain(fd: int, into: bytearray) -> None:
@@ -63,20 +64,40 @@ async def run(
         nursery.start_soon(_drain, out_r, out)
         nursery.start_soon(_drain, err_r, err)
         try:
-            status = await run_module(
-                reaper,
-                spec=job.spec,
-                rootfs=job.rootfs,
-                args=job.args,
-                env=job.env,
-                cwd=job.cwd,
-                stdin=None,
-                stdout=out_w,
-                stderr=err_w,
-                signals=signals,
-                on_start=record,
-            )
+            status = await _run_module(reaper, job, signals, out_w, err_w, record)
         finally:
             os.close(out_w)  # the child's copies went with it: the drains see EOF
             os.close(err_w)
     return Outcome(status, bytes(out), bytes(err), started[0])
+
+
+async def run_detached(
+    reaper: Reaper, job: Run, *, on_start: Callable[[WasmProcess], None] | None = None
+) -> int:
+    """Run ``job`` with no stdio (``/dev/null``) and no signals; for failures before the start."""
+    _, signals = trio.open_memory_channel[int](0)
+    return await _run_module(reaper, job, signals, None, None, on_start)
+
+
+async def _run_module(
+    reaper: Reaper,
+    job: Run,
+    signals: trio.MemoryReceiveChannel[int],
+    stdout: int | None,
+    stderr: int | None,
+    on_start: Callable[[WasmProcess], None] | None,
+) -> int:
+    return await run_module(
+        reaper,
+        spec=job.spec,
+        rootfs=job.rootfs,
+        args=job.args,
+        env=job.env,
+        cwd=job.cwd,
+        stdin=None,
+        stdout=stdout,
+        stderr=stderr,
+        signals=signals,
+        on_start=on_start,
+        cache_dir=job.cache_dir,
+    )

@@ -10,14 +10,13 @@ import pytest
 import trio
 
 from tests.wasm import modules
-from tests.wasm.harness import Run, run
+from tests.wasm.harness import Run, run, run_detached
 from trioshim.shim.reaper import open_reaper
 from trioshim.wasm import (
     LOAD_FAILED_STATUS,
     TRAP_STATUS,
     WasmLaunchError,
     WasmProcess,
-    run_module,
 )
 
 
@@ -167,20 +166,7 @@ async def test_bad_launch_fails_before_anything_runs(
     modules.install(rootfs, "hello.wasm", modules.HELLO)
     (rootfs / "text.wasm").write_text("#!/bin/sh\necho not wasm\n")
     started: list[WasmProcess] = []
-    _, signals = trio.open_memory_channel[int](0)
     async with open_reaper() as reaper:
         with pytest.raises(WasmLaunchError, match=message):
-            await run_module(
-                reaper,
-                spec={},
-                rootfs=str(rootfs),
-                args=args,
-                env=[],
-                cwd=cwd,
-                stdin=None,
-                stdout=None,
-                stderr=None,
-                signals=signals,
-                on_start=started.append,
-            )
+            await run_detached(reaper, Run(str(rootfs), args, cwd=cwd), on_start=started.append)
     assert started == []

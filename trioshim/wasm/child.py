@@ -1,13 +1,14 @@
 """The process a WASI module runs in: ``python -I child.py``, started by the shim's runner.
 
-This file is executed by path, never imported by the shim: it must stay importable with the
-standard library and ``wasmtime`` only (no trio, no trioshim), because every import here is
-paid on each container start.
+The child runs this file by path (the shim imports it only for its constants): it must need
+nothing but the standard library and ``wasmtime`` (no trio, no trioshim), because every import
+here is paid on each container start.
 
 Protocol with the runner (trioshim/wasm/runner.py):
 
 - fd 0/1/2 are the container's stdio, inherited by the module as they are;
-- fd 3 (read) carries one JSON object, the launch request (module, rootfs, args, env, preopens),
+- fd 3 (read) carries one JSON object, the launch request (module, args, env, preopens, and the
+  compiled-module cache directory or null),
   and reaches EOF once the runner has placed this process in the container's cgroup: nothing of
   the module runs (or is even compiled) before that;
 - fd 4 (write) is the diagnostics channel back to the shim: one JSON object per line,
@@ -23,7 +24,9 @@ the process with 143 and SIGKILL with 137, as the kernel reports them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 from typing import Any, BinaryIO, Final
@@ -45,6 +48,32 @@ def _report(diag: BinaryIO, event: str, message: str | None = None) -> None:
         pass  # the runner went away; the exit status still tells the story
 
 
+def _load(wasmtime: Any, engine: Any, path: str, cache: str | None) -> Any:
+    """The compiled module: from the cache when it holds this module, else compiled (and
+    stored, best effort: a full disk costs the next start a compile, nothing more)."""
+    if not cache:
+        return wasmtime.Module.from_file(engine, path)
+    import hashlib
+
+    with open(path, "rb") as f:
+        data = f.read()
+    cached = os.path.join(cache, hashlib.sha256(data).hexdigest() + ".cwasm")
+    try:
+        return wasmtime.Module.deserialize_file(engine, cached)
+    except wasmtime.WasmtimeError:
+        pass  # not cached yet (or unusable): compile
+    module = wasmtime.Module(engine, data)
+    partial = f"{cached}.{os.getpid()}.partial"
+    try:
+        with open(partial, "wb") as f:
+            f.write(module.serialize())
+        os.replace(partial, cached)  # readers see all of it or nothing
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+    return module
+
+
 def _run(request: dict[str, Any], diag: BinaryIO) -> int:
     try:
         import wasmtime
@@ -54,7 +83,7 @@ def _run(request: dict[str, Any], diag: BinaryIO) -> int:
 
     try:
         engine = wasmtime.Engine()
-        module = wasmtime.Module.from_file(engine, request["module"])
+        module = _load(wasmtime, engine, request["module"], request.get("cache"))
         wasi = wasmtime.WasiConfig()
         wasi.argv = request["args"]
         wasi.env = request["env"]

@@ -7,6 +7,7 @@ described by :class:`EngineContext`; the kit's own context type only needs those
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,15 +17,17 @@ from typing import Any, Final, Protocol
 import trio
 
 from trioshim.shim.reaper import Reaper
+from trioshim.wasm.cache import prepare_cache_dir
 from trioshim.wasm.cgroup import DEFAULT_ROOT, CgroupLimits, ContainerCgroup, cgroup_path
 from trioshim.wasm.launch import resolve_launch
 from trioshim.wasm.runner import WasmProcess, forward_signals, open_wasm_process
 
-__all__ = ["ENGINE_NAME", "EngineContext", "WasmEngine", "run_module"]
+__all__ = ["DEFAULT_CACHE_DIR", "ENGINE_NAME", "EngineContext", "WasmEngine", "run_module"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME: Final = "wasm"
+DEFAULT_CACHE_DIR: Final = "/var/cache/trioshim/wasm"
 
 
 class EngineContext(Protocol):
@@ -64,6 +67,7 @@ async def run_module(
     signals: trio.abc.ReceiveChannel[int],
     on_start: Callable[[WasmProcess], None] | None = None,
     cgroup_root: str = DEFAULT_ROOT,
+    cache_dir: str | None = None,
     python: str = sys.executable,
 ) -> int:
     """Run the module of one container to its end and return the exit status.
@@ -73,9 +77,12 @@ async def run_module(
     with the :class:`WasmProcess` as soon as the child exists (its pid is real: State, Pids and
     Stats can use it). Each signal number received on ``signals`` is delivered to the child.
     The container's cgroup, when the spec names one, is made with its limits and removed once
-    the child is reaped. Cancelling the call kills and reaps the child first.
+    the child is reaped. Cancelling the call kills and reaps the child first. ``cache_dir``
+    (None: compile on every start) keeps compiled modules, see :mod:`trioshim.wasm.cache`.
     """
     request = resolve_launch(rootfs, args, env, cwd)
+    if cache_dir is not None:
+        request = dataclasses.replace(request, cache=prepare_cache_dir(cache_dir))
     path = cgroup_path(spec)
     cgroup = (
         ContainerCgroup.create(path, CgroupLimits.from_spec(spec), root=cgroup_root)
@@ -112,6 +119,7 @@ class WasmEngine:
 
     reaper: Reaper
     cgroup_root: str = DEFAULT_ROOT
+    cache_dir: str | None = DEFAULT_CACHE_DIR
     python: str = sys.executable
     name: str = ENGINE_NAME
 
@@ -128,5 +136,6 @@ class WasmEngine:
             stderr=ctx.stderr,
             signals=ctx.signals,
             cgroup_root=self.cgroup_root,
+            cache_dir=self.cache_dir,
             python=self.python,
         )

@@ -31,6 +31,7 @@ class LaunchRequest:
     args: tuple[str, ...]  # argv as the module sees it (args[0] as the spec wrote it)
     env: tuple[tuple[str, str], ...]
     preopens: tuple[tuple[str, str], ...]  # (host directory, guest path)
+    cache: str | None = None  # compiled-module cache directory (see trioshim/wasm/cache.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class LaunchRequest:
             "args": list(self.args),
             "env": [list(pair) for pair in self.env],
             "preopens": [list(pair) for pair in self.preopens],
+            "cache": self.cache,
         }
 
 
