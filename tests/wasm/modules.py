@@ -44,9 +44,11 @@ ARGS_ENV: Final = f"""(module
     (drop (call $env_get (i32.const 1024) (i32.const 8192)))
     (call $dump (i32.const 2) (i32.const 8192))))"""
 
-# creates "written.txt" in the first preopen (fd 3, the rootfs as "/") and writes "from wasm\n";
-# exits with the WASI errno of path_open if that fails
-WRITE_FILE: Final = f"""(module
+
+def write_file(dirfd: int = 3) -> str:
+    """Creates "written.txt" in the preopen at ``dirfd`` (3 is the first: the rootfs as "/") and
+    writes "from wasm\\n"; exits with the WASI errno of path_open if that fails."""
+    return f"""(module
   (import {_WASI} "path_open" (func $path_open
     (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import {_WASI} "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -55,13 +57,16 @@ WRITE_FILE: Final = f"""(module
   (data (i32.const 64) "written.txt")
   (data (i32.const 96) "from wasm\\n")
   (func (export "_start") (local $err i32)
-    ;; dirfd 3, no symlink follow, path at 64 (11 bytes), O_CREAT|O_TRUNC, right fd_write, fd -> 0
-    (local.set $err (call $path_open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 11)
-      (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 0)))
+    ;; dirfd, no symlink follow, path at 64 (11 bytes), O_CREAT|O_TRUNC, right fd_write, fd -> 0
+    (local.set $err (call $path_open (i32.const {dirfd}) (i32.const 0) (i32.const 64)
+      (i32.const 11) (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 0)))
     (if (local.get $err) (then (call $proc_exit (local.get $err))))
     (i32.store (i32.const 8) (i32.const 96))
     (i32.store (i32.const 12) (i32.const 10))
     (drop (call $fd_write (i32.load (i32.const 0)) (i32.const 8) (i32.const 1) (i32.const 16)))))"""
+
+
+WRITE_FILE: Final = write_file()
 
 # never returns (reports "running" first, like every module)
 LOOP: Final = """(module

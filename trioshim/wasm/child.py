@@ -90,8 +90,8 @@ def _run(request: dict[str, Any], diag: BinaryIO) -> int:
         wasi.inherit_stdin()
         wasi.inherit_stdout()
         wasi.inherit_stderr()
-        for host, guest in request["preopens"]:
-            wasi.preopen_dir(host, guest)
+        for host, guest, writable in request["preopens"]:
+            wasi.preopen_dir(host, guest, writable)
         store = wasmtime.Store(engine)
         store.set_wasi(wasi)
         linker = wasmtime.Linker(engine)

@@ -80,7 +80,10 @@ async def run_module(
     the child is reaped. Cancelling the call kills and reaps the child first. ``cache_dir``
     (None: compile on every start) keeps compiled modules, see :mod:`trioshim.wasm.cache`.
     """
-    request = resolve_launch(rootfs, args, env, cwd)
+    root = spec.get("root") or {}
+    request = resolve_launch(
+        rootfs, args, env, cwd, readonly=bool(root.get("readonly")), mounts=spec.get("mounts") or ()
+    )
     if cache_dir is not None:
         request = dataclasses.replace(request, cache=prepare_cache_dir(cache_dir))
     path = cgroup_path(spec)

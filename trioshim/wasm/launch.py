@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,7 +30,7 @@ class LaunchRequest:
     module: str  # host path of the .wasm file
     args: tuple[str, ...]  # argv as the module sees it (args[0] as the spec wrote it)
     env: tuple[tuple[str, str], ...]
-    preopens: tuple[tuple[str, str], ...]  # (host directory, guest path)
+    preopens: tuple[tuple[str, str, bool], ...]  # (host directory, guest path, writable)
     cache: str | None = None  # compiled-module cache directory (see trioshim/wasm/cache.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -87,15 +87,43 @@ def _split_env(env: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _bind_preopens(mounts: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
+    """The spec's directory bind mounts (volumes) as preopens at their destinations.
+
+    Other mounts (proc, tmpfs, ...) mean nothing to a WASI module, and a file bind mount (CRI's
+    /etc/hosts, /etc/resolv.conf) cannot be preopened: WASI preopens directories only.
+    """
+    preopens = []
+    for mount in mounts:
+        options = mount.get("options") or []
+        if mount.get("type") != "bind" and not {"bind", "rbind"} & set(options):
+            continue
+        source, destination = mount.get("source"), mount.get("destination")
+        if not isinstance(source, str) or not isinstance(destination, str):
+            raise WasmLaunchError(f"bind mount without source or destination: {dict(mount)}")
+        if not destination.startswith("/"):
+            raise WasmLaunchError(f"mount destination {destination!r} must be absolute")
+        if os.path.isdir(source):
+            preopens.append((source, posixpath.normpath(destination), "ro" not in options))
+    return preopens
+
+
 def resolve_launch(
-    rootfs: str, args: Sequence[str], env: Sequence[str], cwd: str = "/"
+    rootfs: str,
+    args: Sequence[str],
+    env: Sequence[str],
+    cwd: str = "/",
+    *,
+    readonly: bool = False,
+    mounts: Sequence[Mapping[str, Any]] = (),
 ) -> LaunchRequest:
     """Check the module and directories and build the child's request.
 
-    The rootfs is preopened as ``/``. WASI preview 1 has no working directory of its own, so a
-    ``cwd`` other than ``/`` is also preopened as ``.``: modules that resolve relative paths
-    through a ``.`` preopen (hand-written ones, older wasi-libc) then see it; current wasi-libc
-    starts at ``/`` whatever we do.
+    The rootfs is preopened as ``/`` (read-only with ``readonly``, the spec's ``root.readonly``)
+    and each directory bind mount at its destination. WASI preview 1 has no working directory
+    of its own, so a ``cwd`` other than ``/`` is also preopened as ``.``: modules that resolve
+    relative paths through a ``.`` preopen (hand-written ones, older wasi-libc) then see it;
+    current wasi-libc starts at ``/`` whatever we do.
     """
     if not os.path.isdir(rootfs):
         raise WasmLaunchError(f"rootfs {rootfs!r} is not a directory")
@@ -119,7 +147,7 @@ def resolve_launch(
         raise WasmLaunchError(f"module {args[0]!r}: {exc.strerror} in the rootfs") from exc
     if magic != WASM_MAGIC:
         raise WasmLaunchError(f"module {args[0]!r} is not a WebAssembly binary (bad magic)")
-    preopens = [(os.path.realpath(rootfs), "/")]
+    preopens = [(os.path.realpath(rootfs), "/", not readonly), *_bind_preopens(mounts)]
     if guest_cwd.rstrip("/"):
-        preopens.append((host_cwd, "."))
+        preopens.append((host_cwd, ".", not readonly))
     return LaunchRequest(module, tuple(args), _split_env(env), tuple(preopens))
