@@ -109,3 +109,17 @@ def install(root: Path, name: str, wat: str) -> str:
     """Compile ``wat`` into ``root/name`` and return the guest path (``/name``)."""
     (root / name).write_bytes(wasmtime.wat2wasm(wat))
     return "/" + name
+
+
+# recurses until the stack is exhausted: a trap whose backtrace is as deep as it gets
+RECURSE: Final = """(module
+  (memory (export "memory") 1)
+  (func $down (param i32) (call $down (i32.add (local.get 0) (i32.const 1))))
+  (func (export "_start") (call $down (i32.const 0))))"""
+
+
+def long_import(length: int) -> str:
+    """Imports a function whose name is ``length`` characters: the load error quotes it."""
+    return f"""(module
+  (import "env" "{"x" * length}" (func $missing))
+  (func (export "_start") (call $missing)))"""

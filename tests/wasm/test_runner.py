@@ -18,6 +18,7 @@ from trioshim.wasm import (
     WasmLaunchError,
     WasmProcess,
 )
+from trioshim.wasm.child import MESSAGE_MAX
 
 
 @pytest.fixture
@@ -87,6 +88,27 @@ async def test_a_trap_exits_134_and_its_message_goes_to_the_shim_log(
     assert any(
         "trapped" in r.getMessage() and "unreachable" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_stack_exhaustion_is_a_trap(rootfs: Path) -> None:
+    module = modules.install(rootfs, "recurse.wasm", modules.RECURSE)
+    async with open_reaper() as reaper:
+        outcome = await run(reaper, Run(str(rootfs), [module]))
+    assert outcome.status == TRAP_STATUS
+    assert outcome.process.failure is not None
+    assert "call stack exhausted" in outcome.process.failure
+
+
+async def test_a_huge_error_message_is_cut_not_a_hang(rootfs: Path) -> None:
+    # 99 000 characters (near the longest name wasmtime parses) quoted in the load error: more
+    # than a pipe holds, so the child must cut it or block on a full pipe
+    module = modules.install(rootfs, "long.wasm", modules.long_import(99_000))
+    async with open_reaper() as reaper:
+        outcome = await run(reaper, Run(str(rootfs), [module]))
+    assert outcome.status == LOAD_FAILED_STATUS
+    assert outcome.process.failure is not None
+    assert outcome.process.failure.startswith("cannot load")
+    assert len(outcome.process.failure) == MESSAGE_MAX
 
 
 @pytest.mark.parametrize(

@@ -35,12 +35,15 @@ CONFIG_FD: Final = 3
 DIAGNOSTICS_FD: Final = 4
 TRAP_STATUS: Final = 134  # 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 LOAD_FAILED_STATUS: Final = 126  # the shell's "found but cannot execute"
+MESSAGE_MAX: Final = 8000  # characters of a trap or error message sent to the shim
 
 
 def _report(diag: BinaryIO, event: str, message: str | None = None) -> None:
     record: dict[str, str] = {"event": event}
     if message is not None:
-        record["message"] = message
+        # Bounded so that everything we ever write fits in the pipe (64 KiB; JSON escapes
+        # grow a character to 6 bytes at most): we can never block on a shim not reading.
+        record["message"] = message[:MESSAGE_MAX]
     try:
         diag.write(json.dumps(record).encode() + b"\n")
         diag.flush()

@@ -105,6 +105,7 @@ async def run_module(
             if on_start is not None:
                 on_start(process)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(process.watch)
                 nursery.start_soon(forward_signals, process, signals)
                 status = await process.wait()
                 nursery.cancel_scope.cancel()

@@ -15,7 +15,9 @@ Start-up order, so that a limit is in force before any module code runs:
    pipe (fd 4) and calls ``_start``.
 
 A trap or load failure arrives on the diagnostics pipe; it is logged to the shim's log (never to
-the container's stderr) and kept on :attr:`WasmProcess.failure`.
+the container's stderr) and kept on :attr:`WasmProcess.failure`. The child bounds what it writes
+there to less than a pipe holds, so reading it live (:meth:`WasmProcess.watch`) is optional:
+:meth:`WasmProcess.wait` reads the rest after the exit.
 """
 
 from __future__ import annotations
@@ -44,23 +46,26 @@ log = logging.getLogger(__name__)
 CHILD_PROGRAM: Final = os.path.abspath(child_program.__file__)
 TRAP_STATUS: Final = child_program.TRAP_STATUS
 LOAD_FAILED_STATUS: Final = child_program.LOAD_FAILED_STATUS
-_DIAGNOSTICS_MAX: Final = 64 * 1024  # a trap message with a deep backtrace fits; more is cut
+_DIAGNOSTICS_MAX: Final = 64 * 1024  # the most the child writes (see child.MESSAGE_MAX)
 
 
 @dataclass(eq=False)
 class WasmProcess:
-    """A WASI module running in its child process."""
+    """A WASI module running in its child process (made by :func:`open_wasm_process`)."""
 
     child: Child
     module: str
+    _diagnostics: trio.lowlevel.FdStream = field(repr=False)
     cgroup: ContainerCgroup | None = None
     running: trio.Event = field(default_factory=trio.Event)
-    """Set once the module is instantiated and its ``_start`` called."""
+    """Set once the module is instantiated and its ``_start`` called (live while
+    :meth:`watch` runs, else when :meth:`wait` reads the diagnostics)."""
     failure: str | None = None
     """The trap or load error the child reported, if any."""
     oom_killed: bool = False
     """Whether the kernel OOM-killed in the cgroup during the run (v1 ``oom_kill`` count, v2
     ``memory.events``); known once :meth:`wait` has returned."""
+    _reading: bool = False
     _diagnostics_done: trio.Event = field(default_factory=trio.Event)
     _oom_kills_before: int = 0
 
@@ -72,11 +77,37 @@ class WasmProcess:
         """Deliver ``sig`` to the child (nothing once it has been reaped)."""
         self.child.send_signal(sig)
 
+    async def watch(self) -> None:
+        """Read the child's diagnostics as they come, until it exits; run it in a task to see
+        :attr:`running` live. Without it, :meth:`wait` reads them after the exit (the child
+        never writes more than a pipe holds, so it cannot block on us)."""
+        if self._reading:
+            await self._diagnostics_done.wait()
+            return
+        self._reading = True
+        buffer = b""
+        seen = 0
+        try:
+            while chunk := await self._diagnostics.receive_some(4096):
+                seen += len(chunk)
+                if seen > _DIAGNOSTICS_MAX:
+                    continue  # more than the child ever sends: drain, do not keep
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._record(line)
+            if buffer:
+                self._record(buffer)
+        except trio.ClosedResourceError:
+            pass  # the owner closed it: the run is over
+        finally:
+            self._diagnostics_done.set()
+
     async def wait(self) -> int:
         """The exit status (``proc_exit`` code, 128 + signal, or a trap/load status), once the
         child is reaped and its diagnostics are read to the end."""
         status = await self.child.wait()
-        await self._diagnostics_done.wait()
+        await self.watch()
         if self.cgroup is not None:  # read now: the cgroup goes once the run is over
             self.oom_killed = self.cgroup.oom_kills() > self._oom_kills_before
         return status
@@ -115,7 +146,9 @@ async def open_wasm_process(
     child gets copies, the caller keeps its own. ``cgroup`` (already made, see
     :class:`~trioshim.wasm.cgroup.ContainerCgroup`) is joined before the module runs. Leaving the
     block with the child still running (an error, a cancellation) kills and reaps it; the
-    cgroup stays for its owner to remove.
+    cgroup stays for its owner to remove. No task is started here (so nothing the block raises
+    comes back wrapped in an exception group): run :meth:`WasmProcess.watch` in a task of
+    yours to see :attr:`WasmProcess.running` while the module runs.
     """
     config_read, config_write = os.pipe2(os.O_CLOEXEC)
     diag_read, diag_write = os.pipe2(os.O_CLOEXEC)
@@ -138,48 +171,23 @@ async def open_wasm_process(
     finally:
         for fd in (config_read, diag_write):
             os.close(fd)
-    process = WasmProcess(child, request.module, cgroup)
     config = trio.lowlevel.FdStream(config_write)
-    diagnostics = trio.lowlevel.FdStream(diag_read)
+    process = WasmProcess(child, request.module, trio.lowlevel.FdStream(diag_read), cgroup)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_diagnostics, process, diagnostics)  # ends at the child's exit
-            try:
-                if cgroup is not None:
-                    process._oom_kills_before = cgroup.oom_kills()
-                    cgroup.add(child.pid)
-                with suppress(trio.BrokenResourceError):  # died early: its status says why
-                    await config.send_all(json.dumps(request.to_json()).encode())
-                config.close()  # EOF: the child may go
-                yield process
-            finally:
-                if child.returncode is None:
-                    child.kill()
-                    with trio.CancelScope(shield=True):
-                        await child.wait()
+        if cgroup is not None:
+            process._oom_kills_before = cgroup.oom_kills()
+            cgroup.add(child.pid)
+        with suppress(trio.BrokenResourceError):  # died early: its status says why
+            await config.send_all(json.dumps(request.to_json()).encode())
+        config.close()  # EOF: the child may go
+        yield process
     finally:
         config.close()
-        diagnostics.close()
-
-
-async def _read_diagnostics(process: WasmProcess, stream: trio.lowlevel.FdStream) -> None:
-    buffer = b""
-    seen = 0
-    try:
-        while chunk := await stream.receive_some(4096):
-            seen += len(chunk)
-            if seen > _DIAGNOSTICS_MAX:
-                continue  # keep draining so the child never blocks on a full pipe
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                process._record(line)
-        if buffer:
-            process._record(buffer)
-    except trio.ClosedResourceError:
-        pass
-    finally:
-        process._diagnostics_done.set()
+        if child.returncode is None:
+            child.kill()
+            with trio.CancelScope(shield=True):
+                await child.wait()
+        process._diagnostics.close()
 
 
 async def forward_signals(process: WasmProcess, signals: trio.abc.ReceiveChannel[int]) -> None:
