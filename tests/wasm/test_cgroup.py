@@ -6,8 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
-from trioshim.wasm import CgroupError, CgroupLimits, ContainerCgroup, cgroup_path
+from tests.wasm import modules
+from trioshim.shim.reaper import open_reaper
+from trioshim.wasm import (
+    CgroupError,
+    CgroupLimits,
+    ContainerCgroup,
+    WasmProcess,
+    cgroup_path,
+    run_module,
+)
 
 
 @pytest.mark.parametrize(
@@ -137,3 +147,61 @@ def test_v2_delegates_controllers_and_writes_limits(tmp_path: Path) -> None:
     assert (leaf / "pids.max").read_text() == "max"
     cgroup.add(1234)
     assert (leaf / "cgroup.procs").read_text() == "1234"
+
+
+async def _fail_in_fake_cgroupfs(tmp_path: Path, spec: dict[str, object]) -> tuple[str, list[int]]:
+    """run_module with cgroups under a fake root, expected to raise a CgroupError itself (not
+    an exception group around one); its message and the statuses of the children reaped."""
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    module = modules.install(rootfs, "hello.wasm", modules.HELLO)
+    started: list[WasmProcess] = []
+    reaped: list[int] = []
+    _, signals = trio.open_memory_channel[int](0)
+    async with open_reaper() as reaper:
+        with reaper.subscribe() as exits:
+            with pytest.raises(CgroupError) as error:
+                await run_module(
+                    reaper,
+                    spec=spec,
+                    rootfs=str(rootfs),
+                    args=[module],
+                    env=[],
+                    cwd="/",
+                    stdin=None,
+                    stdout=None,
+                    stderr=None,
+                    signals=signals,
+                    on_start=started.append,
+                    cgroup_root=str(tmp_path / "cgroupfs"),
+                )
+            while True:
+                try:
+                    reaped.append(exits.receive_nowait().status)
+                except trio.WouldBlock:
+                    break
+    assert started == []
+    return str(error.value), reaped
+
+
+async def test_a_cgroup_that_cannot_be_made_fails_plainly_before_the_spawn(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cgroupfs").mkdir()
+    root = _fake_v1(tmp_path / "cgroupfs", cpuset=False)
+    spec = {"linux": {"cgroupsPath": "/c1", "resources": {"pids": {"limit": 8}}}}
+    message, reaped = await _fail_in_fake_cgroupfs(tmp_path, spec)
+    assert "pids.max is not there" in message
+    assert reaped == []  # nothing was spawned
+    assert not (root / "memory" / "c1").exists()
+
+
+async def test_a_cgroup_that_cannot_be_joined_fails_plainly_and_the_child_is_killed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cgroupfs").mkdir()
+    root = _fake_v1(tmp_path / "cgroupfs", cpuset=False)
+    (root / "memory" / "c1" / "cgroup.procs").mkdir(parents=True)  # writing it fails: EISDIR
+    message, reaped = await _fail_in_fake_cgroupfs(tmp_path, {"linux": {"cgroupsPath": "/c1"}})
+    assert "cgroup.procs: Is a directory" in message
+    assert reaped == [137]  # spawned, then killed and reaped before the error came out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tests.wasm import modules
 from tests.wasm.harness import Run, run, run_detached
@@ -168,6 +169,21 @@ async def test_cancelling_the_run_kills_and_reaps_the_child(rootfs: Path) -> Non
 
             await run(reaper, Run(str(rootfs), [module]), on_start=on_start)
     assert scope.cancelled_caught
+    assert started[0].child.returncode == 137
+
+
+async def test_a_deadline_on_the_run_kills_and_reaps_in_virtual_time(
+    rootfs: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # An hour of virtual time passes as soon as every task waits (on the looping child): the
+    # deadline is a cancel scope like any RPC's, and leaving it must leave no process behind.
+    module = modules.install(rootfs, "loop.wasm", modules.LOOP)
+    started: list[WasmProcess] = []
+    async with open_reaper() as reaper:
+        with trio.move_on_after(3600) as scope:
+            await run(reaper, Run(str(rootfs), [module]), on_start=started.append)
+    assert scope.cancelled_caught
+    assert trio.current_time() >= 3600
     assert started[0].child.returncode == 137
 
 
