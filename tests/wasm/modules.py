@@ -123,3 +123,29 @@ def long_import(length: int) -> str:
     return f"""(module
   (import "env" "{"x" * length}" (func $missing))
   (func (export "_start") (call $missing)))"""
+
+
+# "abc" (no newline) to stdout, then 16 x 256 KiB of the bytes 0..255 repeated to stderr,
+# then proc_exit(0): output is written through, not buffered until a newline or lost at exit
+BULK_OUTPUT: Final = f"""(module
+  (import {_WASI} "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import {_WASI} "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 8)
+  (data (i32.const 16) "abc")
+  (func (export "_start") (local $i i32)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (local.set $i (i32.const 0))
+    (loop $fill  ;; bytes 65536 .. 65536+262144 hold i mod 256
+      (i32.store8 (i32.add (i32.const 65536) (local.get $i)) (local.get $i))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 262144))))
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const 262144))
+    (local.set $i (i32.const 0))
+    (loop $write
+      (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $write (i32.lt_u (local.get $i) (i32.const 16))))
+    (call $proc_exit (i32.const 0))))"""

@@ -38,6 +38,15 @@ async def test_hello_writes_to_the_containers_stdout(rootfs: Path) -> None:
     assert outcome.process.failure is None
 
 
+async def test_output_is_intact_to_the_last_byte(rootfs: Path) -> None:
+    module = modules.install(rootfs, "bulk.wasm", modules.BULK_OUTPUT)
+    async with open_reaper() as reaper:
+        outcome = await run(reaper, Run(str(rootfs), [module]))
+    assert outcome.status == 0
+    assert outcome.stdout == b"abc"  # no newline, then proc_exit: still all there
+    assert outcome.stderr == bytes(range(256)) * 1024 * 16  # 4 MiB through a 64 KiB pipe
+
+
 async def test_args_and_env_are_passed_through(rootfs: Path) -> None:
     module = modules.install(rootfs, "args.wasm", modules.ARGS_ENV)
     job = Run(str(rootfs), [module, "one", "two words", ""], env=["A=1", "EMPTY=", "B=x=y"])
