@@ -6,17 +6,26 @@ memory limits and Stats behave as they do for any container. See docs/wasm.md.
 """
 
 from trioshim.wasm.cgroup import CgroupLimits, ContainerCgroup, cgroup_path
-from trioshim.wasm.engine import ENGINE_NAME, EngineContext, WasmEngine, run_module
-from trioshim.wasm.errors import CgroupError, WasmError, WasmLaunchError
+from trioshim.wasm.engine import (
+    DEFAULT_CACHE_DIR,
+    ENGINE_NAME,
+    EngineContext,
+    StdioDescriptors,
+    WasmEngine,
+    run_module,
+)
+from trioshim.wasm.errors import CgroupError, WasmError, WasmLaunchError, WasmLoadError
 from trioshim.wasm.launch import LaunchRequest, resolve_in_root, resolve_launch
 from trioshim.wasm.runner import (
     LOAD_FAILED_STATUS,
     TRAP_STATUS,
+    SignalSource,
     WasmProcess,
     open_wasm_process,
 )
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "ENGINE_NAME",
     "LOAD_FAILED_STATUS",
     "TRAP_STATUS",
@@ -25,9 +34,12 @@ __all__ = [
     "ContainerCgroup",
     "EngineContext",
     "LaunchRequest",
+    "SignalSource",
+    "StdioDescriptors",
     "WasmEngine",
     "WasmError",
     "WasmLaunchError",
+    "WasmLoadError",
     "WasmProcess",
     "cgroup_path",
     "open_wasm_process",

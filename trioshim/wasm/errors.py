@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CgroupError", "WasmError", "WasmLaunchError"]
+__all__ = ["CgroupError", "WasmError", "WasmLaunchError", "WasmLoadError"]
 
 
 class WasmError(Exception):
@@ -15,3 +15,8 @@ class WasmLaunchError(WasmError):
 
 class CgroupError(WasmError):
     """The container's cgroup cannot be made, limited or joined."""
+
+
+class WasmLoadError(WasmError):
+    """The module could not be compiled or instantiated (invalid binary, no ``_start``, an
+    import no WASI host provides); raised by the Engine so that Start fails with the reason."""

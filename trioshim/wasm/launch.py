@@ -77,7 +77,9 @@ def resolve_in_root(root: str, path: str) -> str:
     return root + current
 
 
-def _split_env(env: Sequence[str]) -> tuple[tuple[str, str], ...]:
+def _split_env(env: Mapping[str, str] | Sequence[str]) -> tuple[tuple[str, str], ...]:
+    if isinstance(env, Mapping):
+        return tuple((str(name), str(value)) for name, value in env.items())
     pairs = []
     for entry in env:
         name, sep, value = entry.partition("=")
@@ -111,7 +113,7 @@ def _bind_preopens(mounts: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, 
 def resolve_launch(
     rootfs: str,
     args: Sequence[str],
-    env: Sequence[str],
+    env: Mapping[str, str] | Sequence[str],
     cwd: str = "/",
     *,
     readonly: bool = False,

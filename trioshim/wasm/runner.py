@@ -30,7 +30,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -39,7 +39,15 @@ from trioshim.wasm import child as child_program
 from trioshim.wasm.cgroup import ContainerCgroup
 from trioshim.wasm.launch import LaunchRequest
 
-__all__ = ["CHILD_PROGRAM", "LOAD_FAILED_STATUS", "TRAP_STATUS", "WasmProcess", "open_wasm_process"]
+__all__ = [
+    "CHILD_PROGRAM",
+    "LOAD_FAILED_STATUS",
+    "TRAP_STATUS",
+    "SignalSource",
+    "WasmProcess",
+    "forward_signals",
+    "open_wasm_process",
+]
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +198,20 @@ async def open_wasm_process(
         process._diagnostics.close()
 
 
-async def forward_signals(process: WasmProcess, signals: trio.abc.ReceiveChannel[int]) -> None:
-    """Deliver every signal number received to the child until the channel closes."""
-    async for sig in signals:
+class SignalSource(Protocol):
+    """Where Kill requests come from: a ``trio`` receive channel of signal numbers, or the task
+    kit's per-process ``Signals``."""
+
+    async def receive(self) -> int: ...
+
+
+async def forward_signals(process: WasmProcess, signals: SignalSource) -> None:
+    """Deliver every signal number received to the child, until the source ends."""
+    while True:
+        try:
+            sig = await signals.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return
         if sig not in signal.valid_signals():
             log.warning("wasm child %d: ignoring invalid signal %d", process.pid, sig)
             continue
