@@ -77,6 +77,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="ttrpc: alternate the two servers this many times per point (3)",
     )
     p.add_argument(
+        "--ttrpc-client",
+        choices=("trio", "raw"),
+        default="trio",
+        help="ttrpc: our Trio client (default) or the raw pipelined one of bench/ttrpc_raw.py "
+        "(no paced point)",
+    )
+    p.add_argument(
         "--ttrpc-paced-rate",
         type=float,
         default=200.0,

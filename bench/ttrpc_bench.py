@@ -6,9 +6,11 @@
   (bench/ttrpc_server.py).
 
 The client is always ours (``trioshim.ttrpc.open_unix_client``, one connection, calls
-multiplexed on it from `concurrency` tasks), in this process. Besides throughput and latency it
-reports the CPU time each server spent per call (utime+stime of the server process), which does
-not depend on how fast the Python client is.
+multiplexed on it from `concurrency` tasks), in this process; with ``--ttrpc-client raw`` it is
+the raw pipelined client of bench/ttrpc_raw.py instead (pre-encoded frames, a blocking socket),
+which costs so little per call that the server alone sets the pace. Besides throughput and
+latency it reports the CPU time each server spent per call (utime+stime of the server
+process), which does not depend on how fast the client is.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def measure(
     duration: float,
     warmup: float,
     rate: float | None = None,
+    client_kind: str = "trio",
 ) -> Sample:
     """Closed loop (``rate`` None): ``concurrency`` tasks each calling back to back.
     Open loop (``rate`` calls/s): one call started every 1/rate s, at most ``concurrency`` in
@@ -86,6 +89,11 @@ def measure(
     from trioshim.api.containerd.runtime.task.v2 import shim_pb2
     from trioshim.ttrpc import open_unix_client
 
+    if client_kind == "raw":
+        from bench.ttrpc_raw import state_request_body
+
+        body = state_request_body(container_id, namespace)
+        return _measure_raw(address, body, server_pid, concurrency, (warmup, duration))
     request = shim_pb2.StateRequest(id=container_id)
     metadata = [("containerd-namespace-ttrpc", namespace)]
     service = "containerd.task.v2.Task"
@@ -140,6 +148,20 @@ def measure(
 
     elapsed, server_cpu, client_cpu = trio.run(run)
     return Sample([v / 1e6 for v in latencies], elapsed, server_cpu, client_cpu)
+
+
+def _measure_raw(
+    address: str, body: bytes, server_pid: int, concurrency: int, times: tuple[float, float]
+) -> Sample:
+    """:func:`measure` with the raw pipelined client; ``times``: warm-up and measured seconds."""
+    from bench.ttrpc_raw import pipelined_calls
+
+    warmup, duration = times
+    pipelined_calls(address, body, concurrency, seconds=warmup)
+    server0, client0 = _cpu_seconds(server_pid), _self_cpu()
+    res = pipelined_calls(address, body, concurrency, seconds=duration)
+    server_cpu, client_cpu = _cpu_seconds(server_pid) - server0, _self_cpu() - client0
+    return Sample([v / 1e6 for v in res.latencies_ns], res.seconds, server_cpu, client_cpu)
 
 
 @dataclass
@@ -236,7 +258,8 @@ def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
     duration: float = args.ttrpc_seconds
     rounds: int = max(1, args.ttrpc_rounds)
     warmup: float = min(0.3, duration / rounds / 3)
-    paced_rate: float = args.ttrpc_paced_rate
+    client_kind: str = args.ttrpc_client
+    paced_rate: float = args.ttrpc_paced_rate if client_kind == "trio" else 0
     # (label, concurrency, paced rate or None for closed loop)
     levels: list[tuple[str, int, float | None]] = [("c=1", 1, None), ("c=64", 64, None)]
     if paced_rate > 0:
@@ -289,6 +312,7 @@ def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
                                 duration / rounds,
                                 warmup,
                                 level_rate,
+                                client_kind,
                             )
                         )
                     except Exception as exc:
@@ -353,8 +377,9 @@ def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
         result.rows += rows
     result.notes.append(
         "ttrpc: reference = Go runc-v2 shim's server (State on a running container), "
-        "ours = trioshim.ttrpc.Server in its own process; the client is ours in both cases "
-        f"(one connection, {rounds} alternating rounds, {duration:g}s per point). At "
+        "ours = trioshim.ttrpc.Server in its own process; the client is the same in both cases "
+        f"({'the raw pipelined client' if client_kind == 'raw' else 'trioshim.ttrpc'}, "
+        f"one connection, {rounds} alternating rounds, {duration:g}s per point). At "
         "concurrency 64 (closed loop) the latency is queueing behind the client: p50 ~ 64 / "
         "(calls/s); the paced row offers a fixed rate instead (open loop, latency from the "
         "scheduled start)."

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from .helpers import E2E
+import warnings
+from typing import Any
+
+from .helpers import E2E, REFERENCE
+
+
+def topics_of(e2e: E2E, evs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The topics in order. Under containerd 2.1, containerd-shim-runc-v2's `/tasks/delete`
+    now and then has not arrived by `/containers/delete` (seen in about one run in three: the
+    shim is shut down right after Delete, while its publisher still holds the event). From the
+    reference that is a warning; from ours, a failure."""
+    topics = [t for t, _ in evs]
+    if e2e.runtime == REFERENCE and "/tasks/delete" not in topics:
+        warnings.warn("the reference shim's /tasks/delete came late or not at all", stacklevel=2)
+        topics.insert(topics.index("/containers/delete"), "/tasks/delete")
+    return topics
 
 
 def test_events_of_a_run(e2e: E2E) -> None:
@@ -14,8 +29,7 @@ def test_events_of_a_run(e2e: E2E) -> None:
         evs = events.wait_topic(cid, "/containers/delete")
     finally:
         events.close()
-    topics = [t for t, _ in evs]
-    assert topics == [
+    assert topics_of(e2e, evs) == [
         "/containers/create",
         "/tasks/create",
         "/tasks/start",
@@ -29,9 +43,10 @@ def test_events_of_a_run(e2e: E2E) -> None:
     assert by_topic["/tasks/start"]["pid"] == pid
     exit_ = by_topic["/tasks/exit"]
     assert (exit_["id"], exit_["pid"], exit_.get("exit_status", 0)) == (cid, pid, 3)
-    delete = by_topic["/tasks/delete"]
-    assert (delete["pid"], delete.get("exit_status", 0)) == (pid, 3)
-    assert delete["exited_at"] == exit_["exited_at"]
+    if "/tasks/delete" in by_topic:
+        delete = by_topic["/tasks/delete"]
+        assert (delete["pid"], delete.get("exit_status", 0)) == (pid, 3)
+        assert delete["exited_at"] == exit_["exited_at"]
     assert by_topic["/tasks/create"]["bundle"] == str(e2e.containerd.bundle(cid))
 
 
@@ -47,8 +62,7 @@ def test_events_of_exec_pause_kill(e2e: E2E) -> None:
         evs = events.wait_topic(cid, "/containers/delete")
     finally:
         events.close()
-    topics = [t for t, _ in evs]
-    assert topics == [
+    assert topics_of(e2e, evs) == [
         "/containers/create",
         "/tasks/create",
         "/tasks/start",

@@ -466,9 +466,19 @@ async def test_over_ttrpc_v2_and_v3(harness: Harness) -> None:
             with pytest.raises(TTRPCError) as info:
                 await v2.Wait(api.WaitRequest(id="w1"), timeout=0.2)
             assert info.value.code == Code.DEADLINE_EXCEEDED
-            await v2.Start(api.StartRequest(id="w1"))
-            waited = await v3.Wait(api3.WaitRequest(id="w1"))
-            assert waited.exit_status == 5
+            # State (nonblocking: answered by the connection's reader) while a Wait is pending.
+            waited: list[Any] = []
+
+            async def wait_exit() -> None:
+                waited.append(await v3.Wait(api3.WaitRequest(id="w1")))
+
+            async with trio.open_nursery() as waits:
+                waits.start_soon(wait_exit)
+                await trio.testing.wait_all_tasks_blocked()
+                state = await v2.State(api.StateRequest(id="w1"))
+                assert state.status == task_types.CREATED and not waited
+                await v2.Start(api.StartRequest(id="w1"))
+            assert waited[0].exit_status == 5
             state = await v2.State(api.StateRequest(id="w1"))
             assert (state.status, state.exit_status) == (task_types.STOPPED, 5)
             deleted = await v3.Delete(api3.DeleteRequest(id="w1"))

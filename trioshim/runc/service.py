@@ -67,7 +67,7 @@ from trioshim.shim.plugin import (
 )
 from trioshim.shim.reaper import Reaper
 from trioshim.ttrpc.errors import AlreadyExists, InvalidArgument, NotFound, TTRPCError
-from trioshim.ttrpc.server import RequestContext
+from trioshim.ttrpc.server import RequestContext, nonblocking
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,7 @@ class TaskService:
             process.resize(request.width, request.height)
         return EMPTY
 
+    @nonblocking
     async def State(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         process = container.process(request.exec_id)
@@ -498,6 +499,7 @@ class TaskService:
             raise NotFound("cgroup does not exist")
         return api.StatsResponse(stats=cgroup.metrics())
 
+    @nonblocking
     async def Connect(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.containers.get(request.id)
         return api.ConnectResponse(

@@ -119,9 +119,8 @@ def serve(
     """Run a fork server for ``app`` on ``path`` until its containerd (``containerd_pidfd``,
     else ``containerd_pid`` polled; 0: none) exits, it is idle or SIGTERM; returns the status
     (0 too when another server already owns ``path``)."""
-    import gc
-
     from trioshim.shim.main import run as shim_run
+    from trioshim.shim.prefork import prepare_heap
 
     if idle_timeout is None:
         idle_timeout = float(os.environ.get(ENV_IDLE) or IDLE_TIMEOUT)
@@ -151,8 +150,9 @@ def serve(
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        gc.collect()
-        gc.freeze()
+        problem = prepare_heap(manager, registry)  # see prefork.py
+        if problem:
+            _log(f"heap preparation incomplete (daemons will take more memory): {problem}")
         _log(f"serving {app} on {path} for containerd {containerd_pid}")
 
         def fork_worker(conn: socket.socket) -> None:
@@ -162,11 +162,13 @@ def serve(
                 if peer_uid != os.getuid():
                     _log(f"refused pid {peer_pid}: uid {peer_uid}")
                     return
+                # Logged before the fork: the worker may finish the helper's action before
+                # this process runs again, and the log must already say who served it.
+                _log(f"worker for pid {peer_pid}")
                 pid = os.fork()
                 if pid == 0:
                     server_fds = (listener.fileno(), lock, *containerd.fds())
                     _worker(conn, server_fds, manager, registry, argv0, shim_run)
-                _log(f"worker {pid} for pid {peer_pid}")
 
         last = time.monotonic()
         while True:

@@ -8,6 +8,8 @@
 - :func:`open_shim`: a shim daemon (``Manager`` + plugin ``Registry``) running inside the
   current Trio run, served on a temporary socket, wired to a fake containerd, with its log and
   its shutdown stages recorded. Works on ``trio.testing.MockClock``.
+- :func:`open_task_shim` (:mod:`trioshim.testing.task`): the same for a task-kit shim (an
+  engine or an instance backend), with shortcuts (``run`` = ``ctr run --rm``, ``events``).
 
 Example::
 
@@ -56,6 +58,7 @@ __all__ = [
     "connect_task",
     "open_fake_containerd",
     "open_shim",
+    "open_task_shim",
     "unpack_event",
 ]
 
@@ -369,3 +372,12 @@ async def _maybe_containerd(fake: FakeContainerd | None) -> AsyncIterator[FakeCo
         return
     async with open_fake_containerd() as own:
         yield own
+
+
+def __getattr__(name: str) -> Any:
+    # trioshim.testing.task builds on this module: imported when first asked for.
+    if name in ("open_task_shim", "TaskShim"):
+        from trioshim.testing import task
+
+        return getattr(task, name)
+    raise AttributeError(f"module 'trioshim.testing' has no attribute {name!r}")

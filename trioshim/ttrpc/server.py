@@ -11,7 +11,9 @@ Usage::
 
 Handlers are looked up by rpc name on the implementation object, as
 ``async def State(self, ctx: RequestContext, request: StateRequest) -> StateResponse``; an rpc
-the object does not have answers Unimplemented by itself.
+the object does not have answers Unimplemented by itself. A handler that computes its reply
+without waiting can be marked :func:`nonblocking`: it then runs in the connection's reader task,
+which saves starting a task per request (the largest per-request cost of a trivial call).
 
 Resource handling: :meth:`Server.serve` owns its listener (closed when serving stops) and every
 connection accepted from it (closed, forcefully, when the connection ends, whatever happened).
@@ -28,16 +30,18 @@ then retried after a growing pause. Other accept errors propagate out of ``serve
 
 from __future__ import annotations
 
+import difflib
 import errno
+import functools
 import inspect
 import logging
 import math
 import os
 import socket as _stdlib_socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import trio
 from google.protobuf.descriptor import ServiceDescriptor
@@ -46,7 +50,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from trioshim.api.ttrpc.request_pb2 import Request, Response
 
-from ._io import receive_some_fd, send_all_fd, stream_socket
+from ._io import receive_some_fd, send_all_fd, stream_socket, write_some_fd
 from .codec import (
     MAX_MESSAGE_SIZE,
     ConnectionClosed,
@@ -71,6 +75,7 @@ __all__ = [
     "RequestContext",
     "Server",
     "listen_backlog",
+    "nonblocking",
     "open_unix_listener",
     "peer_credentials",
     "require_root",
@@ -236,6 +241,43 @@ class RequestContext:
         return self.get(NAMESPACE_KEY)
 
 
+class _Metadata(Mapping[str, list[str]]):
+    """A request's metadata as ``{key: [values in wire order]}``, decoded on first use.
+
+    Most handlers never look at it, and decoding the protobuf list costs about as much as the
+    rest of a trivial call's dispatch.
+    """
+
+    __slots__ = ("_decoded", "_request")
+
+    def __init__(self, request: Request) -> None:
+        self._request: Request | None = request
+        self._decoded: dict[str, list[str]] | None = None
+
+    def _dict(self) -> dict[str, list[str]]:
+        decoded = self._decoded
+        if decoded is None:
+            assert self._request is not None
+            decoded = {}
+            for kv in self._request.metadata:
+                decoded.setdefault(kv.key, []).append(kv.value)
+            self._decoded = decoded
+            self._request = None
+        return decoded
+
+    def __getitem__(self, key: str) -> list[str]:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+
 # Built once per request: fill the slots directly instead of through the frozen dataclass
 # __init__ (one object.__setattr__ per field). The same object as RequestContext(...).
 _new_context = object.__new__
@@ -277,19 +319,60 @@ def _request_context(
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
+_NONBLOCKING_ATTR: Final = "__ttrpc_nonblocking__"
+
+
+def nonblocking(handler: _H) -> _H:
+    """Mark a handler that answers without waiting (no await that reaches Trio).
+
+    The server runs it in the connection's reader, in the order the requests were read, instead
+    of in a task of its own. Should it wait after all, it is still served correctly (deadline
+    included), but the connection reads nothing else meanwhile, not even the peer's disconnect,
+    so leave unmarked whatever may block (Wait, anything calling runc). Works through
+    ``functools.partial`` and bound methods.
+    """
+    setattr(handler, _NONBLOCKING_ATTR, True)
+    return handler
+
+
+def _is_nonblocking(handler: object) -> bool:
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return getattr(handler, _NONBLOCKING_ATTR, False) is True
 
 
 @dataclass(frozen=True, slots=True)
 class _Method:
+    service: str
     name: str
     full_name: str
     input_type: type[Message]
     output_type: type[Message]
     handler: Handler | None
     streaming: bool
+    inline: bool
+
+
+def _check_handler_names(descriptor: ServiceDescriptor, implementation: object) -> None:
+    """A handler named like no rpc of the service (``Creat``) would never be called and its
+    rpc would answer Unimplemented: refuse it at registration. Handlers are recognised as Go
+    names them: async methods whose name starts with a capital letter."""
+    rpcs = [method.name for method in descriptor.methods]
+    for name in dir(implementation):
+        if not name[:1].isupper() or name in rpcs:
+            continue
+        if inspect.iscoroutinefunction(getattr(implementation, name, None)):
+            close = difflib.get_close_matches(name, rpcs, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TypeError(
+                f"{type(implementation).__name__}.{name} is not an rpc of "
+                f"{descriptor.full_name}{hint}; its rpcs are {', '.join(rpcs)}"
+            )
 
 
 def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict[str, _Method]:
+    _check_handler_names(descriptor, implementation)
     methods: dict[str, _Method] = {}
     for method in descriptor.methods:
         full_name = f"/{descriptor.full_name}/{method.name}"
@@ -297,12 +380,14 @@ def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict
         if handler is not None and not (callable(handler) and inspect.iscoroutinefunction(handler)):
             raise TypeError(f"{full_name}: {handler!r} is not an async method")
         methods[method.name] = _Method(
+            service=descriptor.full_name,
             name=method.name,
             full_name=full_name,
             input_type=GetMessageClass(method.input_type),
             output_type=GetMessageClass(method.output_type),
             handler=handler,
             streaming=bool(method.client_streaming or method.server_streaming),
+            inline=handler is not None and _is_nonblocking(handler),
         )
     return methods
 
@@ -345,7 +430,9 @@ class Server:
         """Serve ``service`` (a protobuf ``ServiceDescriptor``) with ``implementation``.
 
         Each rpc is looked up on ``implementation`` by name; missing ones answer
-        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too.
+        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too. An
+        async method named with a capital letter that is no rpc of ``service`` (a typo such
+        as ``Creat``) is a ``TypeError`` here.
         """
         if service.full_name in self._services:
             raise ValueError(f"service {service.full_name} is already registered")
@@ -521,11 +608,16 @@ def _status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> 
 class _Connection:
     """One accepted connection: its reader and its request handlers, in one nursery.
 
-    Frames are written whole under ``_send_lock`` by whichever task has one to send (the reader
-    for protocol rejections, a handler for its reply, the flusher for batched replies). Those
-    writes are not shielded: the only thing that cancels a task of the connection is the end of
-    the connection itself, so a frame cut short by cancellation is never followed by another
-    one. A request counts as in flight until its reply is written, batched or not.
+    The requests read in one chunk are handled in the order read: :func:`nonblocking` ones by
+    the reader itself, the others each in a task of the connection's nursery.
+
+    Frames are written whole by whichever task has one to send (the reader for protocol
+    rejections and inline replies, a handler task for its reply, the flusher for batched
+    replies): at once when nobody holds ``_send_lock`` and the kernel takes it all, else under
+    the lock. Those writes are not shielded: the only thing that cancels a task of the
+    connection is the end of the connection itself, so a frame cut short by cancellation is
+    never followed by another one. A request counts as in flight until its reply is written,
+    batched or not.
     """
 
     def __init__(
@@ -576,7 +668,6 @@ class _Connection:
         protocol = self._protocol
         sock = self._sock
         stream = self._stream
-        batch_left = self._batch_left
         while True:
             try:
                 if sock is None:
@@ -590,8 +681,7 @@ class _Connection:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
-            self._chunk += 1
-            chunk = self._chunk
+            requests: list[RequestReceived] = []
             while True:
                 try:
                     event = protocol.next_event()
@@ -599,11 +689,7 @@ class _Connection:
                     log.warning("ttrpc: closing connection: %s", exc)
                     return
                 if type(event) is RequestReceived:
-                    self._in_flight += 1
-                    # The deadline counts from reception; read the clock only when there is one.
-                    received_at = trio.current_time() if event.request.timeout_nano else 0.0
-                    nursery.start_soon(self._handle, event, received_at, chunk)
-                    batch_left[chunk] = batch_left.get(chunk, 0) + 1
+                    requests.append(event)
                 elif isinstance(event, NeedData):
                     break
                 elif isinstance(event, ConnectionClosed):
@@ -614,37 +700,81 @@ class _Connection:
                     )
                     if not await self._write(event.data):
                         return
+            if requests:
+                await self._start_requests(requests, nursery)
+
+    async def _start_requests(self, requests: list[RequestReceived], nursery: trio.Nursery) -> None:
+        """Handle the requests read in one chunk: inline ones here, the others in tasks."""
+        self._in_flight += len(requests)
+        self._chunk += 1
+        chunk = self._chunk
+        self._batch_left[chunk] = len(requests)
+        lookup = self._server._lookup
+        received_at: float | None = None
+        for event in requests:
+            request = event.request
+            # A deadline counts from reception; read the clock only when there is one.
+            timeout_nano = request.timeout_nano
+            deadline = math.inf
+            if timeout_nano:
+                if received_at is None:
+                    received_at = trio.current_time()
+                deadline = received_at + timeout_nano / 1e9
+            found = lookup(request)
+            if type(found) is _Method and found.inline:
+                await self._handle(event, found, deadline, chunk)
+            else:
+                nursery.start_soon(self._handle, event, found, deadline, chunk)
 
     async def _write(self, frame: bytes) -> bool:
         """Write one whole frame; False when the connection broke (it is being closed).
 
         Uncontended (the usual case), the frame goes out in one non-blocking write without
-        a trip through the scheduler; the rest of a partial write, and writers arriving
-        meanwhile, wait for the socket under ``_send_lock``.
+        a trip through the scheduler, or even the lock (nothing can run between the check and
+        the write); the rest of a partial write, and writers arriving meanwhile, wait for the
+        socket under ``_send_lock``.
         """
         lock = self._send_lock
+        sock = self._sock
+        sent = 0
+        try:
+            if sock is not None and not lock.locked():
+                sent = write_some_fd(sock, frame)
+                if sent == len(frame):
+                    return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return self._write_failed(exc)
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._sock is None:
+            if sock is None:
                 await self._stream.send_all(frame)
             else:
-                await send_all_fd(self._sock, frame)
+                await send_all_fd(sock, memoryview(frame)[sent:] if sent else frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("ttrpc: write failed, closing connection: %r", exc)
-            self._scope.cancel()
-            return False
+            return self._write_failed(exc)
         finally:
             lock.release()
         return True
 
-    async def _handle(self, event: RequestReceived, received_at: float, chunk: int) -> None:
+    def _write_failed(self, exc: Exception) -> bool:
+        log.debug("ttrpc: write failed, closing connection: %r", exc)
+        self._scope.cancel()
+        return False
+
+    async def _handle(
+        self,
+        event: RequestReceived,
+        found: _Method | tuple[int, str],
+        deadline: float,
+        chunk: int,
+    ) -> None:
         stream_id = event.stream_id
         queued = False
         try:
-            reply = await self._dispatch(event.request, stream_id, received_at)
+            reply = await self._dispatch(found, event.request, stream_id, deadline)
             if type(reply) is bytes:
                 frame = self._protocol.send_payload(stream_id, reply)
             else:
@@ -698,10 +828,9 @@ class _Connection:
                 await self._flush()
 
     async def _dispatch(
-        self, request: Request, stream_id: int, received_at: float
+        self, found: _Method | tuple[int, str], request: Request, stream_id: int, deadline: float
     ) -> bytes | Response:
         """The reply to ``request``: the serialized result, or a status Response."""
-        found = self._server._lookup(request)
         if type(found) is not _Method:
             return _status_response(*found)  # type: ignore[misc]
         handler = found.handler
@@ -710,20 +839,10 @@ class _Connection:
             message = found.input_type.FromString(request.payload)
         except DecodeError as exc:
             return _status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
-        metadata: dict[str, list[str]] = {}
-        for kv in request.metadata:
-            values = metadata.get(kv.key)
-            if values is None:
-                metadata[kv.key] = [kv.value]
-            else:
-                values.append(kv.value)
-        timeout_nano = request.timeout_nano
-        deadline = received_at + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = _request_context(
-            request.service, request.method, metadata, deadline, stream_id, self._peer
-        )
+        metadata = _Metadata(request)
+        ctx = _request_context(found.service, found.name, metadata, deadline, stream_id, self._peer)
         try:
-            if not timeout_nano:
+            if deadline == math.inf:
                 result = await handler(ctx, message)
             else:
                 if deadline <= trio.current_time():

@@ -1,0 +1,159 @@
+"""The kit over an in-process engine, on MockClock: events, Wait, states, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+import trio.testing
+from google.protobuf import any_pb2
+
+import trioshim.task as task
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
+from trioshim.testing.task import open_task_shim
+from trioshim.ttrpc import FailedPrecondition, NotFound, Unimplemented, Unknown
+
+
+class Sleeper:
+    """Runs until a signal arrives; exits 128 + that signal. Writes its args to stdout."""
+
+    name = "sleeper"
+
+    def __init__(self) -> None:
+        self.contexts: list[task.RunContext] = []
+
+    async def run(self, ctx: task.RunContext) -> int:
+        self.contexts.append(ctx)
+        ctx.started()
+        os.write(ctx.stdio.stdout, " ".join(ctx.args).encode())
+        return 128 + await ctx.signals.receive()
+
+
+class Quick:
+    name = "quick"
+
+    async def run(self, ctx: task.RunContext) -> int:
+        return int(ctx.args[0])
+
+
+async def test_run_returns_the_exit_status_and_events_in_order(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(Quick()) as kit:
+        assert await kit.run("c1", ["7"]) == 7
+        await kit.wait_for_events(4)
+    assert kit.topics("c1") == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    exit_event = kit.events("c1")[2][1]
+    assert exit_event.exit_status == 7  # type: ignore[attr-defined]
+
+
+async def test_every_waiter_is_released_once_by_the_exit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    engine = Sleeper()
+    async with open_task_shim(engine) as kit:
+        await kit.create("c1", ["hello"])
+        statuses: list[int] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait() -> None:
+                statuses.append((await kit.task.Wait(pb.WaitRequest(id="c1"))).exit_status)
+
+            nursery.start_soon(wait)  # before Start
+            started = await kit.task.Start(pb.StartRequest(id="c1"))
+            nursery.start_soon(wait)  # after Start
+            await trio.testing.wait_all_tasks_blocked()
+            assert statuses == []
+            state = await kit.task.State(pb.StateRequest(id="c1"))
+            assert (state.status, state.pid) == (2, started.pid)  # RUNNING
+            await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGTERM))
+        assert statuses == [128 + signal.SIGTERM] * 2
+        # a waiter after the exit gets the same answer at once
+        late = await kit.task.Wait(pb.WaitRequest(id="c1"))
+        assert late.exit_status == 128 + signal.SIGTERM
+        with pytest.raises(NotFound):
+            await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGTERM))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        with pytest.raises(NotFound):
+            await kit.task.State(pb.StateRequest(id="c1"))
+
+
+async def test_the_engine_gets_spec_args_and_rootfs(mock_clock: trio.testing.MockClock) -> None:
+    engine = Sleeper()
+    async with open_task_shim(engine) as kit:
+        await kit.create("c1", ["a", "b"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        ctx = engine.contexts[0]
+        assert (ctx.id, ctx.exec_id, tuple(ctx.args)) == ("c1", None, ("a", "b"))
+        assert ctx.rootfs == f"{kit.bundles}/c1/rootfs"
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+
+
+async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.MockClock) -> None:
+    async with open_task_shim(Sleeper()) as kit:
+        with pytest.raises(NotFound):
+            await kit.task.Start(pb.StartRequest(id="nope"))
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        with pytest.raises(FailedPrecondition):
+            await kit.task.Start(pb.StartRequest(id="c1"))
+        with pytest.raises(FailedPrecondition):
+            await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        with pytest.raises(Unimplemented, match="Pause"):
+            await kit.task.Pause(pb.PauseRequest(id="c1"))
+        with pytest.raises(Unimplemented, match="Exec"):
+            await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1"))
+        # Shutdown is ignored while a task is left
+        await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
+        assert not kit.shim.exited.is_set()
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
+        assert await kit.shim.wait() == 0
+
+
+class Failing:
+    name = "failing"
+
+    async def run(self, ctx: task.RunContext) -> int:
+        if ctx.args[0] == "after":
+            ctx.started()
+        raise RuntimeError("the workload broke")
+
+
+async def test_an_engine_error_fails_start_or_becomes_status_255(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(Failing()) as kit:
+        await kit.create("c1", ["before"])
+        with pytest.raises(Unknown, match="engine failing: the workload broke"):
+            await kit.task.Start(pb.StartRequest(id="c1"))
+        assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 1  # still CREATED
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        assert await kit.run("c2", ["after"]) == 255
+
+
+class ExecSleeper(Sleeper):
+    execs = True
+
+
+async def test_an_engine_with_execs_runs_them_with_their_process_spec(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    engine = ExecSleeper()
+    async with open_task_shim(engine) as kit:
+        await kit.create("c1", ["init"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        spec = any_pb2.Any(value=b'{"args": ["exec", "args"], "cwd": "/work"}')
+        await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=spec))
+        await kit.task.Start(pb.StartRequest(id="c1", exec_id="e1"))
+        ctx = engine.contexts[1]
+        assert (ctx.exec_id, tuple(ctx.args), ctx.cwd) == ("e1", ("exec", "args"), "/work")
+        await kit.task.Kill(pb.KillRequest(id="c1", exec_id="e1", signal=signal.SIGINT))
+        waited = await kit.task.Wait(pb.WaitRequest(id="c1", exec_id="e1"))
+        assert waited.exit_status == 128 + signal.SIGINT
+        assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 2  # init runs on

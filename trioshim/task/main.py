@@ -1,0 +1,80 @@
+"""A shim in one call: ``trioshim.task.main("io.containerd.example.v2", MyEngine())``.
+
+:func:`registration` makes the Task service plugin (over the framework's reaper, event
+publisher and shutdown service); :func:`app` pairs it with a :class:`~trioshim.shim.Manager`
+that announces task API v3 (containerd 2.x) as well as v2; :func:`main` runs the shim's
+actions (``start``, ``delete``, the daemon) as containerd invokes them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final, NoReturn
+
+from trioshim.shim.main import main as shim_main
+from trioshim.shim.manager import Manager
+from trioshim.shim.plugin import (
+    EVENT_PLUGIN,
+    INTERNAL_PLUGIN,
+    REAPER_PLUGIN,
+    TTRPC_PLUGIN,
+    InitContext,
+    Registration,
+    Registry,
+)
+from trioshim.task.boundary import task_services
+from trioshim.task.engine import Engine, EngineBackend
+from trioshim.task.instance import Backend, Host
+from trioshim.task.service import TaskService
+
+__all__ = ["TaskPlugin", "app", "main", "registration"]
+
+PLUGIN_ID: Final = "task"
+
+
+class TaskPlugin:
+    """The plugin instance: the service, and its ttrpc services (v2 and v3)."""
+
+    def __init__(self, service: TaskService, *, bundle_dir: str) -> None:
+        self.service = service
+        self._bundle_dir = bundle_dir
+
+    def ttrpc_services(self) -> list[tuple[object, object]]:
+        return list(task_services(self.service, bundle_dir=self._bundle_dir))
+
+
+def _as_backend(backend: Backend | Engine) -> Backend:
+    return backend if isinstance(backend, Backend) else EngineBackend(backend)
+
+
+def registration(backend: Backend | Engine) -> Registration:
+    """The Task service plugin serving ``backend`` (an engine, or an instance-level backend)."""
+    resolved = _as_backend(backend)
+
+    async def init(ctx: InitContext) -> TaskPlugin:
+        host = Host(namespace=ctx.namespace, reaper=ctx.get(REAPER_PLUGIN), nursery=ctx.nursery)
+        shutdown = ctx.get(INTERNAL_PLUGIN)
+        service = TaskService(
+            resolved,
+            host=host,
+            publish=ctx.get(EVENT_PLUGIN).publish,
+            shutdown=shutdown.shutdown,
+        )
+        # containerd's bundle directory (<state>/<namespace>): every Create's is <it>/<id>.
+        return TaskPlugin(service, bundle_dir=os.path.dirname(ctx.bundle))
+
+    return Registration(
+        TTRPC_PLUGIN, PLUGIN_ID, init, requires=(EVENT_PLUGIN, INTERNAL_PLUGIN, REAPER_PLUGIN)
+    )
+
+
+def app(name: str, backend: Backend | Engine) -> tuple[Manager, Registry]:
+    """The manager and plugin registry of a shim named ``name`` serving ``backend``."""
+    manager = Manager(name)
+    manager.max_task_api = 3
+    return manager, Registry([registration(backend)])
+
+
+def main(name: str, backend: Backend | Engine) -> NoReturn:
+    """Run the shim (the console-script entry): ``start``, ``delete`` or the daemon."""
+    shim_main(*app(name, backend))

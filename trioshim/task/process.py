@@ -1,0 +1,128 @@
+"""One process as the kit tracks it: its state machine, its exit, and its Wait.
+
+States::
+
+    CREATED --start--> RUNNING --exit--> STOPPED --delete--> DELETED
+       |                 ^  |
+       |            resume  pause
+       |                 |  v
+       |                PAUSED --exit--> STOPPED
+       +--exit (killed before start)--> STOPPED
+       +--delete------------------------------------------> DELETED
+
+Each transition checks its starting state and raises :class:`FailedPreconditionError`
+otherwise, so the order of the backend's calls is the kit's guarantee, not the backend's
+burden. The exit is recorded once (:meth:`Process.exited`); :meth:`Process.wait` releases
+every waiter, before or after Start, exactly when the exit is recorded (after its TaskExit
+is queued).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import trio
+
+from trioshim.task.errors import FailedPreconditionError, NotFoundError
+from trioshim.task.instance import Exit, Instance
+from trioshim.task.stdio import StdioSpec
+
+__all__ = ["Process", "State"]
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+@dataclass(eq=False)
+class Process:
+    container_id: str
+    exec_id: str
+    """``""`` for the container's init."""
+    instance: Instance
+    stdio: StdioSpec
+    state: State = State.CREATED
+    pid: int = 0
+    exit: Exit | None = None
+    watched: bool = False
+    """The kit waits for its exit (started, or killed before Start)."""
+    _exited: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    @property
+    def is_init(self) -> bool:
+        return not self.exec_id
+
+    @property
+    def name(self) -> str:
+        return f"{self.container_id}/{self.exec_id}" if self.exec_id else self.container_id
+
+    def _require(self, action: str, *allowed: State) -> None:
+        if self.state is State.DELETED:
+            raise NotFoundError(f"process {self.name} does not exist")
+        if self.state not in allowed:
+            raise FailedPreconditionError(
+                f"cannot {action} a {self.state.value} process {self.name}"
+            )
+
+    def check_start(self) -> None:
+        self._require("start", State.CREATED)
+        if self.watched:
+            raise FailedPreconditionError(f"process {self.name} was killed before it started")
+
+    def started(self, pid: int) -> None:
+        self.check_start()
+        self.state, self.pid, self.watched = State.RUNNING, pid, True
+
+    def check_kill(self) -> None:
+        if self.state is State.STOPPED:
+            raise NotFoundError(f"process {self.name} already finished")
+        self._require("kill", State.CREATED, State.RUNNING, State.PAUSED)
+
+    def check_pause(self) -> None:
+        self._require("pause", State.RUNNING)
+
+    def paused(self) -> None:
+        self._require("pause", State.RUNNING)
+        self.state = State.PAUSED
+
+    def check_resume(self) -> None:
+        self._require("resume", State.PAUSED)
+
+    def resumed(self) -> None:
+        self._require("resume", State.PAUSED)
+        self.state = State.RUNNING
+
+    def check_running(self, action: str) -> None:
+        self._require(action, State.RUNNING, State.PAUSED)
+
+    def exited(self, exit: Exit) -> None:
+        """Record the exit (once) and release every waiter."""
+        if self.exit is not None:
+            raise FailedPreconditionError(f"process {self.name} exited twice")
+        self.exit = exit
+        if self.state is not State.DELETED:
+            self.state = State.STOPPED
+        self._exited.set()
+
+    def check_delete(self) -> None:
+        self._require("delete", State.CREATED, State.STOPPED)
+        if self.state is State.CREATED and self.watched:
+            raise FailedPreconditionError(f"process {self.name} is exiting")
+
+    def deleted(self) -> None:
+        self.state = State.DELETED
+        self._exited.set()  # waiters of a process deleted unstarted are answered NotFound
+
+    async def wait(self) -> Exit:
+        """Until the exit is recorded; NotFound if the process was deleted without one."""
+        if self.state is State.DELETED and self.exit is None:
+            raise NotFoundError(f"process {self.name} does not exist")
+        await self._exited.wait()
+        if self.exit is None:
+            raise NotFoundError(f"process {self.name} was deleted before it exited")
+        return self.exit

@@ -1,0 +1,395 @@
+"""The Task service written once: the 17 RPCs over any :class:`~trioshim.task.instance.Backend`.
+
+What the kit guarantees, whatever the backend:
+
+- per process, events in the order create < start < exit < delete (execs: exec-added <
+  exec-started < exit); the init's TaskExit is its container's last: execs still running when
+  the init exits are SIGKILLed and their exits published first;
+- an :class:`~trioshim.task.instance.Exit` with ``oom`` set publishes TaskOOM just before its
+  TaskExit;
+- Wait is released exactly once per exit, for any number of waiters, whether they came
+  before or after Start, and only once the TaskExit is queued;
+- a process is started at most once, deleted only when created or stopped, and two Starts or
+  Deletes of one process never overlap (FailedPrecondition);
+- errors are domain errors (:mod:`trioshim.task.errors`), turned into ttrpc statuses at the
+  boundary (:mod:`trioshim.task.boundary`), which also checks every id and bundle.
+
+Requests and replies are the ``containerd.task.v2`` messages; the boundary converts v3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from google.protobuf import empty_pb2
+
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
+from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.task.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnimplementedError,
+)
+from trioshim.task.events import Publish, TaskEvents, timestamp
+from trioshim.task.instance import (
+    Backend,
+    CreateRequest,
+    ExecRequest,
+    Exit,
+    Host,
+    SupportsCheckpoint,
+    SupportsCloseStdin,
+    SupportsExec,
+    SupportsPause,
+    SupportsPids,
+    SupportsResize,
+    SupportsResume,
+    SupportsStats,
+    SupportsUpdate,
+)
+from trioshim.task.process import Process, State
+from trioshim.task.stdio import StdioSpec, check_supported
+from trioshim.ttrpc.server import RequestContext
+
+__all__ = ["Container", "TaskService"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    State.CREATED: task_types.CREATED,
+    State.RUNNING: task_types.RUNNING,
+    State.PAUSED: task_types.PAUSED,
+    State.STOPPED: task_types.STOPPED,
+    State.DELETED: task_types.STOPPED,
+}
+_SIGKILL = 9
+_FAILED_WAIT_STATUS = 255
+
+
+@dataclass(eq=False)
+class Container:
+    id: str
+    bundle: str
+    init: Process
+    execs: dict[str, Process] = field(default_factory=dict)
+
+
+class TaskService:
+    """Every container of one shim daemon, served over ``backend``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        host: Host,
+        publish: Publish,
+        shutdown: Callable[[str], None],
+    ) -> None:
+        self.backend = backend
+        self.host = host
+        self.events = TaskEvents(publish)
+        self._shutdown = shutdown
+        self.containers: dict[str, Container] = {}
+        self._reserved: set[tuple[str, str]] = set()  # ids being created or exec'd
+        self._busy: set[Process] = set()  # a Start or Delete in progress
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def container(self, container_id: str) -> Container:
+        container = self.containers.get(container_id)
+        if container is None:
+            raise NotFoundError(f"container {container_id} not created")
+        return container
+
+    def process(self, container_id: str, exec_id: str) -> Process:
+        container = self.container(container_id)
+        if not exec_id:
+            return container.init
+        process = container.execs.get(exec_id)
+        if process is None:
+            raise NotFoundError(f"exec {exec_id} does not exist in container {container_id}")
+        return process
+
+    def _claim(self, process: Process) -> None:
+        if process in self._busy:
+            raise FailedPreconditionError(f"another request is already changing {process.name}")
+        self._busy.add(process)
+
+    # -- creating --------------------------------------------------------------------------
+
+    async def Create(self, ctx: RequestContext, req: pb.CreateTaskRequest) -> pb.CreateTaskResponse:
+        key = (req.id, "")
+        if req.id in self.containers or key in self._reserved:
+            raise AlreadyExistsError(f"container {req.id}: already exists")
+        stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
+        check_supported(stdio)
+        self._reserved.add(key)
+        try:
+            spec = await _read_spec(req.bundle)
+            instance = await self.backend.create(
+                CreateRequest(
+                    id=req.id,
+                    bundle=req.bundle,
+                    stdio=stdio,
+                    host=self.host,
+                    spec=spec,
+                    rootfs_mounts=tuple(req.rootfs),
+                    options=req.options if req.HasField("options") else None,
+                    checkpoint=req.checkpoint,
+                )
+            )
+            init = Process(req.id, "", instance, stdio)
+            self.containers[req.id] = Container(req.id, req.bundle, init)
+        finally:
+            self._reserved.discard(key)
+        self.events.create(req.id, req.bundle, stdio, 0)
+        return pb.CreateTaskResponse()
+
+    async def Exec(self, ctx: RequestContext, req: pb.ExecProcessRequest) -> empty_pb2.Empty:
+        container = self.container(req.id)
+        key = (req.id, req.exec_id)
+        if req.exec_id in container.execs or key in self._reserved:
+            raise AlreadyExistsError(f"id {req.exec_id}: already exists")
+        container.init.check_running("exec in")
+        init = container.init.instance
+        if not isinstance(init, SupportsExec):
+            raise _unimplemented("Exec")
+        stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
+        check_supported(stdio)
+        try:
+            process_spec = json.loads(req.spec.value or b"{}")
+        except ValueError as exc:
+            raise InvalidArgumentError(f"exec {req.exec_id}: process spec: {exc}") from None
+        self._reserved.add(key)
+        try:
+            instance = await init.exec(
+                ExecRequest(req.id, req.exec_id, stdio, self.host, process_spec)
+            )
+            container.execs[req.exec_id] = Process(req.id, req.exec_id, instance, stdio)
+        finally:
+            self._reserved.discard(key)
+        self.events.exec_added(req.id, req.exec_id)
+        return empty_pb2.Empty()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def Start(self, ctx: RequestContext, req: pb.StartRequest) -> pb.StartResponse:
+        container = self.container(req.id)
+        process = self.process(req.id, req.exec_id)
+        process.check_start()
+        if not process.is_init:
+            container.init.check_running("start an exec in")
+        self._claim(process)
+        try:
+            pid = await process.instance.start()
+        finally:
+            self._busy.discard(process)
+        process.started(pid)
+        if process.is_init:
+            self.events.start(req.id, pid)
+        else:
+            self.events.exec_started(req.id, req.exec_id, pid)
+        self.host.nursery.start_soon(self._watch, container, process)
+        return pb.StartResponse(pid=pid)
+
+    async def _watch(self, container: Container, process: Process) -> None:
+        """The one caller of ``instance.wait()``: records the exit, in the guaranteed order."""
+        try:
+            exit = await process.instance.wait()
+        except Exception:
+            log.exception("waiting for %s failed; reporting it as exited", process.name)
+            exit = Exit(_FAILED_WAIT_STATUS)
+        if process.is_init:
+            await self._end_execs(container)
+        if exit.oom:
+            self.events.oom(container.id)
+        self.events.exit(container.id, process.exec_id or container.id, process.pid, exit)
+        process.exited(exit)
+
+    async def _end_execs(self, container: Container) -> None:
+        """The init is gone: its execs go too, and their exits come before the init's."""
+        for exec_process in list(container.execs.values()):
+            if exec_process.state in (State.RUNNING, State.PAUSED):
+                try:
+                    await exec_process.instance.kill(_SIGKILL, False)
+                except Exception:
+                    log.exception("killing exec %s after its init exited", exec_process.name)
+                await exec_process.wait()
+
+    async def Kill(self, ctx: RequestContext, req: pb.KillRequest) -> empty_pb2.Empty:
+        container = self.container(req.id)
+        process = self.process(req.id, req.exec_id)
+        process.check_kill()
+        never_started = process.state is State.CREATED and process not in self._busy
+        await process.instance.kill(req.signal, req.all)
+        if never_started and not process.watched and process.state is State.CREATED:
+            # Killed before Start: the instance exits without running; record that exit.
+            process.watched = True
+            self.host.nursery.start_soon(self._watch, container, process)
+        return empty_pb2.Empty()
+
+    async def Wait(self, ctx: RequestContext, req: pb.WaitRequest) -> pb.WaitResponse:
+        exit = await self.process(req.id, req.exec_id).wait()
+        return pb.WaitResponse(exit_status=exit.status, exited_at=timestamp(exit.exited_at_ns))
+
+    async def Delete(self, ctx: RequestContext, req: pb.DeleteRequest) -> pb.DeleteResponse:
+        container = self.container(req.id)
+        process = self.process(req.id, req.exec_id)
+        process.check_delete()
+        self._claim(process)
+        try:
+            doomed = list(container.execs.values()) if process.is_init else []
+            for exec_process in doomed:
+                exec_process.check_delete()
+            for exec_process in [*doomed, process]:
+                await exec_process.instance.delete()
+                exec_process.deleted()
+        finally:
+            self._busy.discard(process)
+        exit = process.exit
+        if process.is_init:
+            del self.containers[req.id]
+            self.events.delete(req.id, process.pid, exit)
+        else:
+            del container.execs[req.exec_id]
+        return pb.DeleteResponse(
+            pid=process.pid,
+            exit_status=exit.status if exit else 0,
+            exited_at=timestamp(exit.exited_at_ns if exit else None),
+        )
+
+    # -- looking -------------------------------------------------------------------------
+
+    async def State(self, ctx: RequestContext, req: pb.StateRequest) -> pb.StateResponse:
+        container = self.container(req.id)
+        process = self.process(req.id, req.exec_id)
+        exit = process.exit
+        return pb.StateResponse(
+            id=process.exec_id or req.id,
+            bundle=container.bundle,
+            pid=process.pid,
+            status=_STATUS[process.state],
+            stdin=process.stdio.stdin,
+            stdout=process.stdio.stdout,
+            stderr=process.stdio.stderr,
+            terminal=process.stdio.terminal,
+            exit_status=exit.status if exit else 0,
+            exited_at=timestamp(exit.exited_at_ns if exit else None),
+            exec_id=req.exec_id,
+        )
+
+    async def Pids(self, ctx: RequestContext, req: pb.PidsRequest) -> pb.PidsResponse:
+        init = self.container(req.id).init.instance
+        if not isinstance(init, SupportsPids):
+            raise _unimplemented("Pids")
+        infos = await init.pids()
+        return pb.PidsResponse(
+            processes=[
+                task_types.ProcessInfo(pid=i.pid, info=i.info)
+                if i.info
+                else task_types.ProcessInfo(pid=i.pid)
+                for i in infos
+            ]
+        )
+
+    async def Stats(self, ctx: RequestContext, req: pb.StatsRequest) -> pb.StatsResponse:
+        instance = self.container(req.id).init.instance
+        if not isinstance(instance, SupportsStats):
+            raise _unimplemented("Stats")
+        stats = await instance.stats()
+        return pb.StatsResponse(stats=stats) if stats is not None else pb.StatsResponse()
+
+    async def Connect(self, ctx: RequestContext, req: pb.ConnectRequest) -> pb.ConnectResponse:
+        container = self.containers.get(req.id)
+        return pb.ConnectResponse(
+            shim_pid=os.getpid(), task_pid=container.init.pid if container else 0
+        )
+
+    # -- changing ------------------------------------------------------------------------
+
+    async def Pause(self, ctx: RequestContext, req: pb.PauseRequest) -> empty_pb2.Empty:
+        init = self.container(req.id).init
+        instance = init.instance
+        if not isinstance(instance, SupportsPause):
+            raise _unimplemented("Pause")
+        init.check_pause()
+        await instance.pause()
+        init.paused()
+        self.events.paused(req.id)
+        return empty_pb2.Empty()
+
+    async def Resume(self, ctx: RequestContext, req: pb.ResumeRequest) -> empty_pb2.Empty:
+        init = self.container(req.id).init
+        instance = init.instance
+        if not isinstance(instance, SupportsResume):
+            raise _unimplemented("Resume")
+        init.check_resume()
+        await instance.resume()
+        init.resumed()
+        self.events.resumed(req.id)
+        return empty_pb2.Empty()
+
+    async def Update(self, ctx: RequestContext, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
+        init = self.container(req.id).init
+        instance = init.instance
+        if not isinstance(instance, SupportsUpdate):
+            raise _unimplemented("Update")
+        init.check_running("update")
+        await instance.update(req.resources, dict(req.annotations))
+        return empty_pb2.Empty()
+
+    async def ResizePty(self, ctx: RequestContext, req: pb.ResizePtyRequest) -> empty_pb2.Empty:
+        process = self.process(req.id, req.exec_id)
+        instance = process.instance
+        if not isinstance(instance, SupportsResize):
+            raise _unimplemented("ResizePty")
+        await instance.resize(req.width, req.height)
+        return empty_pb2.Empty()
+
+    async def CloseIO(self, ctx: RequestContext, req: pb.CloseIORequest) -> empty_pb2.Empty:
+        process = self.process(req.id, req.exec_id)
+        if req.stdin:
+            instance = process.instance
+            if not isinstance(instance, SupportsCloseStdin):
+                raise _unimplemented("CloseIO")
+            await instance.close_stdin()
+        return empty_pb2.Empty()
+
+    async def Checkpoint(
+        self, ctx: RequestContext, req: pb.CheckpointTaskRequest
+    ) -> empty_pb2.Empty:
+        init = self.container(req.id).init
+        instance = init.instance
+        if not isinstance(instance, SupportsCheckpoint):
+            raise _unimplemented("Checkpoint")
+        await instance.checkpoint(req.path, req.options if req.HasField("options") else None)
+        return empty_pb2.Empty()
+
+    async def Shutdown(self, ctx: RequestContext, req: pb.ShutdownRequest) -> empty_pb2.Empty:
+        if not self.containers and not self._reserved:
+            self._shutdown("no task left")
+        return empty_pb2.Empty()
+
+
+def _unimplemented(rpc: str) -> UnimplementedError:
+    """An optional operation (:data:`~trioshim.task.instance.OPTIONAL`) the backend lacks."""
+    return UnimplementedError(f"{rpc} is not implemented by this shim")
+
+
+async def _read_spec(bundle: str) -> dict[str, Any]:
+    path = trio.Path(bundle, "config.json")
+    try:
+        spec = json.loads(await path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"read OCI spec {path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InvalidArgumentError(f"read OCI spec {path}: not a JSON object")
+    return spec
