@@ -1,0 +1,125 @@
+"""A WASI child in a real cgroup of this host: placement, limits, Stats, an OOM kill, removal.
+
+These make cgroups under /sys/fs/cgroup (root needed), each with a name of its own so that
+nothing is shared with containerd's or another test's.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.wasm import modules
+from tests.wasm.harness import Run, run
+from trioshim.runc.cgroups import load_cgroup
+from trioshim.shim.reaper import open_reaper
+from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmProcess
+from trioshim.wasm.cgroup import DEFAULT_ROOT
+
+MIB = 1 << 20
+
+# Like the other tests that need root for one thing (tests/runc/test_oom.py), not e2e: no
+# containerd is involved. scripts/test and CI run as root, so they always run there.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make cgroups")
+
+
+@pytest.fixture
+def cgroup_name() -> Iterator[str]:
+    name = f"/trioshim-wasm-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    leftovers = [p for p in Path(DEFAULT_ROOT).glob(f"*/{name.lstrip('/')}") if p.is_dir()]
+    for path in leftovers:
+        path.rmdir()
+    assert leftovers == [], "the runner left its cgroup behind"
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    return root
+
+
+def _spec(path: str, memory: int | None = None, pids: int | None = None) -> dict[str, object]:
+    resources: dict[str, object] = {}
+    if memory is not None:
+        resources["memory"] = {"limit": memory}
+    if pids is not None:
+        resources["pids"] = {"limit": pids}
+    return {"linux": {"cgroupsPath": path, "resources": resources}}
+
+
+def _cgroup_lines(pid: int) -> dict[str, str]:
+    """controller -> path from /proc/<pid>/cgroup (v2: the "" entry)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") or [""]:
+            out[controller] = path
+    return out
+
+
+def test_limits_are_written_to_the_real_hierarchy(cgroup_name: str) -> None:
+    cgroup = ContainerCgroup.create(cgroup_name, CgroupLimits(memory=48 * MIB, pids=16))
+    try:
+        if cgroup.unified:
+            directory = Path(cgroup.directories[0])
+            assert (directory / "memory.max").read_text().strip() == str(48 * MIB)
+            assert (directory / "pids.max").read_text().strip() == "16"
+        else:
+            memory = Path(DEFAULT_ROOT, "memory", cgroup_name.lstrip("/"))
+            pids = Path(DEFAULT_ROOT, "pids", cgroup_name.lstrip("/"))
+            assert (memory / "memory.limit_in_bytes").read_text().strip() == str(48 * MIB)
+            assert (pids / "pids.max").read_text().strip() == "16"
+    finally:
+        cgroup.remove()
+
+
+async def test_the_child_runs_in_the_container_cgroup_and_stats_can_read_it(
+    rootfs: Path, cgroup_name: str
+) -> None:
+    module = modules.install(rootfs, "loop.wasm", modules.LOOP)
+    send, receive = trio.open_memory_channel[int](1)
+    seen: dict[str, object] = {}
+
+    async def inspect_then_kill(process: WasmProcess) -> None:
+        await process.running.wait()  # the module runs: it joined the cgroup before that
+        seen["cgroups"] = _cgroup_lines(process.pid)
+        found = load_cgroup(process.pid)  # what a Stats RPC reads (trioshim.runc.cgroups)
+        assert found is not None
+        seen["metrics_type"] = found.metrics().type_url
+        await send.send(9)
+
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        outcome = await run(
+            reaper,
+            Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=256 * MIB)),
+            signals=receive,
+            on_start=lambda process: nursery.start_soon(inspect_then_kill, process),
+        )
+    assert outcome.status == 137
+    cgroups = seen["cgroups"]
+    assert isinstance(cgroups, dict)
+    assert cgroups.get("memory", cgroups.get("")) == cgroup_name
+    assert str(seen["metrics_type"]).startswith("io.containerd.cgroups.v")
+    assert not outcome.process.oom_killed
+    # the fixture checks the cgroup is gone
+
+
+async def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(
+    rootfs: Path, cgroup_name: str
+) -> None:
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    async with open_reaper() as reaper:
+        unlimited = await run(reaper, Run(str(rootfs), [module]))
+        limited = await run(
+            reaper, Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=96 * MIB))
+        )
+    assert unlimited.status == 0  # 256 MiB touched: the module itself is fine
+    assert limited.status == 137  # the kernel's OOM killer: SIGKILL
+    assert limited.process.oom_killed

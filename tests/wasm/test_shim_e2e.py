@@ -1,0 +1,114 @@
+"""containerd-shim-triowasm-v2 (the task kit over WasmEngine) under a real private containerd,
+every line: `ctr run --rm --rootfs DIR` with WASI modules compiled in the test; output, args,
+exit codes, a trap, a module that cannot load, Kill, a memory limit's OOM kill, events."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import E2E, EventLog, wait_for
+from tests.support.containerd import PrivateContainerd
+from tests.wasm import modules
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("wasmshim")
+    path = root / "containerd-shim-triowasm-v2"
+    path.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from trioshim.wasm.main import main\nmain()\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def wasm_rootfs(tmp_path: Path) -> Path:
+    root = tmp_path / "wasmroot"
+    root.mkdir()
+    for name, wat in [
+        ("hello.wasm", modules.HELLO),
+        ("args.wasm", modules.ARGS_ENV),
+        ("loop.wasm", modules.LOOP),
+        ("exit7.wasm", modules.EXIT_7),
+        ("trap.wasm", modules.TRAP),
+        ("lib.wasm", modules.NO_START),
+        ("write.wasm", modules.WRITE_FILE),
+    ]:
+        modules.install(root, name, wat)
+    return root
+
+
+@pytest.fixture
+def env(
+    request: pytest.FixtureRequest, containerd: PrivateContainerd, wasm_rootfs: Path, launcher: str
+) -> Iterator[E2E]:
+    e2e = E2E(containerd, wasm_rootfs, launcher, request.node.name, short="wasm")
+    yield e2e
+    try:
+        wait_for(lambda: not e2e.leftovers(), timeout=10, interval=0.1)
+    except AssertionError:
+        left = e2e.leftovers()
+        e2e.force_cleanup()
+        pytest.fail(f"left behind: {left}", pytrace=False)
+
+
+def test_hello_output_and_events(env: E2E) -> None:
+    events = EventLog(env.containerd)
+    try:
+        cid = env.new_id("hello")
+        r = env.run("/hello.wasm", cid=cid)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "hello, wasm\n", "")
+        topics = [t for t, _ in events.wait_topic(cid, "/tasks/delete")]
+    finally:
+        events.close()
+    assert [t for t in topics if t.startswith("/tasks/")] == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
+
+
+def test_args_exit_trap(env: E2E, wasm_rootfs: Path) -> None:
+    r = env.run("/args.wasm", "a", "b c")
+    assert (r.returncode, r.stdout) == (0, "/args.wasm\0a\0b c\0"), r.stderr
+    assert env.run("/exit7.wasm").returncode == 7
+    t = env.run("/trap.wasm")
+    assert (t.returncode, t.stderr) == (134, "")
+    assert env.run("/write.wasm").returncode == 0
+    assert (wasm_rootfs / "written.txt").read_bytes() == b"from wasm\n"
+
+
+def test_load_failure_fails_start(env: E2E) -> None:
+    r = env.run("/lib.wasm")
+    assert r.returncode != 0
+    assert "no _start" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("sig", "status"), [("SIGKILL", 137), ("SIGTERM", 143)])
+def test_kill(env: E2E, sig: str, status: int) -> None:
+    cid = env.run_detached("/loop.wasm")
+    pid, state = env.tasks()[cid]
+    assert state == "RUNNING" and pid > 0
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    r = env.ctr("task", "kill", "-s", sig, cid, timeout=30)
+    assert r.returncode == 0, r.stderr
+    env.wait_status(cid, "STOPPED")
+    assert env.delete_task(cid) == status
+    assert env.ctr("container", "delete", cid).returncode == 0
+    assert f"memory:/{env.containerd.namespace}/{cid}" in cgroup  # ctr's /<namespace>/<id>
+
+
+def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(env: E2E, wasm_rootfs: Path) -> None:
+    modules.install(wasm_rootfs, "hog.wasm", modules.HOG)  # touches 256 MiB
+    assert env.run("/hog.wasm").returncode == 0
+    assert env.run("/hog.wasm", opts=("--memory-limit", str(96 << 20))).returncode == 137
