@@ -1,0 +1,140 @@
+"""Shared mode end to end: `io.containerd.trioshim-shared.v2` serves every shim of a
+containerd from one process; each shim still behaves (and ends) as a process of its own would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from tests.support.containerd_lines import LineContainerd
+
+from .helpers import E2E, alive, on_own_containerd, wait_for
+
+SHARED = "io.containerd.trioshim-shared.v2"
+BINARY = b"containerd-shim-trioshim-shared-v2"
+
+
+def shared_pids(containerd: PrivateContainerd) -> list[int]:
+    """The shared processes of this containerd (a shim argv0, `-address`, no `-id`)."""
+    found = []
+    for pid in containerd.shim_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(BINARY) and b"-id" not in argv:
+            found.append(pid)
+    return found
+
+
+@pytest.fixture
+def shared(
+    request: pytest.FixtureRequest, containerd: PrivateContainerd, busybox_rootfs: Path
+) -> Iterator[E2E]:
+    env = E2E(containerd, busybox_rootfs, SHARED, request.node.name, short="sh")
+    yield env
+    try:
+        wait_for(lambda: not env.leftovers() and not shared_pids(containerd), timeout=10)
+    except AssertionError:
+        left = env.leftovers() + [f"shared process {p}" for p in shared_pids(containerd)]
+        env.force_cleanup()
+        for pid in shared_pids(containerd):
+            os.kill(pid, signal.SIGKILL)
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or not rep.failed:
+            pytest.fail(f"left behind after the test: {left}", pytrace=False)
+
+
+@pytest.fixture
+def shared_own(
+    request: pytest.FixtureRequest,
+    busybox_rootfs: Path,
+    make_containerd: Callable[..., LineContainerd],
+) -> Iterator[E2E]:
+    with on_own_containerd(request, make_containerd(), busybox_rootfs, SHARED, short="sh") as env:
+        yield env
+
+
+def test_one_process_serves_many_containers(shared: E2E) -> None:
+    e2e = shared
+    cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(3)]
+    assert len(shared_pids(e2e.containerd)) == 1
+    (owner,) = shared_pids(e2e.containerd)
+    assert e2e.shim_pids_for(cids[0]) == []  # no process of its own
+
+    r = e2e.run("/bin/sh", "-c", "echo hello from shared; exit 3")
+    assert (r.returncode, r.stdout) == (3, "hello from shared\n"), r.stderr
+    r = e2e.exec(cids[1], "/bin/sh", "-c", "echo in exec; exit 5", exec_id="x1")
+    assert (r.returncode, r.stdout) == (5, "in exec\n"), r.stderr
+    assert shared_pids(e2e.containerd) == [owner]
+
+    for cid in cids:
+        assert e2e.kill_and_delete(cid) == 137
+    wait_for(lambda: not alive(owner), what="the shared process to end with its last shim")
+
+
+def test_shutdown_of_one_shim_leaves_the_others(shared: E2E) -> None:
+    e2e = shared
+    cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(3)]
+    (owner,) = shared_pids(e2e.containerd)
+    first = e2e.containerd.shim_sockets([cids[0]])
+    assert first, "the shim has a socket of its own"
+
+    assert e2e.kill_and_delete(cids[0]) == 137  # Delete, then Shutdown of that shim
+    wait_for(lambda: not e2e.containerd.shim_sockets([cids[0]]), what="its socket removed")
+    assert shared_pids(e2e.containerd) == [owner]
+    for n, cid in enumerate(cids[1:]):
+        assert e2e.status(cid) == "RUNNING"
+        r = e2e.exec(cid, "/bin/echo", f"still-{n}", exec_id=f"still-{n}")
+        assert (r.returncode, r.stdout) == (0, f"still-{n}\n"), r.stderr
+    for cid in cids[1:]:
+        assert e2e.kill_and_delete(cid) == 137
+
+
+def test_containerd_restart_shims_reconnect(shared_own: E2E) -> None:
+    e2e = shared_own
+    cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(2)]
+    (owner,) = shared_pids(e2e.containerd)
+    pids = {cid: e2e.tasks()[cid][0] for cid in cids}
+
+    e2e.containerd.restart(sig=signal.SIGTERM)
+
+    assert shared_pids(e2e.containerd) == [owner]
+    for cid in cids:
+        assert e2e.tasks()[cid] == (pids[cid], "RUNNING")
+        r = e2e.exec(cid, "/bin/sh", "-c", "echo back; exit 4", exec_id="after")
+        assert (r.returncode, r.stdout) == (4, "back\n"), r.stderr
+    for cid in cids:
+        assert e2e.kill_and_delete(cid) == 137
+    wait_for(lambda: not alive(owner), what="the shared process to end with its last shim")
+
+
+def test_shared_process_sigkilled(shared_own: E2E) -> None:
+    e2e = shared_own
+    c = e2e.containerd
+    cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(3)]
+    inits = [e2e.tasks()[cid][0] for cid in cids]
+    (owner,) = shared_pids(c)
+
+    os.kill(owner, signal.SIGKILL)
+
+    # containerd sees every shim's connection close and runs `<shim> delete` for each.
+    for cid, pid in zip(cids, inits, strict=True):
+        wait_for(lambda cid=cid: cid not in e2e.tasks(), timeout=30, what=f"task {cid} gone")
+        wait_for(lambda pid=pid: not alive(pid), what=f"container init {pid} killed")
+    for cid in cids:
+        # containerd forgets the task before its clean-up (delete action, bundle) is done.
+        wait_for(lambda cid=cid: not c.bundle(cid).exists(), timeout=30, what="bundle gone")
+        assert not (RUNC_ROOT / c.namespace / cid).exists()
+        r = e2e.ctr("container", "delete", cid)
+        assert r.returncode == 0, r.stderr
+    assert not c.shim_sockets(cids)
+    assert not [m for m in c.mounts() if any(f"/{cid}/" in m + "/" for cid in cids)]
+    assert not shared_pids(c)
+    assert e2e.leftovers() == []

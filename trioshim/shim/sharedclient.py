@@ -1,0 +1,191 @@
+"""The start/delete helpers' side of shared mode (:mod:`trioshim.shim.shared`).
+
+A runtime whose :class:`~trioshim.shim.manager.Manager` has ``shared = True`` serves all its
+daemons for one containerd from one process. ``start`` still binds the daemon's socket and
+writes its ``address`` file; then, instead of forking a daemon, it hands the listening socket
+and the daemon's identity (:class:`ShimSpec`) to that process over its control socket
+(``<dir>/shared-<hash>``, ``<dir>`` as for the fork server, keyed like it by runtime, shim
+build, uid and containerd). With no process there yet it forks one, already serving this
+first daemon. ``delete`` asks the process to end the daemon of the bundle's address, if it
+still serves it, before the usual clean-up.
+
+The exchange is one ``SOCK_SEQPACKET`` message each way (a ``marshal`` dict, the socket as
+``SCM_RIGHTS``), under an exclusive ``flock`` on ``<control>.lock``: the process takes the
+same lock before it exits for want of daemons, so a daemon is never handed to a process that
+is going away, and two helpers never fork two processes.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import marshal
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trioshim.shim.cmdline import program_path
+from trioshim.shim.flags import Flags, validate_identifier
+from trioshim.shim.forking import fork_process
+from trioshim.shim.forkserver import server_path
+from trioshim.shim.manager import Manager
+from trioshim.shim.plugin import Registry
+
+__all__ = ["SharedError", "ShimSpec", "control_path", "hand_over", "stop_shim"]
+
+MAX_MESSAGE = 1 << 16
+REQUEST_TIMEOUT = 30.0  # a hand-over starts one daemon; a stop waits for its shutdown (bounded)
+
+
+class SharedError(Exception):
+    """The shared process refused or failed a request (its message is for containerd)."""
+
+
+@dataclass(frozen=True)
+class ShimSpec:
+    """One daemon as containerd sees it: its flags, bundle, event address and socket."""
+
+    flags: Flags
+    bundle: str
+    ttrpc_address: str
+    address: str
+
+    def to_wire(self) -> dict[str, Any]:
+        f = self.flags
+        return {
+            "namespace": f.namespace,
+            "id": f.id,
+            "address": f.address,
+            "publish_binary": f.publish_binary,
+            "debug": f.debug,
+            "bundle": self.bundle,
+            "ttrpc_address": self.ttrpc_address,
+            "socket_address": self.address,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> ShimSpec:
+        """Checks what it takes like the command line does (ValueError on bad input)."""
+        text = {k: data.get(k) for k in ("namespace", "id", "address", "publish_binary")}
+        text |= {k: data.get(k) for k in ("bundle", "ttrpc_address", "socket_address")}
+        if not all(isinstance(v, str) for v in text.values()):
+            raise ValueError("malformed shim spec")
+        validate_identifier("namespace", str(text["namespace"]))
+        validate_identifier("id", str(text["id"]))
+        if not os.path.isabs(str(text["bundle"])):
+            raise ValueError(f"bundle {text['bundle']!r} is not absolute")
+        flags = Flags(
+            namespace=str(text["namespace"]),
+            id=str(text["id"]),
+            address=str(text["address"]),
+            publish_binary=str(text["publish_binary"]),
+            bundle=str(text["bundle"]),
+            debug=bool(data.get("debug")),
+        )
+        return cls(
+            flags, str(text["bundle"]), str(text["ttrpc_address"]), str(text["socket_address"])
+        )
+
+
+def control_path(runtime: str, containerd: str) -> str:
+    """The control socket of the shared process for this runtime, build, uid and containerd."""
+    return server_path("shared:" + runtime, containerd, prefix="shared-")
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[int]:
+    """Hold the exclusive ``flock`` of ``path`` (a lock file that is removed when its holder
+    is done with it: relock until the file we hold is the one at ``path``)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _send(sock: socket.socket, message: Mapping[str, Any], fds: tuple[int, ...] = ()) -> None:
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([marshal.dumps(dict(message))], ancillary)
+
+
+def decode_message(data: bytes) -> dict[str, Any]:
+    if not data:
+        raise EOFError("closed without a message")
+    message = marshal.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("malformed message")
+    return message
+
+
+def _ask(path: str, message: Mapping[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any] | None:
+    """The reply; ``None`` when no process serves ``path`` or it went away unanswered."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(REQUEST_TIMEOUT)
+        try:
+            sock.connect(path)
+            _send(sock, message, fds)
+            return decode_message(sock.recv(MAX_MESSAGE))
+        except (ConnectionError, FileNotFoundError, EOFError):
+            return None
+
+
+def hand_over(manager: Manager, registry: Registry, spec: ShimSpec, sock: socket.socket) -> int:
+    """Have the shared process serve ``spec`` on the listening ``sock`` (forking the process
+    if there is none); returns its pid."""
+    path = control_path(manager.name, spec.flags.address)
+    with locked(path + ".lock") as lock_fd:
+        reply = _ask(path, {"op": "serve", **spec.to_wire()}, (sock.fileno(),))
+        if reply is not None:
+            if not reply.get("ok"):
+                raise SharedError(str(reply.get("error") or "the shared shim process refused"))
+            return int(reply["pid"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            control.bind(path)
+            os.chmod(path, 0o600)
+            control.listen(64)
+            return _fork_shared(manager, registry, control, path, spec, sock, lock_fd)
+        finally:
+            control.close()
+
+
+def stop_shim(runtime: str, containerd: str, address: str) -> bool:
+    """End the daemon serving ``address`` in the shared process, waiting for its shutdown;
+    whether one was served there."""
+    reply = _ask(control_path(runtime, containerd), {"op": "stop", "socket_address": address})
+    return bool(reply and reply.get("ok"))
+
+
+def _fork_shared(
+    manager: Manager,
+    registry: Registry,
+    control: socket.socket,
+    path: str,
+    spec: ShimSpec,
+    sock: socket.socket,
+    lock_fd: int,
+) -> int:
+    """Fork the shared process, already serving ``spec``; the helper keeps the lock (the
+    child's copy is closed) until it has let go of the control socket."""
+
+    def body() -> int:
+        from trioshim.shim.shared import run_shared
+
+        return run_shared(manager, registry, control, path, first=(spec, sock))
+
+    argv = [program_path() or manager.name, "-address", spec.flags.address]
+    return fork_process(argv, "/", body, close_fds=(lock_fd,))
