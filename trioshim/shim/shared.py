@@ -44,7 +44,7 @@ from trioshim.shim.plugin import Registry
 from trioshim.shim.reaper import Reaper, set_child_subreaper
 from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
 
-__all__ = ["SharedShims", "run_shared"]
+__all__ = ["SharedShims", "route_module_logs", "run_shared"]
 
 _current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("shim_log")
 _CREDENTIALS = struct.Struct("3i")
@@ -60,7 +60,7 @@ class _ToCurrentShim(logging.Handler):
             log.callHandlers(record)
 
 
-def _route_module_logs() -> None:
+def route_module_logs() -> None:
     logger = logging.getLogger(LOG_NAME)
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -215,6 +215,14 @@ class SharedShims:
         await daemon.ended.wait()
         return True
 
+    async def wait(self, address: str) -> int | None:
+        """Wait until the daemon serving ``address`` (if any) has ended; its exit status."""
+        daemon = self.daemons.get(address)
+        if daemon is None:
+            return None
+        await daemon.ended.wait()
+        return daemon.status
+
     def shutdown_all(self, reason: str) -> None:
         for daemon in list(self.daemons.values()):
             if daemon.config.shutdown is not None:
@@ -301,7 +309,7 @@ def run_shared(
     ``first`` and what the control socket brings, until no daemon is left."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     set_child_subreaper()
-    _route_module_logs()
+    route_module_logs()
 
     async def main() -> None:
         shims = SharedShims(manager, registry, lock_path=control_path + ".lock")
