@@ -5,7 +5,9 @@ containerd from one process; each shim still behaves (and ends) as a process of 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
 from tests.support.containerd_lines import LineContainerd
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 
 from .helpers import E2E, alive, on_own_containerd, wait_for
 
@@ -138,3 +141,42 @@ def test_shared_process_sigkilled(shared_own: E2E) -> None:
     assert not [m for m in c.mounts() if any(f"/{cid}/" in m + "/" for cid in cids)]
     assert not shared_pids(c)
     assert e2e.leftovers() == []
+    # The killed process's control socket and lock file went with the shims' clean-up.
+    assert not [f for f in c.forkserver_files() if f.name.startswith("shared-")]
+
+
+def test_delete_action_ends_a_served_shim(shared: E2E) -> None:
+    e2e = shared
+    c = e2e.containerd
+    doomed, kept = (e2e.run_detached("/bin/sleep", "1000") for _ in range(2))
+    init = e2e.tasks()[doomed][0]
+    (owner,) = shared_pids(c)
+    bundle = c.bundle(doomed)
+
+    # What containerd runs when it gives up on a shim: the shared process ends that shim
+    # (containerd sees its connection close and cleans up), then runc's state goes.
+    binary = shutil.which("containerd-shim-trioshim-shared-v2", path=c.path)
+    assert binary is not None
+    argv = [binary, "-namespace", c.namespace, "-address", c.address, "-id", doomed]
+    r = subprocess.run(
+        [*argv, "-bundle", str(bundle), "delete"],
+        cwd=bundle,
+        env=c.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    reply = task_v2.DeleteResponse.FromString(r.stdout)
+    # containerd's own clean-up (the shim's connection closed) races ours for the bundle:
+    # the init pid comes from init.pid, which may already be gone.
+    assert reply.exit_status == 137 and reply.pid in (init, 0), reply
+
+    wait_for(lambda: doomed not in e2e.tasks(), timeout=30, what=f"task {doomed} gone")
+    wait_for(lambda: not alive(init), what=f"container init {init} killed")
+    assert not c.shim_sockets([doomed])
+    assert e2e.ctr("container", "delete", doomed).returncode == 0
+    assert shared_pids(c) == [owner]
+    r = e2e.exec(kept, "/bin/echo", "untouched", exec_id="kept")
+    assert (r.returncode, r.stdout) == (0, "untouched\n"), r.stderr
+    assert e2e.kill_and_delete(kept) == 137

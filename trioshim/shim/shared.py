@@ -267,6 +267,8 @@ class SharedShims:
 
     async def _handle(self, message: dict[str, object], fds: list[int]) -> dict[str, object]:
         op = message.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
         if op == "stop":
             found = await self.stop(str(message.get("socket_address")), "delete action")
             return {"ok": found, "pid": os.getpid()}

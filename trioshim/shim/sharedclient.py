@@ -138,7 +138,7 @@ def _ask(path: str, message: Mapping[str, Any], fds: tuple[int, ...] = ()) -> di
             _send(sock, message, fds)
             return decode_message(sock.recv(MAX_MESSAGE))
         except (ConnectionError, FileNotFoundError, EOFError):
-            return None
+            return None  # refused (a killed process's socket), gone, or closed unanswered
 
 
 def hand_over(manager: Manager, registry: Registry, spec: ShimSpec, sock: socket.socket) -> int:
@@ -166,8 +166,24 @@ def hand_over(manager: Manager, registry: Registry, spec: ShimSpec, sock: socket
 def stop_shim(runtime: str, containerd: str, address: str) -> bool:
     """End the daemon serving ``address`` in the shared process, waiting for its shutdown;
     whether one was served there."""
-    reply = _ask(control_path(runtime, containerd), {"op": "stop", "socket_address": address})
+    path = control_path(runtime, containerd)
+    reply = _ask(path, {"op": "stop", "socket_address": address})
+    if reply is None and os.path.lexists(path):
+        _remove_stale(path)
     return bool(reply and reply.get("ok"))
+
+
+def _remove_stale(path: str) -> None:
+    """The control socket and lock file of a process that was killed (containerd runs
+    ``delete`` for each of its shims): gone unless a live process answers there by the time
+    we hold the lock (a helper forking a new one holds it until the socket is live)."""
+    with locked(path + ".lock"):
+        if _ask(path, {"op": "ping"}) is not None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + ".lock")
 
 
 def _fork_shared(
