@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import fcntl
 import logging
 import marshal
@@ -48,6 +49,8 @@ __all__ = ["SharedShims", "route_module_logs", "run_shared"]
 
 _current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("shim_log")
 _CREDENTIALS = struct.Struct("3i")
+_ACCEPT_RESOURCE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_RETRY = 0.1
 
 
 class _ToCurrentShim(logging.Handler):
@@ -72,7 +75,10 @@ def route_module_logs() -> None:
 @contextlib.contextmanager
 def _shim_log(manager: Manager, spec: ShimSpec) -> Iterator[logging.Logger]:
     """The daemon's logger, writing to its bundle's log FIFO (nowhere without a reader)."""
-    fd = open_log_fifo(os.path.join(spec.bundle, "log"), stderr=False)
+    try:
+        fd = open_log_fifo(os.path.join(spec.bundle, "log"), stderr=False)
+    except OSError:
+        fd = None  # an unusable FIFO costs this daemon its log, never the process
     log = logging.Logger(LOG_NAME)  # not registered: nothing kept once the daemon ends
     log.propagate = False
     if fd is not None:
@@ -240,7 +246,15 @@ class SharedShims:
     async def _accept(self, control: trio.socket.SocketType) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                conn, _ = await control.accept()
+                try:
+                    conn, _ = await control.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    # Out of descriptors or memory: the daemons must not die of it; retry
+                    # once some are freed (what trio's own listeners do).
+                    await trio.sleep(_ACCEPT_RETRY)
+                    continue
                 nursery.start_soon(self._answer, conn)
 
     async def _answer(self, conn: trio.socket.SocketType) -> None:
