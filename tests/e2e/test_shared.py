@@ -120,14 +120,15 @@ def test_containerd_restart_shims_reconnect(shared_own: E2E) -> None:
     wait_for(lambda: not alive(owner), what="the shared process to end with its last shim")
 
 
-def test_shared_process_sigkilled(shared_own: E2E) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_shared_process_killed(shared_own: E2E, sig: signal.Signals) -> None:
     e2e = shared_own
     c = e2e.containerd
     cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(3)]
     inits = [e2e.tasks()[cid][0] for cid in cids]
     (owner,) = shared_pids(c)
 
-    os.kill(owner, signal.SIGKILL)
+    os.kill(owner, sig)  # SIGTERM: every shim shuts down in order; SIGKILL: all at once
 
     # containerd sees every shim's connection close and runs `<shim> delete` for each.
     for cid, pid in zip(cids, inits, strict=True):
@@ -182,3 +183,28 @@ def test_delete_action_ends_a_served_shim(shared: E2E) -> None:
     r = e2e.exec(kept, "/bin/echo", "untouched", exec_id="kept")
     assert (r.returncode, r.stdout) == (0, "untouched\n"), r.stderr
     assert e2e.kill_and_delete(kept) == 137
+
+
+def test_new_build_gets_a_process_of_its_own(shared: E2E) -> None:
+    e2e = shared
+    c = e2e.containerd
+    old = e2e.run_detached("/bin/sleep", "1000")
+    (first,) = shared_pids(c)
+
+    # An upgrade: the shim executable changes (its mtime is part of the process's key).
+    binary = shutil.which("containerd-shim-trioshim-shared-v2", path=c.path)
+    assert binary is not None
+    stat = os.stat(binary)
+    os.utime(binary, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    new = e2e.run_detached("/bin/sleep", "1000")
+    pids = shared_pids(c)
+    assert len(pids) == 2 and first in pids, pids  # the old one keeps its shim
+    r = e2e.exec(old, "/bin/echo", "old build", exec_id="old")
+    assert (r.returncode, r.stdout) == (0, "old build\n"), r.stderr
+
+    assert e2e.kill_and_delete(old) == 137
+    wait_for(lambda: not alive(first), what="the old build's process to end with its shim")
+    r = e2e.exec(new, "/bin/echo", "new build", exec_id="new")
+    assert (r.returncode, r.stdout) == (0, "new build\n"), r.stderr
+    assert e2e.kill_and_delete(new) == 137
