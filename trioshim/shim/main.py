@@ -53,7 +53,7 @@ from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 from trioshim.shim.peer import start_reply
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
-from trioshim.shim.sharedclient import ShimSpec, hand_over, stop_shim
+from trioshim.shim.sharedclient import ShimSpec, hand_over, remove_stale_control
 
 __all__ = ["StartError", "daemon_main", "main", "run"]
 
@@ -414,7 +414,7 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     )
 
     if manager.shared:
-        _stop_shared_daemon(manager, flags, bundle)
+        remove_stale_control(manager.name, flags.address)
 
     async def stop() -> StopStatus:
         # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.
@@ -433,14 +433,6 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     io.stdout.write(response.SerializeToString())
     io.stdout.flush()
     return 0
-
-
-def _stop_shared_daemon(manager: Manager, flags: Flags, bundle: str) -> None:
-    """A daemon the shared process still serves ends before its clean-up (as containerd's
-    kill of a stuck shim process would end it)."""
-    with contextlib.suppress(OSError, ValueError):
-        address = addr.read_address(os.path.join(bundle, "address"))
-        stop_shim(manager.name, flags.address, address)
 
 
 def _remove_leaked_socket(bundle: str) -> None:

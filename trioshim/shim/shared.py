@@ -6,13 +6,13 @@
      └─ process nursery
          ├─ reaper             the process's only one, shared by every daemon (subreaper)
          ├─ signal receiver    SIGTERM/SIGINT -> every daemon shuts down, then the process
-         ├─ control socket     "serve" (a socket + ShimSpec from a start helper) and "stop"
-         │                     (from a delete helper), :mod:`trioshim.shim.sharedclient`
+         ├─ control socket     "serve" (a socket + ShimSpec from a start helper), "ping"
+         │                     (is the process alive): :mod:`trioshim.shim.sharedclient`
          └─ one task per daemon: :func:`~trioshim.shim.daemon.serve_daemon`, whose root
             nursery (ttrpc server, publisher, plugins, abandonment watch) is a child of this
             one; its own socket, address file, bundle, identity and log FIFO
 
-A daemon ends as a process of its own would (its Shutdown, abandonment, a "stop"): its
+A daemon ends as a process of its own would (its Shutdown, abandonment): its
 listener and connections close, which containerd takes for the shim's exit; the other
 daemons are untouched. A daemon that crashes is logged in its own log and ends alone
 (``serve_daemon`` never raises for a crash). Once no daemon is left the process takes the
@@ -283,9 +283,6 @@ class SharedShims:
         op = message.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
-        if op == "stop":
-            found = await self.stop(str(message.get("socket_address")), "delete action")
-            return {"ok": found, "pid": os.getpid()}
         if op != "serve":
             raise ValueError(f"unknown request {op!r}")
         spec = ShimSpec.from_wire(message)

@@ -6,8 +6,8 @@ writes its ``address`` file; then, instead of forking a daemon, it hands the lis
 and the daemon's identity (:class:`ShimSpec`) to that process over its control socket
 (``<dir>/shared-<hash>``, ``<dir>`` as for the fork server, keyed like it by runtime, shim
 build, uid and containerd). With no process there yet it forks one, already serving this
-first daemon. ``delete`` asks the process to end the daemon of the bundle's address, if it
-still serves it, before the usual clean-up.
+first daemon. ``delete`` cleans up as it does for any shim and leaves a live process alone;
+a dead one's control socket and lock file it removes.
 
 The exchange is one ``SOCK_SEQPACKET`` message each way (a ``marshal`` dict, the socket as
 ``SCM_RIGHTS``), under an exclusive ``flock`` on ``<control>.lock``: the process takes the
@@ -34,10 +34,10 @@ from trioshim.shim.forkserver import server_path
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
 
-__all__ = ["SharedError", "ShimSpec", "control_path", "hand_over", "stop_shim"]
+__all__ = ["SharedError", "ShimSpec", "control_path", "hand_over", "remove_stale_control"]
 
 MAX_MESSAGE = 1 << 16
-REQUEST_TIMEOUT = 30.0  # a hand-over starts one daemon; a stop waits for its shutdown (bounded)
+REQUEST_TIMEOUT = 30.0  # a hand-over starts one daemon (its plugins' init)
 
 
 class SharedError(Exception):
@@ -163,20 +163,20 @@ def hand_over(manager: Manager, registry: Registry, spec: ShimSpec, sock: socket
             control.close()
 
 
-def stop_shim(runtime: str, containerd: str, address: str) -> bool:
-    """End the daemon serving ``address`` in the shared process, waiting for its shutdown;
-    whether one was served there."""
+def remove_stale_control(runtime: str, containerd: str) -> None:
+    """What ``delete`` does in shared mode beyond the runc clean-up (which, as Go's, leaves a
+    live shim alone: containerd 1.x runs ``delete`` for every container of a group when its
+    connection closes, while the group's shim still serves the others): when the process is
+    dead (killed: containerd runs ``delete`` for each of its shims), its control socket and
+    lock file go."""
     path = control_path(runtime, containerd)
-    reply = _ask(path, {"op": "stop", "socket_address": address})
-    if reply is None and os.path.lexists(path):
+    if os.path.lexists(path) and _ask(path, {"op": "ping"}) is None:
         _remove_stale(path)
-    return bool(reply and reply.get("ok"))
 
 
 def _remove_stale(path: str) -> None:
-    """The control socket and lock file of a process that was killed (containerd runs
-    ``delete`` for each of its shims): gone unless a live process answers there by the time
-    we hold the lock (a helper forking a new one holds it until the socket is live)."""
+    """Unless a live process answers at ``path`` by the time we hold the lock (a helper
+    forking a new one holds it until the socket is live)."""
     with locked(path + ".lock"):
         if _ask(path, {"op": "ping"}) is not None:
             return
