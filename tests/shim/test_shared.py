@@ -11,7 +11,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -91,47 +91,56 @@ class Quick(Manager):
 @dataclass
 class Shared:
     shims: SharedShims
-    addresses: list[str]
-    bundles: list[str]
+    tmp: str
+    ttrpc_address: str
     ended: trio.Event
-    log_readers: list[int]
+    addresses: list[str] = field(default_factory=list)
+    bundles: list[str] = field(default_factory=list)
+    log_readers: list[int] = field(default_factory=list)
 
     def served(self) -> list[str]:
         return sorted(self.shims.daemons)
 
+    async def add(self) -> int | None:
+        """One more daemon (id ``c<n>``), its bundle's log FIFO read as containerd does."""
+        i = len(self.addresses)
+        bundle = os.path.join(self.tmp, f"c{i}")
+        os.mkdir(bundle)
+        os.mkfifo(os.path.join(bundle, "log"))
+        self.log_readers.append(os.open(os.path.join(bundle, "log"), os.O_RDONLY | os.O_NONBLOCK))
+        address = f"unix://{self.tmp}/s{i}"
+        self.bundles.append(bundle)
+        self.addresses.append(address)
+        flags = Flags(namespace="default", id=f"c{i}", address="", bundle=bundle)
+        spec = ShimSpec(flags, bundle, self.ttrpc_address, address)
+        return await self.shims.add(spec, new_socket(address))
+
 
 @contextlib.asynccontextmanager
-async def shared(count: int, *, handle_signals: bool = False) -> AsyncIterator[Shared]:
+async def shared(
+    count: int, *, handle_signals: bool = False, extra: tuple[Registration, ...] = ()
+) -> AsyncIterator[Shared]:
     """``count`` daemons (ids c0, c1, ...) served by one :class:`SharedShims`."""
     tmp = tempfile.mkdtemp(prefix="shared-", dir="/tmp")
-    registry = Registry([Registration(TTRPC_PLUGIN, "task", _init)])
+    registry = Registry([Registration(TTRPC_PLUGIN, "task", _init), *extra])
     shims = SharedShims(Quick(), registry, handle_signals=handle_signals)
     ended = trio.Event()
-    readers: list[int] = []
 
     async def serve(task_status: trio.TaskStatus[None]) -> None:
         await shims.serve(task_status=task_status)
         ended.set()
 
+    env: Shared | None = None
     try:
         async with open_fake_containerd() as containerd, trio.open_nursery() as nursery:
             await nursery.start(serve)
-            env = Shared(shims, [], [], ended, readers)
-            for i in range(count):
-                bundle = os.path.join(tmp, f"c{i}")
-                os.mkdir(bundle)
-                os.mkfifo(os.path.join(bundle, "log"))  # read, as containerd does
-                readers.append(os.open(os.path.join(bundle, "log"), os.O_RDONLY | os.O_NONBLOCK))
-                address = f"unix://{tmp}/s{i}"
-                flags = Flags(namespace="default", id=f"c{i}", address="", bundle=bundle)
-                spec = ShimSpec(flags, bundle, containerd.ttrpc_address, address)
-                env.bundles.append(bundle)
-                env.addresses.append(address)
-                assert await shims.add(spec, new_socket(address)) is None
+            env = Shared(shims, tmp, containerd.ttrpc_address, ended)
+            for _ in range(count):
+                assert await env.add() is None
             yield env
             shims.shutdown_all("test over")
     finally:
-        for fd in readers:
+        for fd in env.log_readers if env else ():
             os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -284,3 +293,25 @@ def _drain(fd: int) -> str:
         if not chunk:
             return data.decode()
         data += chunk
+
+
+async def test_sigterm_reaches_a_shim_still_starting_and_no_new_one_is_taken() -> None:
+    gate = trio.Event()
+
+    async def slow_init(ctx: InitContext) -> object:
+        if ctx.id == "c1":
+            await gate.wait()  # a plugin still initialising when the signal comes
+        return object()
+
+    slow = Registration("io.trioshim.test.v1", "slow", slow_init)
+    async with shared(1, extra=(slow,)) as env:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(env.add)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(env.served()) == 2  # c1 is starting
+            env.shims.shutdown_all("signal SIGTERM")
+            gate.set()
+        await env.ended.wait()  # c1 too shut down once it served
+        assert env.served() == []
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await env.add()

@@ -121,6 +121,7 @@ class SharedShims:
         self.daemons: dict[str, _Daemon] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
+        self._stopping: str | None = None  # shutdown_all's reason, for daemons still starting
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -168,8 +169,9 @@ class SharedShims:
     async def add(self, spec: ShimSpec, listener: socket.socket) -> int | None:
         """Start serving ``spec`` on ``listener`` (ours from now on); returns ``None`` once it
         serves, else the exit status of its failed start."""
-        if self._nursery is None:
-            raise RuntimeError("the shared process is not serving")
+        if self._nursery is None or self._stopping is not None:
+            listener.close()
+            raise RuntimeError("the shared process is not serving (or shutting down)")
         if spec.address in self.daemons:
             listener.close()
             raise ValueError(f"{spec.address} is already served by this process")
@@ -195,6 +197,11 @@ class SharedShims:
         config = daemon.config
 
         def trace(stage: str) -> None:
+            # A shutdown_all that came before this daemon had its shutdown service reaches
+            # it at its first stage (the service exists from then on).
+            shutdown = config.shutdown
+            if self._stopping is not None and shutdown is not None and not shutdown.is_shutdown:
+                shutdown.shutdown(self._stopping)
             if stage == "serving":
                 daemon.serving.set()
 
@@ -230,6 +237,8 @@ class SharedShims:
         return daemon.status
 
     def shutdown_all(self, reason: str) -> None:
+        """Every daemon shuts down (its own ordered sequence); no new one is taken."""
+        self._stopping = self._stopping or reason
         for daemon in list(self.daemons.values()):
             if daemon.config.shutdown is not None:
                 daemon.config.shutdown.shutdown(reason)
