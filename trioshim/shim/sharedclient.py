@@ -34,7 +34,7 @@ from trioshim.shim.forkserver import server_path
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
 
-__all__ = ["SharedError", "ShimSpec", "control_path", "hand_over", "remove_stale_control"]
+__all__ = ["SharedError", "ShimSpec", "ask", "control_path", "hand_over", "remove_stale_control"]
 
 MAX_MESSAGE = 1 << 16
 REQUEST_TIMEOUT = 30.0  # a hand-over starts one daemon (its plugins' init)
@@ -129,8 +129,9 @@ def decode_message(data: bytes) -> dict[str, Any]:
     return message
 
 
-def _ask(path: str, message: Mapping[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any] | None:
-    """The reply; ``None`` when no process serves ``path`` or it went away unanswered."""
+def ask(path: str, message: Mapping[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any] | None:
+    """One request to the shared process at ``path`` (``fds`` passed along); its reply, or
+    ``None`` when no process serves ``path`` or it went away unanswered."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(REQUEST_TIMEOUT)
         try:
@@ -146,7 +147,7 @@ def hand_over(manager: Manager, registry: Registry, spec: ShimSpec, sock: socket
     if there is none); returns its pid."""
     path = control_path(manager.name, spec.flags.address)
     with locked(path + ".lock") as lock_fd:
-        reply = _ask(path, {"op": "serve", **spec.to_wire()}, (sock.fileno(),))
+        reply = ask(path, {"op": "serve", **spec.to_wire()}, (sock.fileno(),))
         if reply is not None:
             if not reply.get("ok"):
                 raise SharedError(str(reply.get("error") or "the shared shim process refused"))
@@ -170,7 +171,7 @@ def remove_stale_control(runtime: str, containerd: str) -> None:
     dead (killed: containerd runs ``delete`` for each of its shims), its control socket and
     lock file go."""
     path = control_path(runtime, containerd)
-    if os.path.lexists(path) and _ask(path, {"op": "ping"}) is None:
+    if os.path.lexists(path) and ask(path, {"op": "ping"}) is None:
         _remove_stale(path)
 
 
@@ -178,7 +179,7 @@ def _remove_stale(path: str) -> None:
     """Unless a live process answers at ``path`` by the time we hold the lock (a helper
     forking a new one holds it until the socket is live)."""
     with locked(path + ".lock"):
-        if _ask(path, {"op": "ping"}) is not None:
+        if ask(path, {"op": "ping"}) is not None:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
