@@ -34,6 +34,7 @@ from trioshim.shim.address import new_socket, socket_path
 from trioshim.shim.log import LOG_NAME
 from trioshim.shim.shared import SharedShims, route_module_logs
 from trioshim.shim.sharedclient import ShimSpec
+from trioshim.shim.stackdump import BEGIN, END
 from trioshim.testing import open_fake_containerd
 from trioshim.ttrpc import NAMESPACE_KEY, Unknown
 from trioshim.ttrpc.client import Client, Stub, open_unix_client
@@ -315,3 +316,19 @@ async def test_sigterm_reaches_a_shim_still_starting_and_no_new_one_is_taken() -
         assert env.served() == []
         with pytest.raises(RuntimeError, match="shutting down"):
             await env.add()
+
+
+async def test_sigusr1_dumps_the_process_into_every_shims_log() -> None:
+    async with shared(2, handle_signals=True) as env:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        dumps = [await _read_until(fd, END) for fd in env.log_readers]
+    for dump in dumps:
+        assert BEGIN in dump and "_run_daemon" in dump  # the tasks of every daemon
+
+
+async def _read_until(fd: int, marker: str) -> str:
+    text = ""
+    while marker not in text:
+        await trio.lowlevel.wait_readable(fd)
+        text += _drain(fd)
+    return text

@@ -6,6 +6,7 @@
      └─ process nursery
          ├─ reaper             the process's only one, shared by every daemon (subreaper)
          ├─ signal receiver    SIGTERM/SIGINT -> every daemon shuts down, then the process
+         ├─ stack dumps        SIGUSR1 -> the process's task tree into every daemon's log
          ├─ control socket     "serve" (a socket + ShimSpec from a start helper), "ping"
          │                     (is the process alive): :mod:`trioshim.shim.sharedclient`
          └─ one task per daemon: :func:`~trioshim.shim.daemon.serve_daemon`, whose root
@@ -44,6 +45,7 @@ from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
 from trioshim.shim.reaper import Reaper, set_child_subreaper
 from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
+from trioshim.shim.stackdump import serve_stack_dumps
 
 __all__ = ["SharedShims", "route_module_logs", "run_shared"]
 
@@ -138,6 +140,7 @@ class SharedShims:
             await nursery.start(self.reaper.serve)
             if self.handle_signals:
                 await nursery.start(self._watch_signals)
+                await nursery.start(serve_stack_dumps, self._every_log())
             if control is not None:
                 nursery.start_soon(self._accept, control)
             task_status.started(self)
@@ -235,6 +238,21 @@ class SharedShims:
             return None
         await daemon.ended.wait()
         return daemon.status
+
+    def _every_log(self) -> logging.Logger:
+        """A logger writing to every daemon's log (a SIGUSR1 stack dump is the process's:
+        whoever debugs any of its shims finds it in that shim's log)."""
+        daemons = self.daemons
+
+        class ToEveryShim(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                for daemon in list(daemons.values()):
+                    daemon.config.log.callHandlers(record)
+
+        log = logging.Logger(LOG_NAME)
+        log.propagate = False
+        log.addHandler(ToEveryShim())
+        return log
 
     def shutdown_all(self, reason: str) -> None:
         """Every daemon shuts down (its own ordered sequence); no new one is taken."""
