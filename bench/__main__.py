@@ -116,6 +116,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="small sizes for a smoke run (5 runs/execs/starts, 1 s ttrpc, 100 MB, 10 containers)",
     )
     p.add_argument(
+        "--shared",
+        action="store_true",
+        help="measure ours in shared mode (io.containerd.trioshim-shared.v2: one process per "
+        "containerd serves every shim)",
+    )
+    p.add_argument(
         "--ours-binary",
         metavar="PATH",
         help="use this executable as containerd-shim-trioshim-v2 (default: the one on the PATH)",
@@ -284,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     forced: list[str] = []
     interrupted = False
     try:
-        env = BenchEnv(smoke_timeout=args.smoke_timeout, ours_binary=args.ours_binary)
+        env = BenchEnv(
+            smoke_timeout=args.smoke_timeout, ours_binary=args.ours_binary, shared=args.shared
+        )
         if args.no_ours:
             env.ours.unavailable = "skipped (--no-ours)"
         env.start()

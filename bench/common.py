@@ -38,6 +38,8 @@ REFERENCE_RUNTIME = "io.containerd.runc.v2"
 OURS_RUNTIME = "io.containerd.trioshim.v2"
 REFERENCE_BINARY = "containerd-shim-runc-v2"
 OURS_BINARY = "containerd-shim-trioshim-v2"
+SHARED_RUNTIME = "io.containerd.trioshim-shared.v2"
+SHARED_BINARY = "containerd-shim-trioshim-shared-v2"
 # ours's fork server (trioshim/shim/forkserver.py): `python -m trioshim.shim.forkserver serve`;
 # its socket dir is made private to the run through this variable in containerd's environment.
 FORKSERVER_MODULE = "trioshim.shim.forkserver"
@@ -281,6 +283,7 @@ class BenchEnv:
         smoke_timeout: float = 30.0,
         log_level: str = "info",
         ours_binary: str | None = None,
+        shared: bool = False,
     ) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
         self.bin_dir = self.base / "bin"
@@ -303,7 +306,14 @@ class BenchEnv:
             "io.containerd.trioshim.v2.group",
             binary=_which(OURS_BINARY, path),
         )
-        if ours_binary is not None:
+        if shared:
+            # Shared mode: one process per containerd serves every shim (installed only).
+            self.ours.label, self.ours.name = "trioshim-shared", SHARED_RUNTIME
+            self.ours.binary_name = SHARED_BINARY
+            self.ours.binary = _which(SHARED_BINARY, path)
+            if self.ours.binary is None:
+                self.ours.unavailable = f"{SHARED_BINARY} not found on {path}"
+        elif ours_binary is not None:
             # A given build of ours, under the name containerd looks up.
             self.bin_dir.mkdir(parents=True, exist_ok=True)
             link = self.bin_dir / OURS_BINARY
@@ -312,7 +322,7 @@ class BenchEnv:
             path = f"{self.bin_dir}:{path}"
         if self.reference.binary is None:
             self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
-        if self.ours.binary is None:
+        if self.ours.binary is None and not shared:
             self.ours.binary, self.ours.unavailable = _ours_launcher(self.bin_dir)
             if self.ours.binary is not None:
                 path = f"{self.bin_dir}:{path}"
@@ -471,7 +481,7 @@ class BenchEnv:
         ``TRIOSHIM_FORKSERVER_DIR``): it serves every start, so its memory counts, but it
         outlives the containers (not its containerd) by design, so it is no leftover."""
         names = (
-            [REFERENCE_BINARY, OURS_BINARY] if rt is None else [rt.binary_name]
+            [REFERENCE_BINARY, OURS_BINARY, SHARED_BINARY] if rt is None else [rt.binary_name]
         )  # python launchers: [python, script, ...]
         want_servers = servers and (rt is None or rt.key == "ours")
         found: list[int] = []

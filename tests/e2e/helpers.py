@@ -41,6 +41,15 @@ RUNTIMES = {"runc": REFERENCE, "trioshim": TRIOSHIM}
 USED_IDS: dict[str, list[str]] = {}
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = ""
 ) -> Any:

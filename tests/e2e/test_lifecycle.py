@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from .helpers import E2E, CtrTerminal, wait_for
+from .helpers import E2E, CtrTerminal, alive, wait_for
 
 # pid 1 ignores SIGTERM unless it installs a handler: this one exits 42 on SIGTERM.
 TRAPPING_LOOP = "trap 'exit 42' TERM; while true; do sleep 0.1; done"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_detached_lifecycle(e2e: E2E) -> None:
     cid = e2e.run_detached("/bin/sh", "-c", TRAPPING_LOOP)
     pid, status = e2e.tasks()[cid]
     assert status == "RUNNING"
-    assert pid > 0 and _alive(pid)
+    assert pid > 0 and alive(pid)
 
     # ps: the init is listed (and whatever it runs at the moment).
     assert pid in e2e.pids(cid)
@@ -56,7 +47,7 @@ def test_detached_lifecycle(e2e: E2E) -> None:
     r = e2e.ctr("task", "kill", cid)
     assert r.returncode == 0, r.stderr
     e2e.wait_status(cid, "STOPPED")
-    assert not _alive(pid)
+    assert not alive(pid)
     assert e2e.delete_task(cid) == 42
     assert cid not in e2e.tasks()
     r = e2e.ctr("container", "delete", cid)
@@ -73,7 +64,7 @@ def test_kill_all(e2e: E2E) -> None:
     r = e2e.ctr("task", "kill", "--all", "-s", "SIGKILL", cid)
     assert r.returncode == 0, r.stderr
     e2e.wait_status(cid, "STOPPED")
-    wait_for(lambda: not any(_alive(p) for p in pids), what=f"all of {pids} dead")
+    wait_for(lambda: not any(alive(p) for p in pids), what=f"all of {pids} dead")
     assert e2e.delete_task(cid) == 137
     r = e2e.ctr("container", "delete", cid)
     assert r.returncode == 0, r.stderr

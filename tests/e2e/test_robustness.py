@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import E2E, REFERENCE, wait_for
+from .helpers import E2E, REFERENCE, alive, wait_for
 
 COUNTER = "trap 'exit 42' TERM; i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.05; done"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _lines(path: Path) -> int:
@@ -60,7 +52,7 @@ def test_containerd_restart_while_task_runs(private_e2e: E2E, how: str) -> None:
         events.close()
     exit_ = [p for t, p in evs if t == "/tasks/exit" and p["id"] == cid]
     assert exit_ and exit_[0]["exit_status"] == 42
-    assert not _alive(pid)
+    assert not alive(pid)
     assert e2e.delete_task(cid) == 42
     assert e2e.ctr("container", "delete", cid).returncode == 0
     lines = log.read_text().split()
@@ -82,7 +74,7 @@ def test_shim_sigkilled(private_e2e: E2E) -> None:
 
         # containerd notices, runs `<shim> delete`, and forgets the task.
         wait_for(lambda: cid not in e2e.tasks(), timeout=30, what="task gone")
-        wait_for(lambda: not _alive(pid), what=f"container init {pid} killed")
+        wait_for(lambda: not alive(pid), what=f"container init {pid} killed")
         evs = events.wait_topic(cid, "/tasks/delete", timeout=30)
     finally:
         events.close()

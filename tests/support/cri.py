@@ -5,8 +5,9 @@
   The proto is compiled as `cri_runtime_v1.proto`, so the modules are `cri_runtime_v1_pb2` /
   `cri_runtime_v1_pb2_grpc` (package `runtime.v1` on the wire).
 - `CRIContainerd`: a LineContainerd with containerd's CRI plugin configured the way this machine
-  allows (measured): runtime handlers `runc` (io.containerd.runc.v2) and `trioshim`
-  (io.containerd.trioshim.v2), the sandbox image built by tests.support.pause_image and
+  allows (measured): runtime handlers `runc` (io.containerd.runc.v2), `trioshim`
+  (io.containerd.trioshim.v2) and `trioshim-shared` (io.containerd.trioshim-shared.v2), the
+  sandbox image built by tests.support.pause_image and
   imported into namespace k8s.io, `restrict_oom_score_adj = true` (no CAP_SYS_RESOURCE here, so
   runc cannot give the sandbox its -998), the `native` snapshotter, no CNI (pods must use host
   network). Config version 2 for 1.6/1.7 (`io.containerd.grpc.v1.cri`), version 3 for 2.x
@@ -35,8 +36,16 @@ from tests.support.grpc_modules import generated_modules
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
 CRI_NAMESPACE = "k8s.io"  # fixed by containerd's CRI plugin
-HANDLERS = {"runc": "io.containerd.runc.v2", "trioshim": "io.containerd.trioshim.v2"}
-SHIM_BINARIES = {"runc": "containerd-shim-runc-v2", "trioshim": "containerd-shim-trioshim-v2"}
+HANDLERS = {
+    "runc": "io.containerd.runc.v2",
+    "trioshim": "io.containerd.trioshim.v2",
+    "trioshim-shared": "io.containerd.trioshim-shared.v2",
+}
+SHIM_BINARIES = {
+    "runc": "containerd-shim-runc-v2",
+    "trioshim": "containerd-shim-trioshim-v2",
+    "trioshim-shared": "containerd-shim-trioshim-shared-v2",
+}
 
 # ------------------------------------------------------------------------------ generated client
 

@@ -1,4 +1,5 @@
-"""The ``containerd-shim-trioshim-v2`` console script: an import-light launcher.
+"""The ``containerd-shim-trioshim-v2`` and ``containerd-shim-trioshim-shared-v2`` console
+scripts: import-light launchers.
 
 containerd execs the shim for every container start and every clean-up, so this module imports
 nothing but the fork-server helper (standard-library built-ins only). ``start`` and ``delete``
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from trioshim.shim.plugin import Registry
 
 APP = "trioshim.runc.launcher:app"
+SHARED_APP = "trioshim.runc.launcher:shared_app"
 
 
 def app() -> tuple[Manager, Registry]:
@@ -27,10 +29,24 @@ def app() -> tuple[Manager, Registry]:
     return RuncManager(), registry()
 
 
+def shared_app() -> tuple[Manager, Registry]:
+    """The shared-mode runtime: the same plugins, one process serving every daemon."""
+    from trioshim.runc.main import registry
+    from trioshim.runc.manager import SharedRuncManager
+
+    return SharedRuncManager(), registry()
+
+
 def main() -> NoReturn:
     from trioshim.shim.forkserver import main as forkserver_main
 
     forkserver_main(APP)
+
+
+def shared_main() -> NoReturn:
+    from trioshim.shim.forkserver import main as forkserver_main
+
+    forkserver_main(SHARED_APP)
 
 
 if __name__ == "__main__":

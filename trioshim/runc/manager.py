@@ -25,6 +25,7 @@ from trioshim.runc.runc_cli import Runc, RuncError
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 
 RUNTIME_NAME: Final = "io.containerd.trioshim.v2"
+SHARED_RUNTIME_NAME: Final = "io.containerd.trioshim-shared.v2"
 GROUP_ANNOTATION: Final = "io.containerd.trioshim.v2.group"
 SANDBOX_ANNOTATION: Final = "io.kubernetes.cri.sandbox-id"
 CGROUP_ROOT: Final = "/sys/fs/cgroup"
@@ -102,3 +103,11 @@ class RuncManager(Manager):
             ctx.log.warning("failed to read init pid file of %s: %s", container_id, exc)
             pid = 0
         return StopStatus(pid=max(pid, 0), exit_status=128 + 9, exited_at_ns=time.time_ns())
+
+
+class SharedRuncManager(RuncManager):
+    """``io.containerd.trioshim-shared.v2``: the same shim, every daemon served by one process
+    per containerd (:mod:`trioshim.shim.shared`)."""
+
+    name = SHARED_RUNTIME_NAME
+    shared = True

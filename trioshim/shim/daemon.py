@@ -97,6 +97,9 @@ class DaemonConfig:
     goes before the first request (:mod:`trioshim.shim.abandon`); ``None``: never."""
     trace: Callable[[str], None] | None = None
     """Called with the name of every start-up and shutdown stage (tests assert the order)."""
+    shared_reaper: Reaper | None = None
+    """The process's reaper, already serving, when several daemons share one process
+    (:mod:`trioshim.shim.shared`); ``None``: the daemon runs its own."""
     # Filled in while serving (tests look at them).
     shutdown: ShutdownService | None = field(default=None, init=False)
     publisher: Publisher | None = field(default=None, init=False)
@@ -155,7 +158,7 @@ async def serve_daemon(config: DaemonConfig) -> int:
     log = config.log
     flags = config.flags
     shutdown = config.shutdown = ShutdownService(log)
-    reaper = config.reaper = Reaper()
+    reaper = config.reaper = config.shared_reaper or Reaper()
     publisher = config.publisher = Publisher(config.ttrpc_address, flags.namespace, log=log)
 
     removals: list[str] = []
@@ -168,7 +171,8 @@ async def serve_daemon(config: DaemonConfig) -> int:
     try:
         listener = _listener(config, removals)
         async with trio.open_nursery() as root:
-            await root.start(reaper.serve)
+            if config.shared_reaper is None:
+                await root.start(reaper.serve)
             trace("reaper")
             if config.handle_signals:
                 signal.signal(signal.SIGPIPE, signal.SIG_IGN)

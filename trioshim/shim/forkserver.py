@@ -153,8 +153,9 @@ def _sha256_hex(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
 
-def server_path(app: str, address: str) -> str:
-    """The fork server's socket for this app, interpreter, shim build, user and containerd."""
+def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
+    """The fork server's socket for this app, interpreter, shim build, user and containerd
+    (``prefix`` names another per-containerd process of the build, e.g. shared mode's)."""
     exe = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     try:
         mtime = os.stat(exe).st_mtime_ns if exe else 0
@@ -164,7 +165,7 @@ def server_path(app: str, address: str) -> str:
         (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, os.getuid(), address)
     )
     directory = os.environ.get(ENV_DIR) or DEFAULT_DIR
-    return os.path.join(directory, "fs-" + _sha256_hex(key.encode())[:24])
+    return os.path.join(directory, prefix + _sha256_hex(key.encode())[:24])
 
 
 def _delegate(path: str, args: list[str]) -> int | None:

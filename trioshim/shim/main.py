@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import gc
 import os
 import platform
 import signal
@@ -38,7 +37,7 @@ from google.protobuf.message import DecodeError
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import address as addr
-from trioshim.shim.cmdline import daemon_argv, program_path, set_cmdline
+from trioshim.shim.cmdline import daemon_argv, program_path
 from trioshim.shim.daemon import DaemonConfig, serve_daemon
 from trioshim.shim.flags import (
     USAGE,
@@ -48,11 +47,13 @@ from trioshim.shim.flags import (
     validate_bundle_flag,
     validate_identifier,
 )
+from trioshim.shim.forking import fork_process
 from trioshim.shim.log import open_log_fifo, setup_logger
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 from trioshim.shim.peer import start_reply
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
+from trioshim.shim.sharedclient import ShimSpec, hand_over, remove_stale_control
 
 __all__ = ["StartError", "daemon_main", "main", "run"]
 
@@ -304,10 +305,18 @@ def _start(
         addr.write_address(address_file, address)
         if env.get(_SCHED_CORE_ENV):
             _sched_core_create()
-        pid = _fork_daemon(manager, flags, registry, sock, address, bundle, ttrpc_address)
-        sock.close()
-        manager.after_spawn(ctx, pid)
-        _adjust_oom_score(pid, containerd_pid)
+        if manager.shared:
+            # Served by the runtime's shared process: its placement is that of the start
+            # that forked it (no per-daemon shim cgroup), and it is never ours to kill.
+            spec = ShimSpec(flags, bundle, ttrpc_address, address)
+            shared_pid = hand_over(manager, registry, spec, sock)
+            sock.close()
+            _adjust_oom_score(shared_pid, containerd_pid)
+        else:
+            pid = _fork_daemon(manager, flags, registry, sock, address, bundle, ttrpc_address)
+            sock.close()
+            manager.after_spawn(ctx, pid)
+            _adjust_oom_score(pid, containerd_pid)
     except BaseException:
         sock.close()
         addr.remove_socket(address)
@@ -333,47 +342,18 @@ def _fork_daemon(
     ttrpc_address: str,
 ) -> int:
     """Fork the daemon (no exec). The child never returns into the caller."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    gc.disable()
-    gc.freeze()  # what the imports built stays shared with the daemon, untouched by its GC
-    try:
-        pid = os.fork()
-    except BaseException:
-        gc.enable()
-        raise
-    if pid != 0:
-        gc.enable()
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)
-        return pid
-    # -- the daemon (child) -----------------------------------------------------------------
-    status = 1
-    try:
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
-        # ps, monitoring and leak checks tell a daemon from a `start` helper by its argv: the
-        # shape Go's daemon is exec'd with, no action word.
-        sys.argv = daemon_argv(
-            program_path() or manager.name,
-            namespace=flags.namespace,
-            id=flags.id,
-            address=flags.address,
-            debug=flags.debug,
-        )
-        set_cmdline(sys.argv, exact=True)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if null > 2:
-            os.close(null)
-        # containerd may already have removed the bundle (it abandoned us): serve anyway,
-        # the abandonment watch then shuts down cleanly, removing the socket.
-        with contextlib.suppress(OSError):
-            os.chdir(bundle)
-        gc.enable()
-        status = daemon_main(
+    # ps, monitoring and leak checks tell a daemon from a `start` helper by its argv: the
+    # shape Go's daemon is exec'd with, no action word.
+    argv = daemon_argv(
+        program_path() or manager.name,
+        namespace=flags.namespace,
+        id=flags.id,
+        address=flags.address,
+        debug=flags.debug,
+    )
+
+    def body() -> int:
+        return daemon_main(
             manager,
             flags,
             registry,
@@ -382,8 +362,8 @@ def _fork_daemon(
             socket_address=address,
             bundle=bundle,
         )
-    finally:
-        os._exit(status)
+
+    return fork_process(argv, bundle, body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +412,9 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     log = setup_logger(
         stream=io.stderr, debug=flags.debug, static={"runtime": manager.name}, name=_DELETE_LOG
     )
+
+    if manager.shared:
+        remove_stale_control(manager.name, flags.address)
 
     async def stop() -> StopStatus:
         # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.

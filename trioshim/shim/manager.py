@@ -88,6 +88,9 @@ class Manager:
     #: so that containerd 2.x calls ``containerd.task.v3.Task`` (:mod:`trioshim.shim.peer`);
     #: 2 (the default) keeps the plain address every line reads as version 2.
     max_task_api: int = 2
+    #: Serve every daemon of this runtime and containerd from one process
+    #: (:mod:`trioshim.shim.shared`) instead of forking one process per daemon.
+    shared: bool = False
 
     def __init__(self, name: str | None = None, *, socket_dir: str | None = None) -> None:
         if name is not None:

@@ -1,0 +1,69 @@
+"""Forking a long-lived shim process from a start helper (no exec: the imports are paid).
+
+Both the per-container daemon (:mod:`trioshim.shim.main`) and shared mode's process
+(:mod:`trioshim.shim.sharedclient`) are made this way: ``gc.freeze()`` first, so what the
+imports built stays shared copy-on-write and untouched by the child's collector; the child
+gets its own process group, stdio on ``/dev/null`` (containerd waits for EOF on the helper's
+output), the argv ps should show (rewritten in place: :mod:`trioshim.shim.cmdline`) and a
+working directory, then runs ``body`` and ``os._exit``\\s with its status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from trioshim.shim.cmdline import set_cmdline
+
+__all__ = ["fork_process"]
+
+
+def fork_process(
+    argv: Sequence[str],
+    cwd: str,
+    body: Callable[[], int],
+    *,
+    close_fds: Sequence[int] = (),
+) -> int:
+    """Fork; returns the child's pid. The child closes ``close_fds`` (the parent's, e.g. a
+    lock), never returns into the caller and exits with ``body()``'s status."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    gc.disable()
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.enable()
+        raise
+    if pid != 0:
+        gc.enable()
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        return pid
+    # -- the child ----------------------------------------------------------------------------
+    status = 1
+    try:
+        for fd in close_fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        sys.argv = list(argv)
+        set_cmdline(sys.argv, exact=True)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
+        # containerd may already have removed the bundle (it abandoned us): serve anyway,
+        # the abandonment watch then shuts down cleanly, removing the socket.
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+        gc.enable()
+        status = body()
+    finally:
+        os._exit(status)

@@ -1,0 +1,363 @@
+"""Shared mode: one process serves every daemon of a runtime for one containerd.
+
+::
+
+    trio.run(SharedShims.serve)
+     └─ process nursery
+         ├─ reaper             the process's only one, shared by every daemon (subreaper)
+         ├─ signal receiver    SIGTERM/SIGINT -> every daemon shuts down, then the process
+         ├─ stack dumps        SIGUSR1 -> the process's task tree into every daemon's log
+         ├─ control socket     "serve" (a socket + ShimSpec from a start helper), "ping"
+         │                     (is the process alive): :mod:`trioshim.shim.sharedclient`
+         └─ one task per daemon: :func:`~trioshim.shim.daemon.serve_daemon`, whose root
+            nursery (ttrpc server, publisher, plugins, abandonment watch) is a child of this
+            one; its own socket, address file, bundle, identity and log FIFO
+
+A daemon ends as a process of its own would (its Shutdown, abandonment): its
+listener and connections close, which containerd takes for the shim's exit; the other
+daemons are untouched. A daemon that crashes is logged in its own log and ends alone
+(``serve_daemon`` never raises for a crash). Once no daemon is left the process takes the
+control lock (no helper is mid-hand-over), removes its control socket and lock file, exits.
+The trade-off: a death of the process (SIGKILL, OOM kill) takes every daemon with it;
+containerd then cleans up each as it does after any shim's death.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import fcntl
+import logging
+import marshal
+import os
+import signal
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+from trioshim.shim.daemon import DaemonConfig, serve_daemon
+from trioshim.shim.log import LOG_NAME, FdHandler, LogrusFormatter, open_log_fifo
+from trioshim.shim.manager import Manager
+from trioshim.shim.plugin import Registry
+from trioshim.shim.reaper import Reaper, set_child_subreaper
+from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
+from trioshim.shim.stackdump import serve_stack_dumps
+
+__all__ = ["SharedShims", "route_module_logs", "run_shared"]
+
+_current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("shim_log")
+_CREDENTIALS = struct.Struct("3i")
+_ACCEPT_RESOURCE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_RETRY = 0.1
+
+
+class _ToCurrentShim(logging.Handler):
+    """On the ``trioshim`` logger: a record of a module logger (``trioshim.runc.service``...)
+    goes to the log of the daemon whose task tree wrote it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = _current_log.get(None)
+        if log is not None:
+            log.callHandlers(record)
+
+
+def route_module_logs() -> None:
+    logger = logging.getLogger(LOG_NAME)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(_ToCurrentShim())
+    logger.setLevel(logging.DEBUG)  # each daemon's handler applies its own level
+    logger.propagate = False
+
+
+@contextlib.contextmanager
+def _shim_log(manager: Manager, spec: ShimSpec) -> Iterator[logging.Logger]:
+    """The daemon's logger, writing to its bundle's log FIFO (nowhere without a reader)."""
+    try:
+        fd = open_log_fifo(os.path.join(spec.bundle, "log"), stderr=False)
+    except OSError:
+        fd = None  # an unusable FIFO costs this daemon its log, never the process
+    log = logging.Logger(LOG_NAME)  # not registered: nothing kept once the daemon ends
+    log.propagate = False
+    if fd is not None:
+        handler = FdHandler(fd, logging.DEBUG if spec.flags.debug else logging.INFO)
+        handler.setFormatter(LogrusFormatter({"runtime": manager.name}))
+        log.addHandler(handler)
+    else:
+        log.addHandler(logging.NullHandler())
+    try:
+        yield log
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@dataclass
+class _Daemon:
+    config: DaemonConfig
+    serving: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)
+    status: int | None = None
+
+
+class SharedShims:
+    """The daemons of one shared process, by socket address."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        registry: Registry,
+        *,
+        lock_path: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.manager = manager
+        self.registry = registry
+        self.lock_path = lock_path
+        self.handle_signals = handle_signals
+        self.reaper = Reaper()
+        self.daemons: dict[str, _Daemon] = {}
+        self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
+        self._stopping: str | None = None  # shutdown_all's reason, for daemons still starting
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        control: trio.socket.SocketType | None = None,
+        control_path: str | None = None,
+        *,
+        task_status: trio.TaskStatus[SharedShims] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until no daemon is left (checked each time one ends)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.reaper.serve)
+            if self.handle_signals:
+                await nursery.start(self._watch_signals)
+                await nursery.start(serve_stack_dumps, self._every_log())
+            if control is not None:
+                nursery.start_soon(self._accept, control)
+            task_status.started(self)
+            while True:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                if not self.daemons and await self._release_control(control_path):
+                    break
+            nursery.cancel_scope.cancel()
+        self._nursery = None
+
+    async def _release_control(self, control_path: str | None) -> bool:
+        """Whether still no daemon is left once no helper can be mid-hand-over (the control
+        lock held); if so the control socket and lock file are gone: no helper reaches us."""
+        if self.lock_path is None or control_path is None:
+            return True
+        fd = await trio.to_thread.run_sync(_lock, self.lock_path, abandon_on_cancel=True)
+        try:
+            if self.daemons:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(control_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)
+            return True
+        finally:
+            os.close(fd)
+
+    async def add(self, spec: ShimSpec, listener: socket.socket) -> int | None:
+        """Start serving ``spec`` on ``listener`` (ours from now on); returns ``None`` once it
+        serves, else the exit status of its failed start."""
+        if self._nursery is None or self._stopping is not None:
+            listener.close()
+            raise RuntimeError("the shared process is not serving (or shutting down)")
+        if spec.address in self.daemons:
+            listener.close()
+            raise ValueError(f"{spec.address} is already served by this process")
+        config = DaemonConfig(
+            flags=spec.flags,
+            manager=self.manager,
+            registry=self.registry,
+            bundle=spec.bundle,
+            ttrpc_address=spec.ttrpc_address,
+            log=logging.Logger(LOG_NAME),  # replaced by the daemon's own in _run_daemon
+            listener=listener,
+            socket_address=spec.address,
+            handle_signals=False,
+            abandon_timeout=self.manager.abandon_timeout,
+            shared_reaper=self.reaper,
+        )
+        daemon = self.daemons[spec.address] = _Daemon(config)
+        self._nursery.start_soon(self._run_daemon, spec, daemon)
+        await daemon.serving.wait()
+        return daemon.status
+
+    async def _run_daemon(self, spec: ShimSpec, daemon: _Daemon) -> None:
+        config = daemon.config
+
+        def trace(stage: str) -> None:
+            # A shutdown_all that came before this daemon had its shutdown service reaches
+            # it at its first stage (the service exists from then on).
+            shutdown = config.shutdown
+            if self._stopping is not None and shutdown is not None and not shutdown.is_shutdown:
+                shutdown.shutdown(self._stopping)
+            if stage == "serving":
+                daemon.serving.set()
+
+        config.trace = trace
+        try:
+            with _shim_log(self.manager, spec) as log:
+                _current_log.set(log)
+                config.log = log
+                daemon.status = await serve_daemon(config)
+        finally:
+            del self.daemons[spec.address]
+            daemon.serving.set()
+            daemon.ended.set()
+            self._changed.set()
+
+    async def stop(self, address: str, reason: str) -> bool:
+        """End the daemon serving ``address``; whether there was one."""
+        daemon = self.daemons.get(address)
+        if daemon is None:
+            return False
+        await daemon.serving.wait()
+        if daemon.config.shutdown is not None:
+            daemon.config.shutdown.shutdown(reason)
+        await daemon.ended.wait()
+        return True
+
+    async def wait(self, address: str) -> int | None:
+        """Wait until the daemon serving ``address`` (if any) has ended; its exit status."""
+        daemon = self.daemons.get(address)
+        if daemon is None:
+            return None
+        await daemon.ended.wait()
+        return daemon.status
+
+    def _every_log(self) -> logging.Logger:
+        """A logger writing to every daemon's log (a SIGUSR1 stack dump is the process's:
+        whoever debugs any of its shims finds it in that shim's log)."""
+        daemons = self.daemons
+
+        class ToEveryShim(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                for daemon in list(daemons.values()):
+                    daemon.config.log.callHandlers(record)
+
+        log = logging.Logger(LOG_NAME)
+        log.propagate = False
+        log.addHandler(ToEveryShim())
+        return log
+
+    def shutdown_all(self, reason: str) -> None:
+        """Every daemon shuts down (its own ordered sequence); no new one is taken."""
+        self._stopping = self._stopping or reason
+        for daemon in list(self.daemons.values()):
+            if daemon.config.shutdown is not None:
+                daemon.config.shutdown.shutdown(reason)
+        self._changed.set()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.shutdown_all(f"signal {signal.Signals(signum).name}")
+
+    # -- the control socket ----------------------------------------------------------------
+
+    async def _accept(self, control: trio.socket.SocketType) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    conn, _ = await control.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    # Out of descriptors or memory: the daemons must not die of it; retry
+                    # once some are freed (what trio's own listeners do).
+                    await trio.sleep(_ACCEPT_RETRY)
+                    continue
+                nursery.start_soon(self._answer, conn)
+
+    async def _answer(self, conn: trio.socket.SocketType) -> None:
+        with conn:
+            fds: list[int] = []
+            try:
+                uid = _CREDENTIALS.unpack(
+                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+                )[1]
+                if uid != os.getuid():
+                    raise PermissionError(f"uid {uid} may not use this shared shim process")
+                with trio.fail_after(10):
+                    data, ancdata, _, _ = await conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
+                fds = _received_fds(ancdata)
+                reply = await self._handle(decode_message(data), fds)
+            except Exception as exc:
+                reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            with contextlib.suppress(OSError):
+                await conn.send(marshal.dumps(reply))
+
+    async def _handle(self, message: dict[str, object], fds: list[int]) -> dict[str, object]:
+        op = message.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op != "serve":
+            raise ValueError(f"unknown request {op!r}")
+        spec = ShimSpec.from_wire(message)
+        if len(fds) != 1:
+            raise ValueError("a serve request carries exactly one socket")
+        listener = socket.socket(fileno=fds.pop())
+        status = await self.add(spec, listener)
+        if status is not None:
+            return {"ok": False, "error": f"shim {spec.flags.id} failed to start (see its log)"}
+        return {"ok": True, "pid": os.getpid()}
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+    return fds
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def run_shared(
+    manager: Manager,
+    registry: Registry,
+    control: socket.socket,
+    control_path: str,
+    *,
+    first: tuple[ShimSpec, socket.socket],
+) -> int:
+    """The shared process (forked by a start helper, which holds the control lock): serve
+    ``first`` and what the control socket brings, until no daemon is left."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    set_child_subreaper()
+    route_module_logs()
+
+    async def main() -> None:
+        shims = SharedShims(manager, registry, lock_path=control_path + ".lock")
+        control.setblocking(False)
+        async with trio.open_nursery() as nursery:
+            trio_control = trio.socket.from_stdlib_socket(control)
+            await nursery.start(shims.serve, trio_control, control_path)
+            await shims.add(*first)
+
+    trio.run(main)
+    return 0
