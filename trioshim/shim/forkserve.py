@@ -39,7 +39,7 @@ from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
 from trioshim.ttrpc.server import listen_backlog
 
-__all__ = ["serve"]
+__all__ = ["close_in_next_child", "serve"]
 
 # Without a pidfd the server looks at its containerd this often (it must be gone within a
 # second of containerd).
@@ -260,6 +260,19 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return request, fds
 
 
+def close_in_next_child(fd: int) -> None:
+    """Close ``fd`` in the child of the next fork only. At-fork hooks are inherited by every
+    later fork, and in the grandchildren the number is in use again (the reaper's exec pipes,
+    say): closing it there would break them."""
+    pending = [fd]
+
+    def close_once() -> None:
+        if pending:
+            _close(pending.pop())
+
+    os.register_at_fork(after_in_child=close_once)
+
+
 def _worker(
     conn: socket.socket,
     server_fds: tuple[int, ...],
@@ -283,8 +296,7 @@ def _worker(
             _log(f"worker for pid {_peer(conn)[0]}: {exc}; the helper runs it itself")
             _exit(conn, b"L", 0)
         # The daemon must not keep the helper's connection (or anything else of ours) open.
-        conn_fd = conn.fileno()
-        os.register_at_fork(after_in_child=lambda: _close(conn_fd))
+        close_in_next_child(conn.fileno())
         os.setpgid(0, 0)  # like the helper, which containerd puts in its own group
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
