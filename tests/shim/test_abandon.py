@@ -14,8 +14,10 @@ import trio.testing
 
 from tests.shim.test_daemon import Quick, exists, quiet_shutdown, registry, stages
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
-from trioshim.shim.abandon import BUNDLE_CHECK_INTERVAL
+from trioshim.shim.abandon import BUNDLE_CHECK_INTERVAL, Claim
 from trioshim.testing import connect_task, open_shim
+from trioshim.ttrpc import Server
+from trioshim.ttrpc.errors import Unavailable
 
 BOUND = 30.0
 
@@ -81,3 +83,29 @@ async def test_off_by_default(autojump_clock: trio.testing.MockClock, bundle: st
         shutil.rmtree(bundle)
         await trio.sleep(100 * BOUND)
         assert not shim.exited.is_set()
+
+
+async def test_a_request_read_once_the_daemon_is_given_up_is_refused() -> None:
+    # The watcher's decision and the first request race; exactly one wins, with no
+    # checkpoint between the check and the decision.
+    late = Claim()
+    assert late.abandon()
+    with pytest.raises(Unavailable, match="abandoned"):
+        late.claim()
+    assert not late.claimed.is_set()
+
+    early = Claim()
+    early.claim()
+    assert not early.abandon()
+    assert early.claimed.is_set() and not early.abandoned
+
+
+class _Misspelt:
+    async def Creat(self, ctx: object, request: object) -> object:
+        raise AssertionError("never called")
+
+
+async def test_a_misspelt_handler_is_refused_through_the_claim_wrapper() -> None:
+    service = shim_pb2.DESCRIPTOR.services_by_name["Task"]
+    with pytest.raises(TypeError, match="Creat is not an rpc"):
+        Server().register(service, Claim().wrap(_Misspelt()))

@@ -29,6 +29,7 @@ from typing import Any, Final
 import trio
 
 from trioshim.shim.shutdown import ShutdownService
+from trioshim.ttrpc.errors import Unavailable
 
 __all__ = ["ABANDON_TIMEOUT", "BUNDLE_CHECK_INTERVAL", "Claim", "watch_abandonment"]
 
@@ -37,32 +38,55 @@ BUNDLE_CHECK_INTERVAL: Final = 1.0
 
 
 class Claim:
-    """Set by the first request any registered service receives."""
+    """Who got there first: the first request any registered service receives (the daemon is
+    *claimed*), or the watcher's decision that containerd abandoned it (*abandoned*). Both are
+    taken without a checkpoint in between, so exactly one of them wins: a request read while
+    the daemon is being given up is refused instead of being served by a daemon on its way
+    out."""
 
     def __init__(self) -> None:
         self.claimed = trio.Event()
+        self.abandoned = False
 
     def wrap(self, implementation: object) -> object:
-        """``implementation`` whose every RPC handler first marks the daemon claimed."""
-        return _Claiming(implementation, self.claimed)
+        """``implementation`` whose every RPC handler first claims the daemon (or, once it is
+        abandoned, answers Unavailable)."""
+        return _Claiming(implementation, self)
+
+    def claim(self) -> None:
+        if self.abandoned:
+            raise Unavailable("shim is shutting down: abandoned before its first request")
+        self.claimed.set()
+
+    def abandon(self) -> bool:
+        """Give the daemon up unless a request claimed it first; whether it was given up."""
+        if self.claimed.is_set():
+            return False
+        self.abandoned = True
+        return True
 
 
 class _Claiming:
-    def __init__(self, implementation: object, claimed: trio.Event) -> None:
+    def __init__(self, implementation: object, claim: Claim) -> None:
         self._implementation = implementation
-        self._claimed = claimed
+        self._claim = claim
 
     def __getattr__(self, name: str) -> Any:
         handler = getattr(self._implementation, name)
         if not inspect.iscoroutinefunction(handler):
             return handler
-        return _claiming(handler, self._claimed)
+        return _claiming(handler, self._claim)
+
+    def __dir__(self) -> list[str]:
+        # The server checks the implementation's handler names at registration (a misspelt
+        # `Creat` is refused): it must see the wrapped object's.
+        return dir(self._implementation)
 
 
-def _claiming(handler: Callable[..., Any], claimed: trio.Event) -> Callable[..., Any]:
+def _claiming(handler: Callable[..., Any], claim: Claim) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def claim_then_handle(*args: Any, **kwargs: Any) -> Any:
-        claimed.set()
+        claim.claim()
         return await handler(*args, **kwargs)
 
     return claim_then_handle
@@ -90,7 +114,7 @@ def _still_there(path: str, fd: int) -> bool:
 
 async def watch_abandonment(
     bundle: str,
-    claimed: trio.Event,
+    claim: Claim,
     shutdown: ShutdownService,
     log: logging.Logger,
     *,
@@ -107,14 +131,14 @@ async def watch_abandonment(
         with trio.move_on_after(within):
             while not reason:
                 with trio.move_on_after(interval):
-                    await claimed.wait()
+                    await claim.claimed.wait()
                     return
                 if fd is None or not _still_there(bundle, fd):
                     reason = "abandoned: bundle removed before any request"
     finally:
         if fd is not None:
             os.close(fd)
-    if claimed.is_set():
+    if not claim.abandon():
         return
     reason = reason or f"abandoned: no request within {within:g}s of start"
     log.warning("containerd abandoned this daemon", extra={"fields": {"reason": reason}})

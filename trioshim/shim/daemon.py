@@ -222,7 +222,7 @@ async def serve_daemon(config: DaemonConfig) -> int:
                     functools.partial(
                         watch_abandonment,
                         config.bundle,
-                        claim.claimed,
+                        claim,
                         shutdown,
                         log,
                         within=config.abandon_timeout,
