@@ -428,3 +428,47 @@ async def test_error_text_not_utf8(
     await peer.aclose()
     await other.aclose()
     server.close()
+
+
+class GatedEcho(TestService):
+    """Echo of "late" answers only once `gate` is set."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def Echo(self, ctx: RequestContext, req: wrappers_pb2.StringValue) -> object:
+        if req.value == "late":
+            await self.gate.wait()
+        return wrappers_pb2.StringValue(value=req.value)
+
+
+async def test_a_reply_queued_while_the_flusher_writes_is_not_stranded(
+    nursery: trio.Nursery, sock_path: Path
+) -> None:
+    # Three requests in one read: a big reply the flusher is still writing (the peer reads
+    # slowly), a reply queued meanwhile, and a sibling that never answers. The queued reply
+    # must go out once the big one is written, not wait for the silent sibling.
+    service = GatedEcho()
+    server = Server()
+    server.register(TEST_SERVICE, service)
+    await nursery.start(server.serve, await open_unix_listener(sock_path))
+    peer = await connect(sock_path)
+    big = 3 << 20  # far more than the socket buffers hold
+    with trio.fail_after(30):  # bounds a hang only
+        await peer.send(
+            request_frame(1, "Big", wrappers_pb2.UInt64Value(value=big).SerializeToString())
+            + request_frame(3, "Echo", echo("late"))
+            + request_frame(5, "Sleep", wrappers_pb2.DoubleValue(value=1e9).SerializeToString())
+        )
+        peer.decoder.receive_data(await peer.stream.receive_some(1))  # the big reply is going
+        service.gate.set()
+        await trio.testing.wait_all_tasks_blocked()  # "late" answered, queued behind the write
+        sid, response = await peer.response()
+        assert sid == 1 and len(wrappers_pb2.BytesValue.FromString(response.payload).value) == big
+        sid, response = await peer.response()
+        assert sid == 3 and wrappers_pb2.StringValue.FromString(response.payload).value == "late"
+    await peer.aclose()
+    server.close()

@@ -822,10 +822,12 @@ class _Connection:
             return trio.lowlevel.Abort.SUCCEEDED
 
         while True:
+            # Replies queued while a flush was writing found no parked flusher to wake: they
+            # go out now, before parking, or they would wait for their last sibling.
+            while self._outbox:
+                await self._flush()
             self._flusher = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(abort)
-            if self._outbox:
-                await self._flush()
 
     async def _dispatch(
         self, found: _Method | tuple[int, str], request: Request, stream_id: int, deadline: float
