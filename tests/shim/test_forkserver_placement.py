@@ -145,3 +145,37 @@ def test_a_worker_that_cannot_follow_lets_the_helper_run_it(env: Env) -> None:
     finally:
         shutdown(containerd.out.decode())
         shutdown(first.out.decode())
+
+
+def _pids_cgroup_of(pid: int) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            return Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+    pytest.fail("no pids cgroup hierarchy mounted (cgroup v1 with the pids controller)")
+
+
+def test_a_server_that_cannot_fork_lets_the_helper_run_it(env: Env) -> None:
+    # Under a pids limit (or out of memory) the server's fork fails: the helper is told that
+    # nothing ran and runs the action itself, and the server goes on serving.
+    env.bundle("c1")
+    env.bundle("c2")
+    first = env.run_under("c1", "start")
+    poll(lambda: "serving" in env.server_log(), "the fork server")
+    server = env.server_pid()
+    home = _pids_cgroup_of(server)
+    full = home / f"tsh-nofork-{os.getpid()}"
+    full.mkdir()
+    try:
+        (full / "pids.max").write_text("1")  # the server alone: no room for a worker
+        (full / "cgroup.procs").write_text(str(server))
+        containerd = env.run_under("c2", "start")
+        assert containerd.status == 0
+        daemon = shim_pid(containerd.out.decode())
+        assert "cannot fork a worker" in env.server_log()
+        assert alive(server) and alive(daemon)
+    finally:
+        (home / "cgroup.procs").write_text(str(server))
+        full.rmdir()
+    shutdown(containerd.out.decode())
+    shutdown(first.out.decode())

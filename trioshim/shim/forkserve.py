@@ -41,6 +41,8 @@ from trioshim.ttrpc.server import listen_backlog
 
 __all__ = ["close_in_next_child", "serve"]
 
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
 # Without a pidfd the server looks at its containerd this often (it must be gone within a
 # second of containerd).
 _POLL_INTERVAL = 0.25
@@ -165,10 +167,19 @@ def serve(
                 # Logged before the fork: the worker may finish the helper's action before
                 # this process runs again, and the log must already say who served it.
                 _log(f"worker for pid {peer_pid}")
-                pid = os.fork()
+                # SIGTERM/SIGINT stay blocked until the worker has its own handlers: the
+                # server's would run its clean-up in the worker (removing the live socket).
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # EAGAIN under a pids limit, ENOMEM: nothing ran
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    _decline(conn, f"cannot fork a worker for pid {peer_pid}: {exc}")
+                    return
                 if pid == 0:
                     server_fds = (listener.fileno(), lock, *containerd.fds())
-                    _worker(conn, server_fds, manager, registry, argv0, shim_run)
+                    _worker(conn, server_fds, manager, registry, argv0, shim_run, mask)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
         last = time.monotonic()
         while True:
@@ -280,14 +291,17 @@ def _worker(
     registry: Registry,
     argv0: str,
     run: Any,
+    mask: set[int | signal.Signals],
 ) -> NoReturn:
-    """Become the helper that asked, run the action, report the status (never returns)."""
+    """Become the helper that asked, run the action, report the status (never returns).
+    ``mask`` is the signal mask to restore once the server's handlers are replaced."""
     status = 1
     try:
         for fd in server_fds:
             _close(fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         request, fds = _receive(conn)
         conn.settimeout(None)
         try:
@@ -315,6 +329,19 @@ def _worker(
         with contextlib.suppress(BaseException):
             os.write(2, f"trioshim fork server worker: {exc!r}\n".encode())
     _exit(conn, b"S", status)
+
+
+def _decline(conn: socket.socket, why: str) -> None:
+    """Tell the helper that nothing ran and it must run the action itself. Its request is
+    read first (and its descriptors closed): closing a unix socket with unread data would
+    reset the helper's end before it reads the answer."""
+    _log(f"{why}; the helper runs it itself")
+    with contextlib.suppress(OSError, ValueError):
+        _, fds = _receive(conn)
+        for fd in fds:
+            _close(fd)
+    with contextlib.suppress(OSError):
+        conn.sendall(_STATUS.pack(b"L", 0))
 
 
 def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:

@@ -197,7 +197,10 @@ def _delegate(path: str, args: list[str]) -> int | None:
             return None  # the server went away between connect and send: nothing ran
         data = b""
         while len(data) < _STATUS.size:
-            chunk = sock.recv(_STATUS.size - len(data))
+            try:
+                chunk = sock.recv(_STATUS.size - len(data))
+            except OSError:  # reset: as good as no answer
+                break
             if not chunk:
                 break
             data += chunk
