@@ -200,6 +200,10 @@ async def test_pty_hangup_without_stop_returns_hangup(pipes: list[int]) -> None:
     assert os.read(out_r, 10) == b"bye"
 
 
+async def _pump_into(result: list[PumpResult], src: int, dst: int, stop: StopSignal) -> None:
+    result.append(await pump(src, dst, stop=stop))
+
+
 async def test_pty_reopened_after_eio_keeps_the_output(
     pipes: list[int], mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,31 +218,25 @@ async def test_pty_reopened_after_eio_keeps_the_output(
     name = os.ttyname(slave)
     out_r, out_w = _pipe(pipes)
     os.set_blocking(out_r, False)
-    reads = 0
+    read_from: list[int] = []
     real_readv = os.readv
 
-    def counting_readv(fd: int, buffers: list[bytearray]) -> int:
-        nonlocal reads
-        reads += fd == master
+    def recording_readv(fd: int, buffers: list[bytearray]) -> int:
+        read_from.append(fd)
         return real_readv(fd, buffers)
 
-    monkeypatch.setattr(copymod.os, "readv", counting_readv)
-    stop = StopSignal()
-    result: list[PumpResult] = []
-
-    async def copier() -> None:
-        result.append(await pump(master, out_w, stop=stop))
-
+    monkeypatch.setattr(copymod.os, "readv", recording_readv)
+    stop, result = StopSignal(), list[PumpResult]()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(copier)
+        nursery.start_soon(_pump_into, result, master, out_w, stop)
         first = os.urandom(6 * 1024 - 1) + b"$"  # more than the line discipline's 4 KiB buffer
         os.write(slave, first)
         os.close(slave)  # no slave open: once the data is read, the master reads EIO
         assert await read_exactly(out_r, len(first)) == first
         await trio.testing.wait_all_tasks_blocked()
-        parked = reads
+        parked = read_from.count(master)
         await trio.testing.wait_all_tasks_blocked()
-        assert reads == parked <= 8  # waiting, not spinning on EIO
+        assert read_from.count(master) == parked <= 8  # waiting, not spinning on EIO
         assert not result  # EIO did not end the output
         slave = os.open(name, os.O_RDWR | os.O_NOCTTY)  # the process reopens /dev/tty
         os.write(slave, b"second")
@@ -290,3 +288,43 @@ def test_set_pipe_size_and_errno_text(pipes: list[int]) -> None:
     assert set_pipe_size(r, 4096) == size  # never shrinks
     assert errno_text(OSError(errno.ENOENT, "x")) == "no such file or directory"
     assert errno_text(OSError(errno.ENXIO, "x")) == "no such device or address"
+
+
+async def test_pty_write_eio_is_retried_until_the_stop(
+    pipes: list[int], autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stdin -> master: EIO writing to the master does not end the copy; it is retried (the
+    backoff timer: a reopened slave that only reads wakes nothing on the master), and after
+    the stop the bytes that cannot be written are dropped (BROKEN)."""
+    master, slave = os.openpty()
+    pipes += [master, slave]
+    tty.setraw(slave)
+    os.set_blocking(slave, False)
+    in_r, in_w = _pipe(pipes)
+    failures = 3
+    real_write = os.write
+
+    def flaky_write(fd: int, data: bytes) -> int:
+        nonlocal failures
+        if fd == master and failures:
+            failures -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(copymod.os, "write", flaky_write)
+    stop, result = StopSignal(), list[PumpResult]()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump_into, result, in_r, master, stop)
+        os.write(in_w, b"typed")
+        assert await read_exactly(slave, 5) == b"typed"  # after three EIO
+        assert failures == 0
+        failures = 10**6  # now the master stays unwritable
+        os.write(in_w, b"lost")
+        await trio.testing.wait_all_tasks_blocked()
+        assert failures < 10**6  # tried
+        assert not result
+        await trio.sleep(10)  # virtual: retries at most a second apart, with a backoff
+        assert 10 <= 10**6 - failures <= 40
+        assert not result
+        stop.set()
+    assert result == [(PumpEnd.BROKEN, 5)]
