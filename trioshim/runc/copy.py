@@ -137,9 +137,9 @@ class StopSignal:
     """A one-shot flag that tells pumps to stop waiting for their source.
 
     After :meth:`set`, a pump copies what its source holds right now and returns ``STOPPED``
-    where it would otherwise wait (``EAGAIN``); end of file and hang-up end it as usual. Used
-    for a console at process exit: the output copier drains the master and finishes instead of
-    waiting for more (a background process may still hold the terminal open).
+    where it would otherwise wait (``EAGAIN``, or ``EIO`` on a pty master); end of file ends it
+    as usual. Used for a console at process exit: the output copier drains the master and
+    finishes instead of waiting for more (a background process may still hold the terminal).
     """
 
     def __init__(self) -> None:

@@ -609,8 +609,8 @@ class ProcessIO:
             done.set()
 
         async def output_done(end: PumpEnd) -> None:
-            # The terminal hung up or was shut down: the output is complete once the client
-            # has read it (the exit waits for this), whether or not the process is still there.
+            # The console was shut down (exit, stdin's end) and drained, or the output broke:
+            # the output is complete once the client has read it (the exit waits for this).
             try:
                 if end is PumpEnd.BROKEN:
                     log.warning("%s: error copying console output: broken", self.process_id)
