@@ -1,8 +1,10 @@
 """Terminal processes (`ctr task exec -t`, `ctr run -t`): output intact to the last byte.
 
-The exit of a terminal process is reported as soon as its output was delivered (the terminal's
-hang-up ends the output); these check that nothing is cut off on the way: several MB through
-the container's pty, the shim, the FIFO and ctr, and a process that exits at once.
+The exit of a terminal process is reported as soon as its output was delivered (the exit ends
+the output); these check that nothing is cut off on the way: several MB through the container's
+pty, the shim, the FIFO and ctr, a process that exits at once, and a process that closes its
+terminal and writes to it again through /dev/tty (the master reads EIO in between, which is not
+the end of the output).
 """
 
 from __future__ import annotations
@@ -64,3 +66,25 @@ def test_terminal_run_output_intact(e2e: E2E) -> None:
     status, out, err = ctr_on_tty(e2e.containerd, *argv)
     assert status == 3, err
     assert_intact(e2e, out, expected_seq(), err)
+
+
+# Closes every descriptor of its terminal (the master reads EIO), then reopens it.
+REOPEN = "exec </dev/null >/dev/null 2>&1; sleep 0.2; echo hi >/dev/tty"
+
+
+def test_terminal_run_reopened(e2e: E2E) -> None:
+    cid = e2e.new_id()
+    argv = e2e.run_argv(cid, "/bin/sh", "-c", REOPEN, opts=("--rm", "-t"))
+    status, out, err = ctr_on_tty(e2e.containerd, *argv)
+    assert status == 0, err
+    assert_intact(e2e, out, b"hi\n", err)
+
+
+def test_terminal_exec_reopened(e2e: E2E) -> None:
+    cid = e2e.run_detached("/bin/sleep", "1000")
+    status, out, err = ctr_on_tty(
+        e2e.containerd, "task", "exec", "-t", "--exec-id", "reopen", cid, "/bin/sh", "-c", REOPEN
+    )
+    assert status == 0, err
+    assert_intact(e2e, out, b"hi\n", err)
+    assert e2e.kill_and_delete(cid) == 137

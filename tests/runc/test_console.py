@@ -18,6 +18,7 @@ from tests.runc.test_stdio import LOGGER, client_reader, read_exactly, read_to_e
 from trioshim.runc import copy as copymod
 from trioshim.runc.console import Console, ConsoleError, ConsoleSocket
 from trioshim.runc.stdio import (
+    OUTPUT_FLUSH_TIMEOUT,
     ProcessIO,
     StdioConfig,
     StdioDeadlineExceeded,
@@ -53,6 +54,15 @@ class Pty:
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)  # no echo, no line discipline: bytes out == bytes in
+        self.name = os.ttyname(self.slave)
+
+    def reopen_and_write(self, data: bytes) -> None:
+        """A process that closed its terminal opens /dev/tty again, writes and exits."""
+        slave = os.open(self.name, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(slave, data)
+        finally:
+            os.close(slave)
 
     def hand_over(self, socket_path: str) -> None:
         send_master(socket_path, [self.master], os.ttyname(self.slave).encode())
@@ -215,15 +225,13 @@ async def test_terminal_copy_resize_and_stdin_eof_shutdown(fifos: tuple[str, str
                 io.resize(10, 10)  # no console any more: nothing to do
 
 
-async def test_terminal_hangup_is_the_end_of_output(
-    fifos: tuple[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    autojump_clock: trio.testing.MockClock,
+async def test_terminal_reopened_after_hang_up_loses_nothing(
+    fifos: tuple[str, str], monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
 ) -> None:
-    """The process wrote its last bytes and closed its terminal: EIO on the master ends the
-    output, so the output is delivered (and the exit can be reported) without waiting for the
-    exit's handling. Virtual time: once the slave is closed nothing waits on the kernel, so a
-    copier parked until the process exit is handled would reach the deadline."""
+    """The process wrote, closed its terminal (the master reads EIO) and later reopened it and
+    wrote again (systemd, agetty): the output FIFO stays open, the copier waits without polling
+    the master, and everything arrives. The exit then ends the output at once (frozen clock:
+    nothing here may wait on a timer)."""
     _, stdout_path = fifos
     reads: dict[int, int] = {}
     real_readv = os.readv
@@ -237,23 +245,23 @@ async def test_terminal_hangup_is_the_end_of_output(
         io = await open_terminal_io(Reaper(), nursery, "", stdout_path)
         async with io:
             out = client_reader(stdout_path)
-            _, data = process_wrote(io, hang_up=True)
+            pty, data = process_wrote(io, hang_up=True)
             await io.after_start()
             assert io.console is not None
             master = io.console.fd
-            with trio.fail_after(0.5):
-                # End of file: the copier closed its writer and keeper once this client had
-                # read everything.
-                assert await read_to_eof(out) == data
-                assert io.drained
-            # The hung-up master is readable forever: it is not polled again.
+            assert await read_exactly(out, len(data)) == data
             await trio.testing.wait_all_tasks_blocked()
             parked = reads.get(master, 0)
             await trio.testing.wait_all_tasks_blocked()
-            assert reads.get(master, 0) == parked <= 4
-            # The terminal itself stays until the process exit is handled.
-            assert not io.console.closed
+            assert reads.get(master, 0) == parked <= 8  # waiting, not spinning on EIO
+            assert not io.drained
+            with pytest.raises(BlockingIOError):
+                os.read(out, 1)  # the FIFO is still open: no end of file
+            pty.reopen_and_write(b"second")
+            assert await read_exactly(out, 6) == b"second"
             await io.process_exited()
+            assert await read_to_eof(out) == b""
+            assert await io.wait_drained(OUTPUT_FLUSH_TIMEOUT)
             await trio.testing.wait_all_tasks_blocked()
             assert io.console.closed
 

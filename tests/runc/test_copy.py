@@ -12,8 +12,11 @@ import pytest
 import trio
 import trio.testing
 
+from tests.runc.test_stdio import read_exactly
+from trioshim.runc import copy as copymod
 from trioshim.runc.copy import (
     PumpEnd,
+    PumpResult,
     StopSignal,
     errno_text,
     is_pipe,
@@ -197,30 +200,54 @@ async def test_pty_hangup_without_stop_returns_hangup(pipes: list[int]) -> None:
     assert os.read(out_r, 10) == b"bye"
 
 
-async def test_pty_hangup_ends_the_output_even_with_a_stop_signal(
-    pipes: list[int], autojump_clock: trio.testing.MockClock
+async def _pump_into(result: list[PumpResult], src: int, dst: int, stop: StopSignal) -> None:
+    result.append(await pump(src, dst, stop=stop))
+
+
+async def test_pty_reopened_after_eio_keeps_the_output(
+    pipes: list[int], mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The terminal's hang-up is the end of its output: a pump given a stop signal that is
-    never set returns at EIO (it used to park until the signal, i.e. the exit's handling),
-    with every byte the slave side wrote. Virtual time: nothing here waits on the kernel once
-    the slave is closed, so only a pump that parks would reach the deadline."""
+    """EIO on a master only says that no slave is open right now: a process that closes its
+    terminal and reopens it (/dev/tty) writes again. With a stop signal the pump waits for the
+    master (without polling a master that reads EIO again and again) until the process exits,
+    then drains and ends: both writes arrive, and the exit ends the pump without any timer
+    (frozen clock: a pump waiting on time would never return)."""
     master, slave = os.openpty()
     pipes.append(master)
     tty.setraw(slave)
+    name = os.ttyname(slave)
     out_r, out_w = _pipe(pipes)
-    data = os.urandom(6 * 1024 - 1) + b"$"  # more than the line discipline's 4 KiB buffer
-    os.write(slave, data)
-    os.close(slave)  # hang-up: the master reads the data, then EIO, and is readable forever
-    stop = StopSignal()
-    with trio.fail_after(0.5):
-        result = await pump(master, out_w, stop=stop)
-    assert result == (PumpEnd.HANGUP, len(data))
-    assert not stop.is_set()
-    os.close(out_w)
-    pipes.remove(out_w)
-    got = bytearray()
-    await _read_all(out_r, got)
-    assert got == data
+    os.set_blocking(out_r, False)
+    read_from: list[int] = []
+    real_readv = os.readv
+
+    def recording_readv(fd: int, buffers: list[bytearray]) -> int:
+        read_from.append(fd)
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(copymod.os, "readv", recording_readv)
+    stop, result = StopSignal(), list[PumpResult]()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump_into, result, master, out_w, stop)
+        first = os.urandom(6 * 1024 - 1) + b"$"  # more than the line discipline's 4 KiB buffer
+        os.write(slave, first)
+        os.close(slave)  # no slave open: once the data is read, the master reads EIO
+        assert await read_exactly(out_r, len(first)) == first
+        await trio.testing.wait_all_tasks_blocked()
+        parked = read_from.count(master)
+        await trio.testing.wait_all_tasks_blocked()
+        assert read_from.count(master) == parked <= 8  # waiting, not spinning on EIO
+        assert not result  # EIO did not end the output
+        slave = os.open(name, os.O_RDWR | os.O_NOCTTY)  # the process reopens /dev/tty
+        os.write(slave, b"second")
+        os.close(slave)
+        assert await read_exactly(out_r, 6) == b"second"
+        await trio.testing.wait_all_tasks_blocked()
+        assert not result
+        stop.set()  # the process exited
+    assert result == [(PumpEnd.STOPPED, len(first) + 6)]
+    with pytest.raises(BlockingIOError):
+        os.read(out_r, 10)  # nothing more, nothing twice
 
 
 async def test_cat_roundtrip_with_real_child(pipes: list[int]) -> None:
@@ -261,3 +288,43 @@ def test_set_pipe_size_and_errno_text(pipes: list[int]) -> None:
     assert set_pipe_size(r, 4096) == size  # never shrinks
     assert errno_text(OSError(errno.ENOENT, "x")) == "no such file or directory"
     assert errno_text(OSError(errno.ENXIO, "x")) == "no such device or address"
+
+
+async def test_pty_write_eio_is_retried_until_the_stop(
+    pipes: list[int], autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stdin -> master: EIO writing to the master does not end the copy; it is retried (the
+    backoff timer: a reopened slave that only reads wakes nothing on the master), and after
+    the stop the bytes that cannot be written are dropped (BROKEN)."""
+    master, slave = os.openpty()
+    pipes += [master, slave]
+    tty.setraw(slave)
+    os.set_blocking(slave, False)
+    in_r, in_w = _pipe(pipes)
+    failures = 3
+    real_write = os.write
+
+    def flaky_write(fd: int, data: bytes) -> int:
+        nonlocal failures
+        if fd == master and failures:
+            failures -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(copymod.os, "write", flaky_write)
+    stop, result = StopSignal(), list[PumpResult]()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump_into, result, in_r, master, stop)
+        os.write(in_w, b"typed")
+        assert await read_exactly(slave, 5) == b"typed"  # after three EIO
+        assert failures == 0
+        failures = 10**6  # now the master stays unwritable
+        os.write(in_w, b"lost")
+        await trio.testing.wait_all_tasks_blocked()
+        assert failures < 10**6  # tried
+        assert not result
+        await trio.sleep(10)  # virtual: retries at most a second apart, with a backoff
+        assert 10 <= 10**6 - failures <= 40
+        assert not result
+        stop.set()
+    assert result == [(PumpEnd.BROKEN, 5)]

@@ -56,7 +56,8 @@ def exits_seen(events: Events) -> list[str]:
 @pytest.mark.parametrize(
     "terminal_end",
     [
-        "hang-up",  # the process was the terminal's last user: EIO ends the output
+        "hang-up",  # the process was the terminal's last user: the master reads EIO
+        "reopened",  # it closed its terminal (EIO), then reopened it and wrote again
         "background-child",  # something else keeps the terminal open: the exit ends it
     ],
 )
@@ -73,8 +74,13 @@ async def test_terminal_exit_reported_once_output_delivered(
         process.io = io
         async with io:
             out = client_reader(stdout)
-            pty, data = process_wrote(io, hang_up=terminal_end == "hang-up")
+            pty, data = process_wrote(io, hang_up=terminal_end != "background-child")
             await io.after_start()
+            if terminal_end == "reopened":
+                assert await read_exactly(out, len(data)) == data
+                await trio.testing.wait_all_tasks_blocked()  # the copier read EIO and waits
+                data = b"written after reopening /dev/tty"
+                pty.reopen_and_write(data)
             exits.on_exit(Exit(PID, 3, 1))
             await trio.testing.wait_all_tasks_blocked()
             # Every byte is in the FIFO, but the client has not read it yet: containerd 1.6

@@ -10,15 +10,14 @@ message, one descriptor, a tty), and removes the socket's private directory.
 :meth:`Console.copy` (stdin FIFO -> master, master -> output), :meth:`Console.shutdown` (the
 process exited: drain what the master holds and finish) and :meth:`Console.close`.
 
-Hang-up: once every slave descriptor is closed, reading the master fails with ``EIO`` (only
-after everything written to the slave was read) and the master stays readable forever. That
-``EIO`` is the end of the output: the output copier finishes at once, without waiting for the
-process's exit to be handled, so the exit can be reported as soon as the output is delivered.
-The master itself stays open until :meth:`Console.shutdown` (closing it would send SIGHUP to a
-process that merely closed its terminal). A process that leaves a background child holding the
-terminal never hangs it up: then :meth:`Console.shutdown` at the exit drains what the master
-holds and finishes the output. When stdin reaches end of file the console is shut down and the
-master closed, as in containerd-shim-runc-v2 (the container's terminal hangs up).
+Hang-up: while no slave descriptor is open, reading the master fails with ``EIO`` (only after
+everything written to the slave was read), but that is not the end of the output: the process
+may reopen its terminal (``/dev/tty``, ``/dev/console``) and write again. So the output copier
+keeps waiting for the master (see :mod:`trioshim.runc.copy`) until :meth:`Console.shutdown`,
+which exit handling calls at the process's exit before it waits for the output: the copier then
+drains what the master holds and finishes at once, and the exit is reported as soon as the
+output is delivered. When stdin reaches end of file the console is shut down and the master
+closed, as in containerd-shim-runc-v2 (the container's terminal hangs up).
 """
 
 from __future__ import annotations
@@ -189,9 +188,8 @@ class Console:
         output: int,
         output_done: Callable[[PumpEnd], Awaitable[None]] | None = None,
     ) -> None:
-        """Copy ``stdin`` -> master (if given) and master -> ``output`` until the terminal
-        hangs up or the console is shut down (process exit, or stdin's end of file); then,
-        once shut down, close the master.
+        """Copy ``stdin`` -> master (if given) and master -> ``output`` until the console is
+        shut down (process exit, or stdin's end of file) and drained; then close the master.
 
         The caller keeps ownership of ``stdin`` and ``output``; ``output_done`` is awaited as
         soon as the output side finished (to deliver and close the output, and report drained).
@@ -204,13 +202,9 @@ class Console:
                 end = (await pump(master, output, stop=self._stop)).end
                 if output_done is not None:
                     await output_done(end)
-                if end is PumpEnd.HANGUP:
-                    # Nothing more can come out, but the process may still be running: keep
-                    # its terminal until it exits (or stdin ends).
-                    await self._stop.wait()
-                # Output is over and the process gone (or stdin ended): stop the stdin side
-                # too, even if it waits on a full terminal. A broken output alone (the logger
-                # died) leaves stdin running until shutdown.
+                # Output is over after a shutdown and its final drain: the process is gone (or
+                # stdin ended), so stop the stdin side too, even if it waits on a full terminal.
+                # A broken output alone (the logger died) leaves stdin running until shutdown.
                 if end is not PumpEnd.BROKEN:
                     self._stop.set()
                     nursery.cancel_scope.cancel()

@@ -15,16 +15,24 @@ pump asks ``poll(2)`` (zero timeout) and waits on the end that is not ready.
 How a pump ends (:class:`PumpEnd`):
 
 - ``EOF``: the source reached end of file (every writer of the source pipe is gone).
-- ``HANGUP``: the source is a pty master whose slave side is closed (``EIO``): the end of the
-  terminal's output. Linux returns ``EIO`` only once everything the slave side wrote has been
-  read (a read flushes the pending input to the line discipline before it decides), so nothing
-  is left behind; and a hung-up master is readable forever, so it must not be polled again.
-- ``BROKEN``: the destination is gone: ``EPIPE`` (no reader left) or ``EIO`` (a pty master whose
-  terminal hung up). Bytes read but not written are dropped, as ``io.Copy`` does.
+- ``HANGUP``: the source is a pty master that reads ``EIO`` and no :class:`StopSignal` was
+  given (nothing else could tell the pump when the terminal's output is over).
+- ``BROKEN``: the destination is gone: ``EPIPE`` (no reader left) or, without a stop signal,
+  ``EIO`` (a pty master whose terminal hung up). Bytes read but not written are dropped, as
+  ``io.Copy`` does.
 - ``STOPPED``: the stop signal was set; the pump copied whatever the source still had without
   waiting (a final drain) and returned.
 
 Other ``OSError`` (``ENOSPC`` on a log file, ``EBADF``) propagate to the caller.
+
+A pty master reads ``EIO`` whenever no slave descriptor is open *at that moment* (only once
+everything the slave side wrote has been read), and reads again as soon as a slave is reopened:
+a process may close its terminal and reopen ``/dev/tty`` later (systemd as PID 1, agetty). So
+with a stop signal ``EIO`` is not the end: like containerd/console's epoll console, the pump
+waits for the master's next edge-triggered epoll event (a hung-up master is readable forever,
+so a level-triggered wait would spin) or the stop signal, whichever comes first. ``EIO`` writing
+to a master is retried the same way, bounded by a backoff timer since a reopened slave that only
+reads makes no event on the master.
 """
 
 from __future__ import annotations
@@ -129,9 +137,9 @@ class StopSignal:
     """A one-shot flag that tells pumps to stop waiting for their source.
 
     After :meth:`set`, a pump copies what its source holds right now and returns ``STOPPED``
-    where it would otherwise wait (``EAGAIN``); end of file and hang-up end it as usual. Used
-    for a console at process exit: the output copier drains the master and finishes instead of
-    waiting for more (a background process may still hold the terminal open).
+    where it would otherwise wait (``EAGAIN``, or ``EIO`` on a pty master); end of file ends it
+    as usual. Used for a console at process exit: the output copier drains the master and
+    finishes instead of waiting for more (a background process may still hold the terminal).
     """
 
     def __init__(self) -> None:
@@ -161,6 +169,37 @@ class StopSignal:
                 await trio.lowlevel.wait_readable(fd)
             finally:
                 self._scopes.discard(scope)
+
+
+class _SlaveWatch:
+    """Edge-triggered epoll on a pty master that reads (or writes) ``EIO``: its descriptor
+    becomes readable at the master's next wake-up (the slave reopened and wrote), not while the
+    master merely stays hung up."""
+
+    def __init__(self, master: int) -> None:
+        self._epoll = select.epoll()
+        try:
+            self._epoll.register(master, select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    def woke(self) -> bool:
+        """Consume the pending events: whether the master woke since the last call (the
+        registration itself counts as one, so the first ``EIO`` is always retried once)."""
+        return bool(self._epoll.poll(0))
+
+    async def wait(self, stop: StopSignal) -> None:
+        """Until the master's next wake-up or ``stop``."""
+        await stop.wait_readable(self._epoll.fileno())
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+_WRITE_RETRY_FIRST: Final = 0.01
+_WRITE_RETRY_MAX: Final = 1.0
+"""Backoff bounds of a write to a pty master that fails with ``EIO`` (seconds)."""
 
 
 async def _wait_source(fd: int, stop: StopSignal | None) -> None:
@@ -249,36 +288,62 @@ async def _rw_loop(
     buf = bytearray(size)
     view = memoryview(buf)
     moved_since_checkpoint = 0
-    while True:
-        try:
-            n = os.readv(src, [buf])
-        except BlockingIOError:
-            if stop is not None and stop.is_set():
-                return PumpEnd.STOPPED
-            await _wait_source(src, stop)
-            moved_since_checkpoint = 0
-            continue
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            return PumpEnd.HANGUP  # a pty master whose slave side is closed: nothing more
-        if n == 0:
-            return PumpEnd.EOF
-        done = 0
-        while done < n:
+    watches: dict[int, _SlaveWatch] = {}
+
+    def watch(fd: int) -> _SlaveWatch:
+        if fd not in watches:
+            watches[fd] = _SlaveWatch(fd)
+        return watches[fd]
+
+    try:
+        while True:
             try:
-                done += os.write(dst, view[done:n])
+                n = os.readv(src, [buf])
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(dst)
+                if stop is not None and stop.is_set():
+                    return PumpEnd.STOPPED
+                await _wait_source(src, stop)
                 moved_since_checkpoint = 0
-            except BrokenPipeError:
-                return PumpEnd.BROKEN
+                continue
             except OSError as exc:
-                if exc.errno == errno.EIO:
+                if exc.errno != errno.EIO:
+                    raise
+                # A pty master with no slave open right now; one may be opened again.
+                if stop is None:
+                    return PumpEnd.HANGUP
+                if stop.is_set():
+                    return PumpEnd.STOPPED  # everything the slave wrote was read
+                if not watch(src).woke():
+                    await watch(src).wait(stop)
+                moved_since_checkpoint = 0
+                continue
+            if n == 0:
+                return PumpEnd.EOF
+            done = 0
+            retry_delay = _WRITE_RETRY_FIRST
+            while done < n:
+                try:
+                    done += os.write(dst, view[done:n])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(dst)
+                    moved_since_checkpoint = 0
+                except BrokenPipeError:
                     return PumpEnd.BROKEN
-                raise
-        counter.copied += n
-        moved_since_checkpoint += n
-        if moved_since_checkpoint >= 8 * CHUNK:
-            moved_since_checkpoint = 0
-            await trio.lowlevel.checkpoint()
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    if stop is None or stop.is_set():
+                        return PumpEnd.BROKEN
+                    if not watch(dst).woke():
+                        with trio.move_on_after(retry_delay):
+                            await watch(dst).wait(stop)
+                    retry_delay = min(2 * retry_delay, _WRITE_RETRY_MAX)
+                    moved_since_checkpoint = 0
+            counter.copied += n
+            moved_since_checkpoint += n
+            if moved_since_checkpoint >= 8 * CHUNK:
+                moved_since_checkpoint = 0
+                await trio.lowlevel.checkpoint()
+    finally:
+        for slave_watch in watches.values():
+            slave_watch.close()

@@ -282,10 +282,10 @@ async def _output_delivered(process: Process) -> None:
     as the task stopped (see :data:`~trioshim.runc.stdio.OUTPUT_FLUSH_TIMEOUT`). A pipe still
     held by a background child of the process ends the wait at the bound.
 
-    A terminal's output ends when it hangs up, usually before the exit is reaped. A background
-    child may keep it open, though: the exit shuts the console down first (as the reference shim
-    does at exit), so its copier drains what the process wrote and finishes without waiting for
-    the bound (pipe modes have nothing to do at the exit; telling the stdio again once the exit
+    A terminal's output does not end when it hangs up (the process may reopen it), and a
+    background child may keep it open: the exit shuts the console down first (as the reference
+    shim does at exit), so its copier drains what the process wrote and finishes without waiting
+    for the bound (pipe modes have nothing to do at the exit; telling the stdio again once the exit
     is recorded changes nothing)."""
     io = process.io
     if io is not None and not io.drained:

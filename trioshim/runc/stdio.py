@@ -34,8 +34,9 @@ Modes, chosen by the scheme of ``stdout`` alone (stdin/stderr never select anyth
   connected (as in containerd-shim-runc-v2).
 - terminal: a console socket (see :mod:`trioshim.runc.console`); after start, the master is
   copied to the stdout FIFO (or a ``binary://`` logger's fd 3), stdin FIFO -> master; stderr is
-  ignored. The output is drained when the terminal hangs up (or the console is shut down at the
-  exit) and the client has read the FIFO. Stdin's end of file shuts the console down.
+  ignored. The output is drained once the console is shut down at the exit (a terminal with no
+  slave open may be reopened, so its hang-up is not the end) and the client has read the FIFO.
+  Stdin's end of file shuts the console down.
 - any other scheme: ``StdioError("unknown STDIO scheme <s>")``.
 
 Errors: :class:`StdioError` (maps to Unknown), :class:`StdioDeadlineExceeded` (an output FIFO
@@ -107,8 +108,8 @@ the container's pipe, when the exit is reported is lost (the reference shim lose
 large output this way). The exit is reported only after the copiers finished
 (:meth:`ProcessIO.wait_drained`), and a copier finishes only once the FIFO is empty or this
 bound passed (a reader that went away, e.g. containerd restarting, must not hold it forever).
-A terminal's output copier does the same once the terminal hangs up (or, with a background
-child still holding the terminal, once the exit shuts the console down)."""
+A terminal's output copier does the same once the exit shut the console down and it drained the
+master."""
 _PIPE_PREFIX: Final = "failed to start io pipe copy: unable to copy pipes: "
 _CONSOLE_PREFIX: Final = "failed to start console copy: "
 _DEADLINE: Final = "context deadline exceeded"
@@ -608,8 +609,8 @@ class ProcessIO:
             done.set()
 
         async def output_done(end: PumpEnd) -> None:
-            # The terminal hung up or was shut down: the output is complete once the client
-            # has read it (the exit waits for this), whether or not the process is still there.
+            # The console was shut down (exit, stdin's end) and drained, or the output broke:
+            # the output is complete once the client has read it (the exit waits for this).
             try:
                 if end is PumpEnd.BROKEN:
                     log.warning("%s: error copying console output: broken", self.process_id)
