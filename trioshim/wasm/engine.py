@@ -29,6 +29,7 @@ from trioshim.wasm.runner import (
     forward_signals,
     open_wasm_process,
 )
+from trioshim.wasm.sandbox import is_pod_sandbox, run_sandbox
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -132,7 +133,7 @@ async def run_module(
                 on_start(process)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(process.watch)
-                nursery.start_soon(forward_signals, process, signals)
+                nursery.start_soon(forward_signals, process.child, signals)
                 if on_running is not None:
                     nursery.start_soon(_when_running, process, on_running)
                 status = await process.wait()
@@ -156,7 +157,8 @@ class WasmEngine:
 
     Start replies once the module runs (``ctx.started(pid)`` when ``_start`` is called), so a
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
-    of starting and exiting 126; a bad spec fails it too (:class:`WasmError`).
+    of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
+    container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
     """
 
     cgroup_root: str = DEFAULT_ROOT
@@ -165,6 +167,14 @@ class WasmEngine:
     name: str = ENGINE_NAME
 
     async def run(self, ctx: EngineContext) -> int:
+        if is_pod_sandbox(ctx.spec):  # CRI's pause container: a holder, not a module
+            return await run_sandbox(
+                ctx.reaper,
+                spec=ctx.spec,
+                signals=ctx.signals,
+                on_start=ctx.started,
+                cgroup_root=self.cgroup_root,
+            )
         spawned: list[WasmProcess] = []
         status = await run_module(
             ctx.reaper,
