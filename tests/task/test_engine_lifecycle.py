@@ -133,6 +133,10 @@ async def test_an_engine_error_fails_start_or_becomes_status_255(
         with pytest.raises(Unknown, match="engine failing: the workload broke"):
             await kit.task.Start(pb.StartRequest(id="c1"))
         assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 1  # still CREATED
+        # containerd's clean-up of a failed Start: Kill, Wait (must return), Delete.
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        with trio.fail_after(5):  # virtual time: fails at once if nothing can end it
+            assert (await kit.task.Wait(pb.WaitRequest(id="c1"))).exit_status == 137
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         assert await kit.run("c2", ["after"]) == 255
 

@@ -169,7 +169,13 @@ class EngineInstance:
 
     async def start(self) -> int:
         self._starting = True
-        pid: int = await self.ctx.host.nursery.start(self._run)
+        try:
+            pid: int = await self.ctx.host.nursery.start(self._run)
+        except BaseException:
+            # It never ran: still CREATED, so Kill ends it and Wait returns (containerd and
+            # CRI clean up a failed Start with Kill, Wait, Delete).
+            self._starting = False
+            raise
         return pid
 
     async def _run(self, *, task_status: trio.TaskStatus[int]) -> None:
