@@ -106,6 +106,8 @@ async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.Mock
             await kit.task.Pause(pb.PauseRequest(id="c1"))
         with pytest.raises(Unimplemented, match="Exec"):
             await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1"))
+        with pytest.raises(Unimplemented, match="Stats"):
+            await kit.task.Stats(pb.StatsRequest(id="c1"))
         # Shutdown is ignored while a task is left
         await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
         assert not kit.shim.exited.is_set()
@@ -114,6 +116,24 @@ async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.Mock
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
         assert await kit.shim.wait() == 0
+
+
+class MeasuredSleeper(Sleeper):
+    """A Sleeper with the optional stats hook: answers with its container id."""
+
+    async def stats(self, ctx: task.RunContext) -> any_pb2.Any:
+        return any_pb2.Any(type_url="example.Stats", value=ctx.id.encode())
+
+
+async def test_the_engines_stats_hook_answers_stats(mock_clock: trio.testing.MockClock) -> None:
+    async with open_task_shim(MeasuredSleeper()) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        reply = await kit.task.Stats(pb.StatsRequest(id="c1"))
+        assert (reply.stats.type_url, reply.stats.value) == ("example.Stats", b"c1")
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
 
 
 class Failing:

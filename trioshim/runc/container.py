@@ -16,7 +16,6 @@ from typing import Any
 import trio
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
-from trioshim.runc.cgroups import Cgroup, load_cgroup
 from trioshim.runc.options import decode_options, decode_restore_options, write_bundle_files
 from trioshim.runc.process import (
     ExecProcess,
@@ -27,6 +26,7 @@ from trioshim.runc.process import (
 )
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
+from trioshim.shim.cgroups import Cgroup, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper

@@ -15,6 +15,10 @@ The protocol of ``run``:
 - return the exit status (128 + n for death by signal n). An exception after ``started``
   is logged and reported as exit status 255.
 
+Optional: ``async stats(ctx) -> Any | None`` (:class:`EngineStats`) answers the Stats RPC for
+the container whose init ran with ``ctx`` (``None``: an empty reply); without it Stats
+answers Unimplemented.
+
 The stdio descriptors belong to the kit: they are closed when ``run`` has returned.
 
 The container's root filesystem is the kit's too: the Create request's mounts (an image's
@@ -31,9 +35,10 @@ import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import trio
+from google.protobuf import any_pb2
 
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
@@ -41,7 +46,7 @@ from trioshim.task.errors import FailedPreconditionError, TaskError, Unimplement
 from trioshim.task.instance import CreateRequest, ExecRequest, Exit, Host, Instance
 from trioshim.task.stdio import Stdio, StdioSpec
 
-__all__ = ["Engine", "EngineBackend", "RunContext", "Signals", "StartFailed"]
+__all__ = ["Engine", "EngineBackend", "EngineStats", "RunContext", "Signals", "StartFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,13 @@ class Engine(Protocol):
         """Shown in logs and errors (a class attribute will do)."""
 
     async def run(self, ctx: RunContext) -> int: ...
+
+
+@runtime_checkable
+class EngineStats(Protocol):
+    """The optional stats hook of an engine (containerd's Stats, ``ctr task metrics``)."""
+
+    async def stats(self, ctx: RunContext) -> any_pb2.Any | None: ...
 
 
 class Signals:
@@ -220,6 +232,11 @@ class EngineInstance:
             except OSError as exc:
                 raise TaskError(f"unmount rootfs of {self.ctx.id}: {exc}") from exc
             self.mounted_rootfs = None
+
+    async def stats(self) -> any_pb2.Any | None:
+        if not isinstance(self.engine, EngineStats):
+            raise UnimplementedError(f"Stats is not implemented by engine {self.engine.name}")
+        return await self.engine.stats(self.ctx)
 
     async def close_stdin(self) -> None:
         self.ctx.stdio.close_stdin()

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import trio
+from google.protobuf import any_pb2
 
+from trioshim.shim.cgroups import cgroup_at
 from trioshim.shim.reaper import Reaper
+from trioshim.ttrpc.errors import NotFound
 from trioshim.wasm.cache import prepare_cache_dir
 from trioshim.wasm.cgroup import DEFAULT_ROOT, CgroupLimits, ContainerCgroup, cgroup_path
 from trioshim.wasm.errors import WasmLoadError
@@ -35,6 +38,7 @@ __all__ = [
     "DEFAULT_CACHE_DIR",
     "ENGINE_NAME",
     "EngineContext",
+    "StatsContext",
     "StdioDescriptors",
     "WasmEngine",
     "run_module",
@@ -55,6 +59,15 @@ class StdioDescriptors(Protocol):
     def stdout(self) -> int | None: ...
     @property
     def stderr(self) -> int | None: ...
+
+
+class StatsContext(Protocol):
+    """What :meth:`WasmEngine.stats` reads from the kit's run context of the init."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def spec(self) -> Mapping[str, Any]: ...
 
 
 class EngineContext(Protocol):
@@ -159,12 +172,23 @@ class WasmEngine:
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
     of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
     container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
+    Stats reads the container's cgroup.
     """
 
     cgroup_root: str = DEFAULT_ROOT
     cache_dir: str | None = DEFAULT_CACHE_DIR
     python: str = sys.executable
     name: str = ENGINE_NAME
+
+    async def stats(self, ctx: StatsContext) -> any_pb2.Any:
+        """The metrics of the container's cgroup (``linux.cgroupsPath``), as runc's shim
+        reports them (``io.containerd.cgroups.v1.Metrics`` / ``v2.Metrics``). NotFound when
+        there is none: no cgroupsPath, not started yet, or removed after the exit."""
+        path = cgroup_path(ctx.spec)
+        cgroup = None if path is None else cgroup_at(path, self.cgroup_root)
+        if cgroup is None:
+            raise NotFound(f"cgroup of {ctx.id} does not exist")
+        return cgroup.metrics()
 
     async def run(self, ctx: EngineContext) -> int:
         if is_pod_sandbox(ctx.spec):  # CRI's pause container: a holder, not a module
