@@ -26,7 +26,7 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = root / "containerd-shim-triowasm-v2"
     path.write_text(
         f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from trioshim.wasm.main import main\nmain()\n"
+        "from trioshim.wasm.launcher import main\nmain()\n"
     )
     path.chmod(0o755)
     return str(path)
