@@ -80,3 +80,14 @@ async def test_the_engine_runs_the_holder_in_new_namespaces_until_killed(tmp_pat
         status = await WasmEngine(cache_dir=None).run(ctx)
     assert status == 143
     assert seen == {"ipc": True, "uts": True, "net": False}
+
+
+async def test_a_holder_that_cannot_get_in_place_fails_start_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    spec = _spec({"type": "network", "path": str(tmp_path / "no-such-netns")})
+    async with open_reaper() as reaper:
+        ctx = Context(reaper, str(tmp_path), ["/pause"], Fds(None, None, None), spec=spec)
+        with pytest.raises(WasmLaunchError, match=r"nsenter failed .*no-such-netns"):
+            await WasmEngine(cache_dir=None).run(ctx)
+    assert ctx.pids == []  # never reported started: Start fails with the error

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import trio
 
-from trioshim.shim.reaper import DEVNULL, Reaper
+from trioshim.shim.reaper import DEVNULL, PIPE, Reaper
 from trioshim.wasm.cgroup import DEFAULT_ROOT, CgroupLimits, ContainerCgroup, cgroup_path
 from trioshim.wasm.errors import WasmLaunchError
 from trioshim.wasm.runner import SignalSource, forward_signals
@@ -87,6 +87,15 @@ def holder_argv(
     return [*argv, _program("sh", which), "-c", script]
 
 
+def _is_sleeping(pid: int) -> bool:
+    """Whether ``pid`` runs ``sleep`` (the readiness EOF also comes when nsenter, unshare or sh
+    fail; a dead, unreaped process has no ``exe``)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "sleep"
+    except OSError:
+        return False
+
+
 def _program(name: str, which: Callable[[str], str | None]) -> str:
     path = which(name)
     if path is None:
@@ -120,7 +129,7 @@ async def run_sandbox(
                 env={},
                 stdin=DEVNULL,
                 stdout=DEVNULL,
-                stderr=DEVNULL,
+                stderr=PIPE,  # nsenter's or unshare's complaint, should they fail
                 extra_fds={_READY_FD: ready_write},
             )
         except BaseException:
@@ -134,6 +143,15 @@ async def run_sandbox(
             async with trio.lowlevel.FdStream(ready_read) as ready:
                 while await ready.receive_some(64):
                     pass  # nothing is written: EOF is the news
+            assert child.stderr is not None
+            async with child.stderr as errors:
+                if not _is_sleeping(child.pid):  # EOF because the chain died on the way
+                    status = await child.wait()
+                    said = (await errors.receive_some(4096)).decode(errors="replace").strip()
+                    raise WasmLaunchError(
+                        f"pod sandbox: the holder {argv[0]} failed before it was in place "
+                        f"(exit status {status}): {said or 'no message'}"
+                    )
             on_start(child.pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_signals, child, signals)
