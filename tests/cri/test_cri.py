@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.support.cri import HANDLERS, SHIM_BINARIES, CRIClient, CRIContainerd
+from tests.support.cri import ALL_HANDLERS, HANDLERS, SHIM_BINARIES, CRIClient, CRIContainerd
 
 pytestmark = pytest.mark.e2e
 
@@ -131,11 +131,11 @@ def log_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def test_handlers_configured(cri_containerd: CRIContainerd) -> None:
-    """CRI is up with both handlers (what `crictl info` shows) and the runtime is ready."""
+    """CRI is up with every handler (what `crictl info` shows) and the runtime is ready."""
     c = cri_containerd.client()
     st = c.runtime.Status(c.pb.StatusRequest(verbose=True), timeout=30)
     runtimes = json.loads(st.info["config"])["containerd"]["runtimes"]
-    assert {name: runtimes[name]["runtimeType"] for name in HANDLERS} == HANDLERS
+    assert {name: runtimes[name]["runtimeType"] for name in ALL_HANDLERS} == ALL_HANDLERS
     conditions = {x.type: x.status for x in st.status.conditions}
     assert conditions["RuntimeReady"] is True
     assert conditions["NetworkReady"] is False  # no CNI here: host-network pods only

@@ -11,14 +11,15 @@ import pytest
 import trio
 
 from trioshim.runc import container as c
+from trioshim.shim import mounts as m
 
 
 def test_parse_mount_options() -> None:
-    assert c.parse_mount_options(["rbind", "ro"]) == (c.MS_BIND | c.MS_REC | c.MS_RDONLY, "", False)
-    flags, data, loop = c.parse_mount_options(
+    assert m.parse_mount_options(["rbind", "ro"]) == (m.MS_BIND | m.MS_REC | m.MS_RDONLY, "", False)
+    flags, data, loop = m.parse_mount_options(
         ["nosuid", "nodev", "ro", "rw", "lowerdir=/a:/b", "upperdir=/u", "loop", "defaults"]
     )
-    assert flags == c.MS_NOSUID | c.MS_NODEV
+    assert flags == m.MS_NOSUID | m.MS_NODEV
     assert data == "lowerdir=/a:/b,upperdir=/u,defaults"  # flag 0: data, as containerd does
     assert loop
 
@@ -29,16 +30,16 @@ def test_compact_lowerdir() -> None:
         "lowerdir=/var/lib/s/snapshots/12/fs:/var/lib/s/snapshots/11/fs:/var/lib/s/snapshots/1/fs",
         "upperdir=/u",
     ]
-    chdir, compact = c.compact_lowerdir(opts)
+    chdir, compact = m.compact_lowerdir(opts)
     assert chdir == "/var/lib/s/snapshots/"
     assert compact == ["index=off", "upperdir=/u", "lowerdir=12/fs:11/fs:1/fs"]
-    assert c.compact_lowerdir(["lowerdir=/only/one"]) == ("", ["lowerdir=/only/one"])
-    assert c.compact_lowerdir(["x"]) == ("", ["x"])
+    assert m.compact_lowerdir(["lowerdir=/only/one"]) == ("", ["lowerdir=/only/one"])
+    assert m.compact_lowerdir(["x"]) == ("", ["x"])
 
 
 def test_mount_text_like_go() -> None:
-    m = c.Mount("overlay", "overlay", "", ("ro", "lowerdir=/a"))
-    assert str(m) == "&{overlay overlay  [ro lowerdir=/a]}"
+    overlay = m.Mount("overlay", "overlay", "", ("ro", "lowerdir=/a"))
+    assert str(overlay) == "&{overlay overlay  [ro lowerdir=/a]}"
 
 
 def _bundle(tmp_path: Path, spec: object) -> str:
@@ -80,8 +81,8 @@ async def test_unmount_does_not_block_the_event_loop(
     # other container of the shim (Wait, exits, stdio) must keep running meanwhile.
     target = tmp_path / "rootfs"
     target.mkdir()
-    c.mount(c.Mount("tmpfs", "tmpfs"), str(target))
-    libc = c._sys()
+    m.mount(m.Mount("tmpfs", "tmpfs"), str(target))
+    libc = m._sys()
     real = libc.umount2
 
     def slow_umount2(path: bytes, flags: int) -> int:
@@ -100,10 +101,10 @@ async def test_unmount_does_not_block_the_event_loop(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticker)
-            await c.unmount_all(str(target))
+            await m.unmount_all(str(target))
             nursery.cancel_scope.cancel()
     finally:
         monkeypatch.undo()
-        await c.unmount_all(str(target))
+        await m.unmount_all(str(target))
     assert not os.path.ismount(target)  # noqa: ASYNC240
     assert ticks >= 10  # ~60 would fit in the two umount calls

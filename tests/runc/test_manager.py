@@ -22,13 +22,13 @@ from trioshim.api.containerd.types import introspection_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import main as runc_main
 from trioshim.runc import manager
-from trioshim.runc.container import Mount as RootfsMount
-from trioshim.runc.container import mount, unmount_all
 from trioshim.runc.manager import RUNTIME_NAME, RuncManager
 from trioshim.runc.options import write_bundle_files
 from trioshim.shim.flags import Flags
 from trioshim.shim.main import run as shim_run
 from trioshim.shim.manager import StartContext, StopContext
+from trioshim.shim.mounts import Mount as RootfsMount
+from trioshim.shim.mounts import mount, unmount_all
 from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
 
 

@@ -16,8 +16,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioshim.runc.cgroups import CgroupV1, CgroupV2, is_unified
 from trioshim.runc.oom import open_oom_watcher
+from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified
 
 # --- helpers ----------------------------------------------------------------------------------
 

@@ -6,12 +6,12 @@
   `cri_runtime_v1_pb2_grpc` (package `runtime.v1` on the wire).
 - `CRIContainerd`: a LineContainerd with containerd's CRI plugin configured the way this machine
   allows (measured): runtime handlers `runc` (io.containerd.runc.v2), `trioshim`
-  (io.containerd.trioshim.v2) and `trioshim-shared` (io.containerd.trioshim-shared.v2), the
-  sandbox image built by tests.support.pause_image and
-  imported into namespace k8s.io, `restrict_oom_score_adj = true` (no CAP_SYS_RESOURCE here, so
-  runc cannot give the sandbox its -998), the `native` snapshotter, no CNI (pods must use host
-  network). Config version 2 for 1.6/1.7 (`io.containerd.grpc.v1.cri`), version 3 for 2.x
-  (`io.containerd.cri.v1.runtime` / `io.containerd.cri.v1.images`).
+  (io.containerd.trioshim.v2), `trioshim-shared` (io.containerd.trioshim-shared.v2) and
+  `triowasm` (io.containerd.triowasm.v2), the sandbox image built by tests.support.pause_image
+  and imported into namespace k8s.io, `restrict_oom_score_adj = true` (no CAP_SYS_RESOURCE
+  here, so runc cannot give the sandbox its -998), the `native` snapshotter, no CNI (pods must
+  use host network). Config version 2 for 1.6/1.7 (`io.containerd.grpc.v1.cri`), version 3 for
+  2.x (`io.containerd.cri.v1.runtime` / `io.containerd.cri.v1.images`).
 - `CRIClient`: RuntimeService and ImageService stubs over containerd's unix socket, plus the
   small helpers the tests share (pod and container configs).
 """
@@ -36,15 +36,20 @@ from tests.support.grpc_modules import generated_modules
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
 CRI_NAMESPACE = "k8s.io"  # fixed by containerd's CRI plugin
+# Handlers of Linux containers (every test of tests/cri/test_cri.py runs on each)...
 HANDLERS = {
     "runc": "io.containerd.runc.v2",
     "trioshim": "io.containerd.trioshim.v2",
     "trioshim-shared": "io.containerd.trioshim-shared.v2",
 }
+# ...and of WASI modules (tests/cri/test_cri_wasm.py); the daemon is configured with all.
+WASM_HANDLERS = {"triowasm": "io.containerd.triowasm.v2"}
+ALL_HANDLERS = {**HANDLERS, **WASM_HANDLERS}
 SHIM_BINARIES = {
     "runc": "containerd-shim-runc-v2",
     "trioshim": "containerd-shim-trioshim-v2",
     "trioshim-shared": "containerd-shim-trioshim-shared-v2",
+    "triowasm": "containerd-shim-triowasm-v2",
 }
 
 # ------------------------------------------------------------------------------ generated client
@@ -59,7 +64,11 @@ def cri_modules() -> tuple[ModuleType, ModuleType]:
 
 
 def cri_config(
-    line: ContainerdLine, *, sandbox_image: str, cni_dir: Path, handlers: dict[str, str] = HANDLERS
+    line: ContainerdLine,
+    *,
+    sandbox_image: str,
+    cni_dir: Path,
+    handlers: dict[str, str] = ALL_HANDLERS,
 ) -> str:
     """The CRI part of config.toml for this line (see module doc)."""
     if line.config_version >= 3:
@@ -164,7 +173,7 @@ class CRIContainerd(LineContainerd):
             self.image_tar = build_pause_image(self.base / "pause.tar")
         self.import_image(self.image_tar)
 
-    def import_image(self, tar: Path) -> None:
+    def import_image(self, tar: Path, ref: str = PAUSE_IMAGE) -> None:
         r = self.ctr("images", "import", "--snapshotter", "native", str(tar), timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"ctr images import failed: {r.stderr}\n{self.log_tail()}")
@@ -173,13 +182,13 @@ class CRIContainerd(LineContainerd):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             st = client.image.ImageStatus(
-                client.pb.ImageStatusRequest(image=client.pb.ImageSpec(image=PAUSE_IMAGE)),
+                client.pb.ImageStatusRequest(image=client.pb.ImageSpec(image=ref)),
                 timeout=10,
             )
             if st.image.id:
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"CRI does not see {PAUSE_IMAGE} after import\n{self.log_tail()}")
+        raise RuntimeError(f"CRI does not see {ref} after import\n{self.log_tail()}")
 
     def client(self) -> CRIClient:
         if self._client is None:

@@ -23,6 +23,16 @@ from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import forkserver
 from trioshim.testing import connect_task
 
+
+def modules_loaded_by(imports: str, candidates: Sequence[str]) -> list[str]:
+    """Which of ``candidates`` a fresh interpreter has in ``sys.modules`` after ``imports``
+    (e.g. ``"trioshim.shim.forkserver"``): how an import-light entry point is checked."""
+    wanted = list(candidates)
+    code = f"import sys, {imports}; print(' '.join(m for m in {wanted!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
 LAUNCHER = Path(__file__).resolve().parents[2] / "examples" / "minimal_shim_fast"
 APP = str(LAUNCHER.parent / "minimal_shim.py") + ":app"
 ADDRESS = "/x.sock"  # the containerd address the helpers are given (-address)

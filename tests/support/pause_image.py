@@ -8,7 +8,8 @@ image, so the same image also serves as the image of the pod's containers (which
 command). Import: `ctr -n k8s.io images import --snapshotter native DEST`; the index entry
 carries `io.containerd.image.name`, so it lands as PAUSE_IMAGE whatever the ctr version.
 
-Deterministic: the same busybox gives the same digests.
+Deterministic: the same busybox gives the same digests. `build_image` makes any such image from
+a directory (the wasm CRI test puts a module in one).
 """
 
 from __future__ import annotations
@@ -70,9 +71,18 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> str:
 
 def build_pause_image(dest: Path | str, ref: str = PAUSE_IMAGE) -> Path:
     """Write the image tarball to `dest` and return it."""
-    dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="pause-rootfs-") as tmp:
-        layer = _layer_tar(build_busybox_rootfs(Path(tmp) / "rootfs"))
+        root = build_busybox_rootfs(Path(tmp) / "rootfs")
+        return build_image(dest, ref, root, PAUSE_ENTRYPOINT, what="busybox-static rootfs")
+
+
+def build_image(
+    dest: Path | str, ref: str, root: Path, entrypoint: list[str], *, what: str
+) -> Path:
+    """Write an OCI image-layout tarball to `dest`: one layer holding the tree at `root`,
+    `entrypoint` as the config's Entrypoint, named `ref`; `what` goes into its history."""
+    dest = Path(dest)
+    layer = _layer_tar(root)
     gz = gzip.compress(layer, compresslevel=6, mtime=0)
     blobs: dict[str, bytes] = {}
     layer_digest = _blob(blobs, gz)
@@ -81,13 +91,13 @@ def build_pause_image(dest: Path | str, ref: str = PAUSE_IMAGE) -> Path:
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Entrypoint": PAUSE_ENTRYPOINT,
+            "Entrypoint": entrypoint,
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
         "history": [
             {
-                "created_by": "trioshim tests: busybox-static rootfs",
+                "created_by": f"trioshim tests: {what}",
                 "created": "1970-01-01T00:00:00Z",
             }
         ],

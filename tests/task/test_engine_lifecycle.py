@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from google.protobuf import any_pb2
 
 import trioshim.task as task
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
+from trioshim.api.containerd.types import mount_pb2
 from trioshim.testing.task import open_task_shim
 from trioshim.ttrpc import FailedPrecondition, NotFound, Unimplemented, Unknown
 
@@ -106,6 +108,8 @@ async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.Mock
             await kit.task.Pause(pb.PauseRequest(id="c1"))
         with pytest.raises(Unimplemented, match="Exec"):
             await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1"))
+        with pytest.raises(Unimplemented, match="Stats"):
+            await kit.task.Stats(pb.StatsRequest(id="c1"))
         # Shutdown is ignored while a task is left
         await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
         assert not kit.shim.exited.is_set()
@@ -114,6 +118,24 @@ async def test_state_refusals_are_containerd_codes(mock_clock: trio.testing.Mock
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         await kit.task.Shutdown(pb.ShutdownRequest(id="c1"))
         assert await kit.shim.wait() == 0
+
+
+class MeasuredSleeper(Sleeper):
+    """A Sleeper with the optional stats hook: answers with its container id."""
+
+    async def stats(self, ctx: task.RunContext) -> any_pb2.Any:
+        return any_pb2.Any(type_url="example.Stats", value=ctx.id.encode())
+
+
+async def test_the_engines_stats_hook_answers_stats(mock_clock: trio.testing.MockClock) -> None:
+    async with open_task_shim(MeasuredSleeper()) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        reply = await kit.task.Stats(pb.StatsRequest(id="c1"))
+        assert (reply.stats.type_url, reply.stats.value) == ("example.Stats", b"c1")
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
 
 
 class Failing:
@@ -133,6 +155,10 @@ async def test_an_engine_error_fails_start_or_becomes_status_255(
         with pytest.raises(Unknown, match="engine failing: the workload broke"):
             await kit.task.Start(pb.StartRequest(id="c1"))
         assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 1  # still CREATED
+        # containerd's clean-up of a failed Start: Kill, Wait (must return), Delete.
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        with trio.fail_after(5):  # virtual time: fails at once if nothing can end it
+            assert (await kit.task.Wait(pb.WaitRequest(id="c1"))).exit_status == 137
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         assert await kit.run("c2", ["after"]) == 255
 
@@ -157,3 +183,42 @@ async def test_an_engine_with_execs_runs_them_with_their_process_spec(
         waited = await kit.task.Wait(pb.WaitRequest(id="c1", exec_id="e1"))
         assert waited.exit_status == 128 + signal.SIGINT
         assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 2  # init runs on
+
+
+class MountWatcher(Sleeper):
+    """A Sleeper that notes whether its rootfs is a mount point when it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mounted: list[bool] = []
+
+    async def run(self, ctx: task.RunContext) -> int:
+        self.mounted.append(os.path.ismount(ctx.rootfs))  # noqa: ASYNC240 - a stat
+        return await super().run(ctx)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount")
+async def test_create_mounts_the_rootfs_and_delete_unmounts_it() -> None:
+    engine = MountWatcher()
+    async with open_task_shim(engine) as kit:
+        bundle = kit.bundle("c1", ["x"])
+        rootfs = os.path.join(bundle, "rootfs")
+        tmpfs = mount_pb2.Mount(type="tmpfs", source="tmpfs", options=["size=1m"])
+        await kit.task.Create(pb.CreateTaskRequest(id="c1", bundle=bundle, rootfs=[tmpfs]))
+        assert os.path.ismount(rootfs)  # noqa: ASYNC240 - a stat
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        await kit.task.Delete(pb.DeleteRequest(id="c1"))
+        assert not os.path.ismount(rootfs)  # noqa: ASYNC240 - a stat
+    assert engine.mounted == [True]
+
+
+async def test_a_rootfs_that_cannot_be_mounted_fails_create(tmp_path: Path) -> None:
+    async with open_task_shim(Sleeper()) as kit:
+        bundle = kit.bundle("c1", ["x"])
+        bad = mount_pb2.Mount(type="bind", source=str(tmp_path / "absent"), options=["rbind"])
+        with pytest.raises(Unknown, match="failed to mount rootfs component"):
+            await kit.task.Create(pb.CreateTaskRequest(id="c1", bundle=bundle, rootfs=[bad]))
+        assert not os.path.ismount(os.path.join(bundle, "rootfs"))  # noqa: ASYNC240 - a stat
+        await kit.create("c1", ["x"])  # the id is free again

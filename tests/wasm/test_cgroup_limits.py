@@ -16,7 +16,7 @@ import trio
 
 from tests.wasm import modules
 from tests.wasm.harness import Run, run
-from trioshim.runc.cgroups import load_cgroup
+from trioshim.shim.cgroups import load_cgroup
 from trioshim.shim.reaper import open_reaper
 from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmProcess
 from trioshim.wasm.cgroup import DEFAULT_ROOT
@@ -90,7 +90,7 @@ async def test_the_child_runs_in_the_container_cgroup_and_stats_can_read_it(
     async def inspect_then_kill(process: WasmProcess) -> None:
         await process.running.wait()  # the module runs: it joined the cgroup before that
         seen["cgroups"] = _cgroup_lines(process.pid)
-        found = load_cgroup(process.pid)  # what a Stats RPC reads (trioshim.runc.cgroups)
+        found = load_cgroup(process.pid)  # what a Stats RPC reads (trioshim.shim.cgroups)
         assert found is not None
         seen["metrics_type"] = found.metrics().type_url
         await send.send(9)

@@ -1,9 +1,11 @@
 """containerd-shim-triowasm-v2 (the task kit over WasmEngine) under a real private containerd,
 every line: `ctr run --rm --rootfs DIR` with WASI modules compiled in the test; output, args,
-exit codes, a trap, a module that cannot load, Kill, a memory limit's OOM kill, events."""
+exit codes, a trap, a module that cannot load, Kill, metrics, a memory limit's OOM kill,
+events."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = root / "containerd-shim-triowasm-v2"
     path.write_text(
         f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from trioshim.wasm.main import main\nmain()\n"
+        "from trioshim.wasm.launcher import main\nmain()\n"
     )
     path.chmod(0o755)
     return str(path)
@@ -106,6 +108,22 @@ def test_kill(env: E2E, sig: str, status: int) -> None:
     assert env.delete_task(cid) == status
     assert env.ctr("container", "delete", cid).returncode == 0
     assert f"memory:/{env.containerd.namespace}/{cid}" in cgroup  # ctr's /<namespace>/<id>
+
+
+def test_task_metrics_read_the_modules_cgroup(env: E2E) -> None:
+    cid = env.run_detached("/loop.wasm")
+    r = env.ctr("task", "metrics", "--format", "json", cid)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["pids"]["current"] == 1  # the module's process, alone in its cgroup
+    if "usage_usec" in metrics["cpu"]:  # cgroup v2 Metrics
+        assert metrics["memory"]["usage"] > 0 and metrics["cpu"]["usage_usec"] > 0
+    else:  # cgroup v1 Metrics
+        assert metrics["memory"]["usage"]["usage"] > 0 and metrics["cpu"]["usage"]["total"] > 0
+    r = env.ctr("task", "metrics", cid)
+    assert r.returncode == 0, r.stderr
+    assert cid in r.stdout and "METRIC" in r.stdout
+    env.kill_and_delete(cid)
 
 
 def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(env: E2E, wasm_rootfs: Path) -> None:

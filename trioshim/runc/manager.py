@@ -18,11 +18,11 @@ import time
 from typing import Final
 
 from trioshim.runc import runc_cli
-from trioshim.runc.cgroups import is_unified
-from trioshim.runc.container import unmount_all
 from trioshim.runc.options import read_options, read_runtime, runc_options
 from trioshim.runc.runc_cli import Runc, RuncError
+from trioshim.shim.cgroups import is_unified
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
+from trioshim.shim.mounts import unmount_all
 
 RUNTIME_NAME: Final = "io.containerd.trioshim.v2"
 SHARED_RUNTIME_NAME: Final = "io.containerd.trioshim-shared.v2"

@@ -35,7 +35,7 @@ from typing import Final
 
 import trio
 
-from trioshim.runc.cgroups import Cgroup, CgroupV1, CgroupV2
+from trioshim.shim.cgroups import Cgroup, CgroupV1, CgroupV2
 
 __all__ = ["OOMWatcher", "open_oom_watcher"]
 

@@ -47,7 +47,6 @@ from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc.boundary import Handlers
-from trioshim.runc.cgroups import Cgroup, CgroupV2
 from trioshim.runc.container import Container, enable_v2_controllers
 from trioshim.runc.exits import Exits, timestamp
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
@@ -55,6 +54,7 @@ from trioshim.runc.options import decode_checkpoint_options, decode_options
 from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig
+from trioshim.shim.cgroups import Cgroup, CgroupV2
 from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
 from trioshim.shim.inject import InjectedError, bundle_failpoints, trigger
 from trioshim.shim.plugin import (

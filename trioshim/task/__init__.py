@@ -14,7 +14,14 @@ checks, grouping, Connect and Shutdown. Dependencies point one way: task -> shim
 
 from __future__ import annotations
 
-from trioshim.task.engine import Engine, EngineBackend, RunContext, Signals, StartFailed
+from trioshim.task.engine import (
+    Engine,
+    EngineBackend,
+    EngineStats,
+    RunContext,
+    Signals,
+    StartFailed,
+)
 from trioshim.task.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -41,6 +48,7 @@ __all__ = [
     "CreateRequest",
     "Engine",
     "EngineBackend",
+    "EngineStats",
     "ExecRequest",
     "Exit",
     "FailedPreconditionError",

@@ -15,26 +15,38 @@ The protocol of ``run``:
 - return the exit status (128 + n for death by signal n). An exception after ``started``
   is logged and reported as exit status 255.
 
+Optional: ``async stats(ctx) -> Any | None`` (:class:`EngineStats`) answers the Stats RPC for
+the container whose init ran with ``ctx`` (``None``: an empty reply); without it Stats
+answers Unimplemented.
+
 The stdio descriptors belong to the kit: they are closed when ``run`` has returned.
+
+The container's root filesystem is the kit's too: the Create request's mounts (an image's
+snapshot, as ``ctr run IMAGE`` and CRI send them) are stacked on ``<bundle>/rootfs``
+(:mod:`trioshim.shim.mounts`) before the engine sees the container, and unmounted when the
+container is deleted (or its Create fails). ``ctx.rootfs`` is then a plain directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import trio
+from google.protobuf import any_pb2
 
+from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import FailedPreconditionError, TaskError, UnimplementedError
 from trioshim.task.instance import CreateRequest, ExecRequest, Exit, Host, Instance
 from trioshim.task.stdio import Stdio, StdioSpec
 
-__all__ = ["Engine", "EngineBackend", "RunContext", "Signals", "StartFailed"]
+__all__ = ["Engine", "EngineBackend", "EngineStats", "RunContext", "Signals", "StartFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,13 @@ class Engine(Protocol):
         """Shown in logs and errors (a class attribute will do)."""
 
     async def run(self, ctx: RunContext) -> int: ...
+
+
+@runtime_checkable
+class EngineStats(Protocol):
+    """The optional stats hook of an engine (containerd's Stats, ``ctr task metrics``)."""
+
+    async def stats(self, ctx: RunContext) -> any_pb2.Any | None: ...
 
 
 class Signals:
@@ -141,17 +160,34 @@ def _context(
 
 
 class EngineInstance:
-    """One run of the engine, as an :class:`~trioshim.task.instance.Instance`."""
+    """One run of the engine, as an :class:`~trioshim.task.instance.Instance`.
 
-    def __init__(self, engine: Engine, ctx: RunContext, stdio_spec: StdioSpec) -> None:
+    ``mounted_rootfs``: the directory the kit mounted the container's rootfs on (the init's
+    instance only), unmounted by :meth:`delete`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        ctx: RunContext,
+        stdio_spec: StdioSpec,
+        *,
+        mounted_rootfs: str | None = None,
+    ) -> None:
         self.engine, self.ctx, self.stdio_spec = engine, ctx, stdio_spec
+        self.mounted_rootfs = mounted_rootfs
         self._exit: Exit | None = None
         self._done = trio.Event()
         self._starting = False
 
     async def start(self) -> int:
         self._starting = True
-        pid: int = await self.ctx.host.nursery.start(self._run)
+        try:
+            pid: int = await self.ctx.host.nursery.start(self._run)
+        except BaseException:
+            # It never ran: still CREATED, so Kill ends it and Wait returns (containerd and
+            # CRI clean up a failed Start with Kill, Wait, Delete).
+            self._starting = False
+            raise
         return pid
 
     async def _run(self, *, task_status: trio.TaskStatus[int]) -> None:
@@ -190,6 +226,17 @@ class EngineInstance:
 
     async def delete(self) -> None:
         await self.ctx.stdio.aclose()
+        if self.mounted_rootfs is not None:
+            try:
+                await unmount_all(self.mounted_rootfs)
+            except OSError as exc:
+                raise TaskError(f"unmount rootfs of {self.ctx.id}: {exc}") from exc
+            self.mounted_rootfs = None
+
+    async def stats(self) -> any_pb2.Any | None:
+        if not isinstance(self.engine, EngineStats):
+            raise UnimplementedError(f"Stats is not implemented by engine {self.engine.name}")
+        return await self.engine.stats(self.ctx)
 
     async def close_stdin(self) -> None:
         self.ctx.stdio.close_stdin()
@@ -217,6 +264,27 @@ class EngineBackend:
     async def create(self, request: CreateRequest) -> Instance:
         if request.checkpoint:
             raise FailedPreconditionError(f"engine {self.engine.name} cannot restore a checkpoint")
-        stdio = await request.open_stdio()
+        mounted = await _mount_rootfs(request)
+        try:
+            stdio = await request.open_stdio()
+        except BaseException:
+            if mounted is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+                    await unmount_all(mounted)
+            raise
         ctx = _context(request.id, None, request.bundle, request.spec, stdio, request.host)
-        return EngineInstance(self.engine, ctx, request.stdio)
+        return EngineInstance(self.engine, ctx, request.stdio, mounted_rootfs=mounted)
+
+
+async def _mount_rootfs(request: CreateRequest) -> str | None:
+    """Stack the request's rootfs mounts on ``<bundle>/rootfs`` (where containerd expects them,
+    whatever ``root.path`` says); the directory, or None when there were none."""
+    if not request.rootfs_mounts:
+        return None
+    target = posixpath.join(request.bundle, "rootfs")
+    mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs_mounts]
+    try:
+        await mount_rootfs(mounts, target)
+    except RootfsMountError as exc:
+        raise TaskError(str(exc)) from exc
+    return target

@@ -12,7 +12,8 @@ import os
 from typing import Final, NoReturn
 
 from trioshim.shim.main import main as shim_main
-from trioshim.shim.manager import Manager
+from trioshim.shim.manager import Manager, StopContext, StopStatus
+from trioshim.shim.mounts import unmount_all
 from trioshim.shim.plugin import (
     EVENT_PLUGIN,
     INTERNAL_PLUGIN,
@@ -27,7 +28,7 @@ from trioshim.task.engine import Engine, EngineBackend
 from trioshim.task.instance import Backend, Host
 from trioshim.task.service import TaskService
 
-__all__ = ["TaskPlugin", "app", "main", "registration"]
+__all__ = ["TaskManager", "TaskPlugin", "app", "main", "registration"]
 
 PLUGIN_ID: Final = "task"
 
@@ -68,9 +69,21 @@ def registration(backend: Backend | Engine) -> Registration:
     )
 
 
+class TaskManager(Manager):
+    """The kit's shim manager: its ``delete`` action unmounts a rootfs the daemon mounted
+    (an engine's container, see :mod:`trioshim.task.engine`) and left behind by dying."""
+
+    async def stop(self, ctx: StopContext) -> StopStatus:
+        try:
+            await unmount_all(os.path.join(ctx.bundle, "rootfs"))
+        except OSError as exc:
+            ctx.log.warning("failed to clean up the rootfs mount of %s: %s", ctx.flags.id, exc)
+        return StopStatus()
+
+
 def app(name: str, backend: Backend | Engine) -> tuple[Manager, Registry]:
     """The manager and plugin registry of a shim named ``name`` serving ``backend``."""
-    manager = Manager(name)
+    manager = TaskManager(name)
     manager.max_task_api = 3
     return manager, Registry([registration(backend)])
 

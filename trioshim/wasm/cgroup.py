@@ -10,9 +10,8 @@ driver) or ``slice:prefix:name`` (the systemd driver). The second is mapped to t
 systemd would use (``a-b.slice`` -> ``/a.slice/a-b.slice/<prefix>-<name>.scope``) without asking
 systemd for a unit: the wasm shim places one process and nothing else manages that scope.
 
-Reading metrics for the Stats RPC is not here: ``trioshim.runc.cgroups.load_cgroup(pid)`` does it
-from ``/proc/<pid>/cgroup`` for any process and should move to a shared layer (it lives in the
-runc backend today, which this package must not import).
+Reading metrics for the Stats RPC is not here: the shared reader
+:func:`trioshim.shim.cgroups.cgroup_at` (the runc shim's too) reads the cgroup made here.
 """
 
 from __future__ import annotations

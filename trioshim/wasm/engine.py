@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import trio
+from google.protobuf import any_pb2
 
+from trioshim.shim.cgroups import cgroup_at
 from trioshim.shim.reaper import Reaper
+from trioshim.ttrpc.errors import NotFound
 from trioshim.wasm.cache import prepare_cache_dir
 from trioshim.wasm.cgroup import DEFAULT_ROOT, CgroupLimits, ContainerCgroup, cgroup_path
 from trioshim.wasm.errors import WasmLoadError
@@ -29,11 +32,13 @@ from trioshim.wasm.runner import (
     forward_signals,
     open_wasm_process,
 )
+from trioshim.wasm.sandbox import is_pod_sandbox, run_sandbox
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "ENGINE_NAME",
     "EngineContext",
+    "StatsContext",
     "StdioDescriptors",
     "WasmEngine",
     "run_module",
@@ -54,6 +59,15 @@ class StdioDescriptors(Protocol):
     def stdout(self) -> int | None: ...
     @property
     def stderr(self) -> int | None: ...
+
+
+class StatsContext(Protocol):
+    """What :meth:`WasmEngine.stats` reads from the kit's run context of the init."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def spec(self) -> Mapping[str, Any]: ...
 
 
 class EngineContext(Protocol):
@@ -132,7 +146,7 @@ async def run_module(
                 on_start(process)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(process.watch)
-                nursery.start_soon(forward_signals, process, signals)
+                nursery.start_soon(forward_signals, process.child, signals)
                 if on_running is not None:
                     nursery.start_soon(_when_running, process, on_running)
                 status = await process.wait()
@@ -156,7 +170,9 @@ class WasmEngine:
 
     Start replies once the module runs (``ctx.started(pid)`` when ``_start`` is called), so a
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
-    of starting and exiting 126; a bad spec fails it too (:class:`WasmError`).
+    of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
+    container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
+    Stats reads the container's cgroup.
     """
 
     cgroup_root: str = DEFAULT_ROOT
@@ -164,7 +180,25 @@ class WasmEngine:
     python: str = sys.executable
     name: str = ENGINE_NAME
 
+    async def stats(self, ctx: StatsContext) -> any_pb2.Any:
+        """The metrics of the container's cgroup (``linux.cgroupsPath``), as runc's shim
+        reports them (``io.containerd.cgroups.v1.Metrics`` / ``v2.Metrics``). NotFound when
+        there is none: no cgroupsPath, not started yet, or removed after the exit."""
+        path = cgroup_path(ctx.spec)
+        cgroup = None if path is None else cgroup_at(path, self.cgroup_root)
+        if cgroup is None:
+            raise NotFound(f"cgroup of {ctx.id} does not exist")
+        return cgroup.metrics()
+
     async def run(self, ctx: EngineContext) -> int:
+        if is_pod_sandbox(ctx.spec):  # CRI's pause container: a holder, not a module
+            return await run_sandbox(
+                ctx.reaper,
+                spec=ctx.spec,
+                signals=ctx.signals,
+                on_start=ctx.started,
+                cgroup_root=self.cgroup_root,
+            )
         spawned: list[WasmProcess] = []
         status = await run_module(
             ctx.reaper,

@@ -205,14 +205,14 @@ class SignalSource(Protocol):
     async def receive(self) -> int: ...
 
 
-async def forward_signals(process: WasmProcess, signals: SignalSource) -> None:
-    """Deliver every signal number received to the child, until the source ends."""
+async def forward_signals(child: Child, signals: SignalSource) -> None:
+    """Deliver every signal number received to ``child``, until the source ends."""
     while True:
         try:
             sig = await signals.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return
         if sig not in signal.valid_signals():
-            log.warning("wasm child %d: ignoring invalid signal %d", process.pid, sig)
+            log.warning("child %d: ignoring invalid signal %d", child.pid, sig)
             continue
-        process.signal(sig)
+        child.send_signal(sig)

@@ -47,6 +47,7 @@ __all__ = [
     "Cgroup",
     "CgroupV1",
     "CgroupV2",
+    "cgroup_at",
     "is_unified",
     "load_cgroup",
 ]
@@ -753,3 +754,31 @@ def load_cgroup(pid: int, root: str = DEFAULT_ROOT, *, proc: str = "/proc") -> C
     if not paths:
         return None
     return CgroupV1(paths, proc=proc)
+
+
+def cgroup_at(path: str, root: str = DEFAULT_ROOT) -> Cgroup | None:
+    """The cgroup at `path` (a cgroupfs path such as ``/default/c1``), or None when it does
+    not exist: for a container whose cgroup is known by its spec rather than by a live pid.
+
+    On a unified host one directory under `root`; otherwise `path` in every v1 hierarchy
+    mounted under `root` (a combined mount such as ``cpu,cpuacct`` serves each of its
+    controllers; the v2 tree of a hybrid host is ignored, as in :func:`load_cgroup`).
+    """
+    if is_unified(root):
+        directory = _join(root, path)
+        if directory is None or not os.path.isdir(directory):
+            return None
+        return CgroupV2(directory)
+    paths: dict[str, str] = {}
+    for mount_name in sorted(os.listdir(root)):
+        hierarchy = os.path.join(root, mount_name)
+        if os.path.islink(hierarchy) or os.path.exists(
+            os.path.join(hierarchy, "cgroup.controllers")
+        ):
+            continue  # a link to a combined mount, or the hybrid host's v2 tree
+        directory = _join(hierarchy, path)
+        if directory is None or not os.path.isdir(directory):
+            continue
+        for controller in mount_name.split(","):
+            paths["name=" + controller if controller == "systemd" else controller] = directory
+    return CgroupV1(paths) if paths else None

@@ -18,7 +18,7 @@ import trio
 
 from trioshim.api.cgroups.v1 import metrics_pb2 as v1
 from trioshim.api.cgroups.v2 import metrics_pb2 as v2
-from trioshim.runc.cgroups import (
+from trioshim.shim.cgroups import (
     V1_METRICS_TYPE_URL,
     V2_METRICS_TYPE_URL,
     CgroupV1,
