@@ -34,6 +34,7 @@ from trioshim.shim.forkserver import (
     PROTOCOL,
     load_app,
 )
+from trioshim.shim.main import detach_stdio
 from trioshim.shim.manager import Manager
 from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
@@ -309,6 +310,9 @@ def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
     with contextlib.suppress(BaseException):
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        # containerd reads the helper's output to EOF: our copies of its pipes go now, not
+        # when this process's teardown is done.
+        detach_stdio()
         conn.sendall(_STATUS.pack(tag, status))
     os._exit(0)
 

@@ -85,25 +85,35 @@ _SOL_SOCKET = 1
 
 def main(app: str, argv: list[str] | None = None) -> NoReturn:
     """Console-script entry of a fast shim: ``sys.exit(launch(app))``."""
-    sys.exit(launch(app, argv))
+    status, ran_here = _launch(app, argv)
+    if not ran_here:
+        # A worker did it all: nothing buffered, no exit handlers; the interpreter's teardown
+        # would only delay our exit, which containerd waits for.
+        os._exit(status)
+    sys.exit(status)
 
 
 def launch(app: str, argv: list[str] | None = None) -> int:
     """Run one shim invocation, through the fork server when it can; returns the status."""
+    return _launch(app, argv)[0]
+
+
+def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
+    """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
     if _action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
-        return _run_local(app, args)
+        return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
     if delegated is not None and delegated != _DECLINED:
-        return delegated
+        return delegated, False
     status = _run_local(app, args)  # everything is imported now anyway
     if delegated is None:  # the cold path: no server (yet) for this containerd
         import contextlib
 
         with contextlib.suppress(OSError):
             _spawn_server(app, path)
-    return status
+    return status, True
 
 
 def _scan(args: list[str]) -> tuple[str, dict[str, str]]:
@@ -285,10 +295,20 @@ def _spawn_server(app: str, path: str) -> None:
 
 
 def _run_local(app: str, args: list[str], *, containerd_pid: int | None = None) -> int:
+    _complete_sys_path()
     from trioshim.shim.main import run
 
     manager, registry = load_app(app)
     return run(manager, args, registry, containerd_pid=containerd_pid)
+
+
+def _complete_sys_path() -> None:
+    """Run ``site`` if the launcher started the interpreter without it (``-S``, see
+    ``launcher/containerd-shim-trioshim-v2``): the full shim may need every ``.pth`` file."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
 
 
 def load_app(app: str) -> tuple[Manager, Registry]:

@@ -363,11 +363,9 @@ def _fork_daemon(
             debug=flags.debug,
         )
         set_cmdline(sys.argv, exact=True)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if null > 2:
-            os.close(null)
+        # Only now: once containerd has read the helper's output to its end, ps shows this
+        # process with the daemon's argv, not the helper's.
+        detach_stdio()
         # containerd may already have removed the bundle (it abandoned us): serve anyway,
         # the abandonment watch then shuts down cleanly, removing the socket.
         with contextlib.suppress(OSError):
@@ -388,6 +386,15 @@ def _fork_daemon(
 
 # ---------------------------------------------------------------------------------------------
 # the daemon
+
+
+def detach_stdio() -> None:
+    """Replace stdin, stdout and stderr with ``/dev/null``."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def daemon_main(
