@@ -26,7 +26,9 @@ def _imports(argv: list[str]) -> list[str]:
 
 def test_the_installed_script_is_the_launcher_not_a_console_script() -> None:
     source = Path(__file__).resolve().parents[2] / "launcher" / SCRIPT.name
-    assert SCRIPT.read_text() == source.read_text()
+    assert SCRIPT.read_text() == source.read_text(), (
+        f"{SCRIPT} is not {source} (a console script, or an older copy: pip install -e . again)"
+    )
 
 
 def test_the_helper_side_is_imported_before_site_and_re() -> None:
