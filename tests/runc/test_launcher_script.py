@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.containerd import venv_bin_dir
@@ -46,3 +47,17 @@ def test_a_symlink_to_the_script_runs_the_venvs_interpreter(tmp_path: Path) -> N
     link.symlink_to(SCRIPT)
     imported = _imports([str(link), "-v"])
     assert "trioshim.shim.forkserver" in imported
+
+
+def test_without_site_the_helper_side_imports_only_built_ins() -> None:
+    tree = Path(__file__).resolve().parents[2]
+    heavy = ("site", "importlib", "warnings", "re", "enum", "typing", "socket", "struct", "trio")
+    code = (
+        f"import sys; sys.path.append({str(tree)!r}); "
+        "import trioshim.runc.launcher, trioshim.shim.forkserver; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -28,11 +28,11 @@ from trioshim.shim.cmdline import set_cmdline
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
-    _STATUS,
     ENV_IDLE,
     IDLE_TIMEOUT,
     PROTOCOL,
     load_app,
+    status_message,
 )
 from trioshim.shim.main import detach_stdio
 from trioshim.shim.manager import Manager
@@ -313,7 +313,7 @@ def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
         # containerd reads the helper's output to EOF: our copies of its pipes go now, not
         # when this process's teardown is done.
         detach_stdio()
-        conn.sendall(_STATUS.pack(tag, status))
+        conn.sendall(status_message(tag, status))
     os._exit(0)
 
 

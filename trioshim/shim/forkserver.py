@@ -42,7 +42,6 @@ from __future__ import annotations
 import _socket
 import marshal
 import os
-import struct
 import sys
 
 import trioshim
@@ -69,7 +68,9 @@ _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
-_STATUS = struct.Struct("!ci")  # b"S" + exit status, or b"L" + 0: "run it yourself"
+# The worker's answer: b"S" + the exit status, or b"L" + 0 ("run it yourself"); the status a
+# 4-byte big-endian signed int (no struct module: it costs the helper an import).
+_STATUS_SIZE = 5
 _DECLINED = -1  # what _delegate returns for b"L" (the worker could not stand in for us)
 _CMDLINE_ROOM = 2048  # bytes of blank argv the server starts with (see _spawn_server)
 PIDFD_FD = 3  # where the server finds the pidfd of its containerd, when the helper has one
@@ -197,29 +198,34 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "placement": _placement(),
             }
         )
-        fds = struct.pack("3i", 0, 1, 2)
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # C ints
         try:
             sock.sendmsg(
-                [struct.pack("!I", len(request)), request], [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
+                [len(request).to_bytes(4, "big"), request], [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
             )
         except OSError:
             return None  # the server went away between connect and send: nothing ran
         data = b""
-        while len(data) < _STATUS.size:
-            chunk = sock.recv(_STATUS.size - len(data))
+        while len(data) < _STATUS_SIZE:
+            chunk = sock.recv(_STATUS_SIZE - len(data))
             if not chunk:
                 break
             data += chunk
     finally:
         sock.close()
-    if len(data) == _STATUS.size:
-        tag, status = _STATUS.unpack(data)
+    if len(data) == _STATUS_SIZE:
+        tag, status = data[:1], int.from_bytes(data[1:], "big", signed=True)
         if tag == b"S":
             return int(status)
         if tag == b"L":
             return _DECLINED
     os.write(2, b"trioshim: the fork server's worker died without a status\n")
     return 1
+
+
+def status_message(tag: bytes, status: int) -> bytes:
+    """What a worker sends back (see ``_STATUS_SIZE``)."""
+    return tag + status.to_bytes(4, "big", signed=True)
 
 
 def _placement() -> dict[str, object]:
