@@ -230,19 +230,24 @@ def _which(name: str, path: str) -> str | None:
     return shutil.which(name, path=path)
 
 
+# What launcher/containerd-shim-trioshim-v2 (installed as a script, not a console script) runs.
+OURS_ENTRY = "trioshim.runc.launcher:main"
+
+
 def _entry_point() -> tuple[str, str]:
-    """``(module, function)`` of ours's console script, from pyproject.toml."""
+    """``(module, function)`` of ours's entry: a console script's from pyproject.toml, else
+    what the installed launcher script calls."""
     import tomllib
 
     with open(REPO / "pyproject.toml", "rb") as f:
-        spec = tomllib.load(f)["project"]["scripts"][OURS_BINARY]
+        spec = tomllib.load(f)["project"].get("scripts", {}).get(OURS_BINARY, OURS_ENTRY)
     module, _, function = spec.partition(":")
     return module, function or "main"
 
 
 def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
-    """A console-script launcher for ours, as pip would write it from pyproject.toml's
-    ``[project.scripts]``, when the package is in the tree but not installed in the venv.
+    """A console-script launcher for ours (its entry point, see :func:`_entry_point`), when the
+    package is in the tree but not installed in the venv.
     Returns (path, None) or (None, why not)."""
     try:
         module, function = _entry_point()

@@ -10,8 +10,6 @@ the standard library: the start helper must not pay for Trio and protobuf.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
@@ -112,6 +110,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'trioshim.shim' has no attribute {name!r}")
+    import importlib  # here: importing it (and warnings) costs the start helper 0.5 ms
+
     value = getattr(importlib.import_module(f"trioshim.shim.{module}"), name)
     globals()[name] = value
     return value

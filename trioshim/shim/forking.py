@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from trioshim.shim.cmdline import set_cmdline
 
-__all__ = ["fork_process"]
+__all__ = ["detach_stdio", "fork_process"]
 
 
 def fork_process(
@@ -54,11 +54,7 @@ def fork_process(
             os.setpgid(0, 0)
         sys.argv = list(argv)
         set_cmdline(sys.argv, exact=True)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if null > 2:
-            os.close(null)
+        detach_stdio()
         # containerd may already have removed the bundle (it abandoned us): serve anyway,
         # the abandonment watch then shuts down cleanly, removing the socket.
         with contextlib.suppress(OSError):
@@ -67,3 +63,13 @@ def fork_process(
         status = body()
     finally:
         os._exit(status)
+
+
+def detach_stdio() -> None:
+    """Replace stdin, stdout and stderr with ``/dev/null`` (containerd reads the helper's
+    output to its end: nothing that outlives the helper may keep it open)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)

@@ -25,14 +25,15 @@ import time
 from typing import Any, NoReturn
 
 from trioshim.shim.cmdline import set_cmdline
+from trioshim.shim.forking import detach_stdio
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
-    _STATUS,
     ENV_IDLE,
     IDLE_TIMEOUT,
     PROTOCOL,
     load_app,
+    status_message,
 )
 from trioshim.shim.manager import Manager
 from trioshim.shim.placement import Placement, PlacementError
@@ -341,14 +342,17 @@ def _decline(conn: socket.socket, why: str) -> None:
         for fd in fds:
             _close(fd)
     with contextlib.suppress(OSError):
-        conn.sendall(_STATUS.pack(b"L", 0))
+        conn.sendall(status_message(b"L", 0))
 
 
 def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
     with contextlib.suppress(BaseException):
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        conn.sendall(_STATUS.pack(tag, status))
+        # containerd reads the helper's output to EOF: our copies of its pipes go now, not
+        # when this process's teardown is done.
+        detach_stdio()
+        conn.sendall(status_message(tag, status))
     os._exit(0)
 
 

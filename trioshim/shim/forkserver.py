@@ -42,7 +42,6 @@ from __future__ import annotations
 import _socket
 import marshal
 import os
-import struct
 import sys
 
 import trioshim
@@ -69,7 +68,9 @@ _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
-_STATUS = struct.Struct("!ci")  # b"S" + exit status, or b"L" + 0: "run it yourself"
+# The worker's answer: b"S" + the exit status, or b"L" + 0 ("run it yourself"); the status a
+# 4-byte big-endian signed int (no struct module: it costs the helper an import).
+_STATUS_SIZE = 5
 _DECLINED = -1  # what _delegate returns for b"L" (the worker could not stand in for us)
 _CMDLINE_ROOM = 2048  # bytes of blank argv the server starts with (see _spawn_server)
 PIDFD_FD = 3  # where the server finds the pidfd of its containerd, when the helper has one
@@ -85,25 +86,35 @@ _SOL_SOCKET = 1
 
 def main(app: str, argv: list[str] | None = None) -> NoReturn:
     """Console-script entry of a fast shim: ``sys.exit(launch(app))``."""
-    sys.exit(launch(app, argv))
+    status, ran_here = _launch(app, argv)
+    if not ran_here:
+        # A worker did it all: nothing buffered, no exit handlers; the interpreter's teardown
+        # would only delay our exit, which containerd waits for.
+        os._exit(status)
+    sys.exit(status)
 
 
 def launch(app: str, argv: list[str] | None = None) -> int:
     """Run one shim invocation, through the fork server when it can; returns the status."""
+    return _launch(app, argv)[0]
+
+
+def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
+    """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
     if _action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
-        return _run_local(app, args)
+        return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
     if delegated is not None and delegated != _DECLINED:
-        return delegated
+        return delegated, False
     status = _run_local(app, args)  # everything is imported now anyway
     if delegated is None:  # the cold path: no server (yet) for this containerd
         import contextlib
 
         with contextlib.suppress(OSError):
             _spawn_server(app, path)
-    return status
+    return status, True
 
 
 def _scan(args: list[str]) -> tuple[str, dict[str, str]]:
@@ -188,17 +199,17 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "placement": _placement(),
             }
         )
-        fds = struct.pack("3i", 0, 1, 2)
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # C ints
         try:
             sock.sendmsg(
-                [struct.pack("!I", len(request)), request], [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
+                [len(request).to_bytes(4, "big"), request], [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
             )
         except OSError:
             return None  # the server went away between connect and send: nothing ran
         data = b""
-        while len(data) < _STATUS.size:
+        while len(data) < _STATUS_SIZE:
             try:
-                chunk = sock.recv(_STATUS.size - len(data))
+                chunk = sock.recv(_STATUS_SIZE - len(data))
             except OSError:  # reset: as good as no answer
                 break
             if not chunk:
@@ -206,14 +217,19 @@ def _delegate(path: str, args: list[str]) -> int | None:
             data += chunk
     finally:
         sock.close()
-    if len(data) == _STATUS.size:
-        tag, status = _STATUS.unpack(data)
+    if len(data) == _STATUS_SIZE:
+        tag, status = data[:1], int.from_bytes(data[1:], "big", signed=True)
         if tag == b"S":
             return int(status)
         if tag == b"L":
             return _DECLINED
     os.write(2, b"trioshim: the fork server's worker died without a status\n")
     return 1
+
+
+def status_message(tag: bytes, status: int) -> bytes:
+    """What a worker sends back (see ``_STATUS_SIZE``)."""
+    return tag + status.to_bytes(4, "big", signed=True)
 
 
 def _placement() -> dict[str, object]:
@@ -289,10 +305,20 @@ def _spawn_server(app: str, path: str) -> None:
 
 
 def _run_local(app: str, args: list[str], *, containerd_pid: int | None = None) -> int:
+    _complete_sys_path()
     from trioshim.shim.main import run
 
     manager, registry = load_app(app)
     return run(manager, args, registry, containerd_pid=containerd_pid)
+
+
+def _complete_sys_path() -> None:
+    """Run ``site`` if the launcher started the interpreter without it (``-S``, see
+    ``launcher/containerd-shim-trioshim-v2``): the full shim may need every ``.pth`` file."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
 
 
 def load_app(app: str) -> tuple[Manager, Registry]:
