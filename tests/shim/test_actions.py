@@ -339,10 +339,20 @@ def read_text(path: Path) -> str:
 async def connect_task_when_ready(
     path: str, exits: trio.MemoryReceiveChannel[Exit]
 ) -> AsyncIterator[Stub]:
-    """Connect once the daemon listens (it binds `-socket` itself, after its imports)."""
-    while not exists(path):
+    """Connect once the daemon listens (it binds `-socket` itself, after its imports, and
+    listens just after binding: the socket file alone does not mean it accepts yet)."""
+    while not _listening(path):
         with trio.move_on_after(0.01):
             exit_ = await exits.receive()
             raise AssertionError(f"the daemon exited early: {exit_}")
     async with connect_task(path, "testns") as task:
         yield task
+
+
+def _listening(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
