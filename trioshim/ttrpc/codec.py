@@ -91,6 +91,13 @@ class FrameType(enum.IntEnum):
     DATA = 3
 
 
+# Plain ints for the per-frame paths: reading an IntEnum member costs as much as the rest of a
+# comparison several times over.
+_REQUEST: Final = int(FrameType.REQUEST)
+_RESPONSE: Final = int(FrameType.RESPONSE)
+_DATA: Final = int(FrameType.DATA)
+
+
 # ---------------------------------------------------------------------------------------------
 # Events
 
@@ -128,7 +135,9 @@ class OversizedFrame:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+# Built once per frame, so not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, which costs more than the rest of making the event.
+@dataclass(slots=True)
 class RequestReceived:
     """A valid Request on a fresh odd stream id (server side)."""
 
@@ -147,7 +156,7 @@ class ErrorReply:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like RequestReceived
 class ResponseReceived:
     """The Response for a pending call (client side)."""
 
@@ -161,32 +170,6 @@ class CallFailed:
 
     stream_id: int
     error: Exception
-
-
-# The events below are built once per frame: fill their slots directly, skipping the frozen
-# dataclass __init__ (one object.__setattr__ call per field). Same objects as cls(...).
-_new: Final = object.__new__
-_set_rr_id, _set_rr_request, _set_rr_flags = (
-    RequestReceived.__dict__[name].__set__ for name in ("stream_id", "request", "flags")
-)
-_set_resp_id, _set_resp_response = (
-    ResponseReceived.__dict__[name].__set__ for name in ("stream_id", "response")
-)
-
-
-def _request_received(stream_id: int, request: Request, flags: int) -> RequestReceived:
-    event: RequestReceived = _new(RequestReceived)
-    _set_rr_id(event, stream_id)
-    _set_rr_request(event, request)
-    _set_rr_flags(event, flags)
-    return event
-
-
-def _response_received(stream_id: int, response: Response) -> ResponseReceived:
-    event: ResponseReceived = _new(ResponseReceived)
-    _set_resp_id(event, stream_id)
-    _set_resp_response(event, response)
-    return event
 
 
 _parse_request: Final = Request.FromString
@@ -392,7 +375,7 @@ class ServerConnection:
             stream_id, type_, flags, payload = event
             if stream_id % 2 == 0:
                 return self._error(stream_id, Code.INVALID_ARGUMENT, ODD_ID_TEXT)
-            if type_ == FrameType.REQUEST:
+            if type_ == _REQUEST:
                 if stream_id <= self._last_request_id:
                     return self._error(stream_id, Code.INVALID_ARGUMENT, REUSED_ID_TEXT)
                 self._last_request_id = stream_id
@@ -403,8 +386,8 @@ class ServerConnection:
                         stream_id, Code.INVALID_ARGUMENT, UNMARSHAL_REQUEST_PREFIX + str(exc)
                     )
                 self._active.add(stream_id)
-                return _request_received(stream_id, request, flags)
-            if type_ == FrameType.DATA:
+                return RequestReceived(stream_id, request, flags)
+            if type_ == _DATA:
                 if stream_id in self._active:
                     # Data on a running unary call: nothing can consume it (Go would crash).
                     log.debug("ignoring Data frame on unary stream %d", stream_id)
@@ -451,7 +434,7 @@ class ServerConnection:
         if len(body) > self.max_message_size:
             return self.send_response(stream_id, Response(payload=payload))
         self._active.discard(stream_id)
-        return _pack_header(len(body), stream_id, FrameType.RESPONSE, 0) + body
+        return _pack_header(len(body), stream_id, _RESPONSE, 0) + body
 
     def send_status(
         self, stream_id: int, code: int, message: str, details: Iterable[Any] = ()
@@ -609,7 +592,7 @@ class ClientConnection:
                         oversize_message(event.length, self.max_message_size),
                     ),
                 )
-            if type_ != FrameType.RESPONSE:
+            if type_ != _RESPONSE:
                 name = _TYPE_NAMES.get(type_, "unknown")
                 return CallFailed(
                     stream_id,
@@ -619,4 +602,4 @@ class ClientConnection:
                 response = _parse_response(payload)
             except DecodeError as exc:
                 return CallFailed(stream_id, RemoteProtocolError(f"ttrpc: invalid Response: {exc}"))
-            return _response_received(stream_id, response)
+            return ResponseReceived(stream_id, response)

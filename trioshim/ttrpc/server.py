@@ -706,9 +706,12 @@ class _Connection:
     async def _start_requests(self, requests: list[RequestReceived], nursery: trio.Nursery) -> None:
         """Handle the requests read in one chunk: inline ones here, the others in tasks."""
         self._in_flight += len(requests)
-        self._chunk += 1
-        chunk = self._chunk
-        self._batch_left[chunk] = len(requests)
+        # A lone request has no sibling to batch its reply with (chunk 0: write it at once).
+        chunk = 0
+        if len(requests) > 1:
+            self._chunk += 1
+            chunk = self._chunk
+            self._batch_left[chunk] = len(requests)
         lookup = self._server._lookup
         received_at: float | None = None
         for event in requests:
@@ -780,7 +783,7 @@ class _Connection:
             else:
                 assert isinstance(reply, Response)
                 frame = self._protocol.send_response(stream_id, reply)
-            left = self._batch_left.pop(chunk, 0) - 1
+            left = self._batch_left.pop(chunk, 0) - 1 if chunk else 0
             if left > 0 and self._sock is not None:
                 # Siblings from the same read are still to answer: leave the frame to the last
                 # of them (or to the flusher, next scheduler batch, if one of them blocks).
