@@ -9,7 +9,7 @@ from test_ttrpc_server import echo, request_frame
 from ttrpc_testing import RawPeer
 
 from trioshim.api.ttrpc.request_pb2 import KeyValue, Request
-from trioshim.ttrpc.server import _Metadata
+from trioshim.ttrpc.context import LazyMetadata
 
 BIG = 2 << 20  # more than a unix socket buffer holds: the reply's write has to wait
 
@@ -17,13 +17,13 @@ BIG = 2 << 20  # more than a unix socket buffer holds: the reply's write has to 
 def test_metadata_decoded_on_first_use_like_a_dict() -> None:
     pairs = [("b", "1"), ("ns", "k8s.io"), ("b", "2"), ("Mixed", "x")]
     request = Request(metadata=[KeyValue(key=k, value=v) for k, v in pairs])
-    metadata = _Metadata(request)
+    metadata = LazyMetadata(request)
     expected = {"b": ["1", "2"], "ns": ["k8s.io"], "Mixed": ["x"]}
     assert metadata == expected
     assert (len(metadata), list(metadata), metadata["b"]) == (3, ["b", "ns", "Mixed"], ["1", "2"])
     assert metadata.get("mixed") is None and "Mixed" in metadata
     assert repr(metadata) == repr(expected)
-    assert _Metadata(Request()) == {}
+    assert LazyMetadata(Request()) == {}
 
 
 async def test_reply_written_in_part_then_the_rest_under_the_lock(peer: RawPeer) -> None:

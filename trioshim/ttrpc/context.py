@@ -1,0 +1,123 @@
+"""What a handler is told about its request: :class:`RequestContext`, and the request's
+metadata decoded only when a handler looks at it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from trioshim.api.ttrpc.request_pb2 import Request
+
+from .handshake import PeerCredentials
+
+__all__ = ["NAMESPACE_KEY", "LazyMetadata", "RequestContext", "new_request_context"]
+
+#: Metadata key carrying the containerd namespace on every namespaced call.
+NAMESPACE_KEY: Final = "containerd-namespace-ttrpc"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about its request besides the message.
+
+    ``metadata`` maps each key (verbatim, as received) to its values in wire order.
+    ``deadline`` is in Trio time (``math.inf`` when the caller set none); the handler already
+    runs inside a cancel scope with that deadline.
+    """
+
+    service: str
+    method: str
+    metadata: Mapping[str, list[str]] = field(default_factory=dict)
+    deadline: float = math.inf
+    stream_id: int = 0
+    peer: PeerCredentials | None = None
+
+    @property
+    def full_method(self) -> str:
+        """``/<service>/<method>``, the form Go uses in logs and interceptors."""
+        return f"/{self.service}/{self.method}"
+
+    def get(self, key: str) -> str | None:
+        """First value for ``key`` looked up lower-cased, like Go's ``GetMetadataValue``."""
+        values = self.metadata.get(key.lower())
+        return values[0] if values else None
+
+    @property
+    def namespace(self) -> str | None:
+        """The containerd namespace (first ``containerd-namespace-ttrpc`` value), if sent."""
+        return self.get(NAMESPACE_KEY)
+
+
+class LazyMetadata(Mapping[str, list[str]]):
+    """A request's metadata as ``{key: [values in wire order]}``, decoded on first use.
+
+    Most handlers never look at it, and decoding the protobuf list costs about as much as the
+    rest of a trivial call's dispatch.
+    """
+
+    __slots__ = ("_decoded", "_request")
+
+    def __init__(self, request: Request) -> None:
+        self._request: Request | None = request
+        self._decoded: dict[str, list[str]] | None = None
+
+    def _dict(self) -> dict[str, list[str]]:
+        decoded = self._decoded
+        if decoded is None:
+            assert self._request is not None
+            decoded = {}
+            for kv in self._request.metadata:
+                decoded.setdefault(kv.key, []).append(kv.value)
+            self._decoded = decoded
+            self._request = None
+        return decoded
+
+    def __getitem__(self, key: str) -> list[str]:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+
+# Built once per request: fill the slots directly instead of through the frozen dataclass
+# __init__ (one object.__setattr__ per field). The same object as RequestContext(...).
+_new_context = object.__new__
+_context_setters = tuple(
+    RequestContext.__dict__[name].__set__
+    for name in ("service", "method", "metadata", "deadline", "stream_id", "peer")
+)
+assert tuple(RequestContext.__dataclass_fields__) == (
+    "service",
+    "method",
+    "metadata",
+    "deadline",
+    "stream_id",
+    "peer",
+)
+
+
+def new_request_context(
+    service: str,
+    method: str,
+    metadata: Mapping[str, list[str]],
+    deadline: float,
+    stream_id: int,
+    peer: PeerCredentials | None,
+) -> RequestContext:
+    ctx: RequestContext = _new_context(RequestContext)
+    set_service, set_method, set_metadata, set_deadline, set_stream_id, set_peer = _context_setters
+    set_service(ctx, service)
+    set_method(ctx, method)
+    set_metadata(ctx, metadata)
+    set_deadline(ctx, deadline)
+    set_stream_id(ctx, stream_id)
+    set_peer(ctx, peer)
+    return ctx
