@@ -12,19 +12,23 @@ from trioshim.api.ttrpc.request_pb2 import Request
 
 from .handshake import PeerCredentials
 
-__all__ = ["NAMESPACE_KEY", "LazyMetadata", "RequestContext", "new_request_context"]
+__all__ = ["NAMESPACE_KEY", "LazyMetadata", "RequestContext"]
 
 #: Metadata key carrying the containerd namespace on every namespaced call.
 NAMESPACE_KEY: Final = "containerd-namespace-ttrpc"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestContext:
     """What a handler knows about its request besides the message.
 
     ``metadata`` maps each key (verbatim, as received) to its values in wire order.
     ``deadline`` is in Trio time (``math.inf`` when the caller set none); the handler already
     runs inside a cancel scope with that deadline.
+
+    Each request gets its own, and the server reads nothing back from it. (It is not frozen:
+    a frozen dataclass sets each field through ``object.__setattr__``, which made building it
+    cost more than the rest of calling a trivial handler.)
     """
 
     service: str
@@ -85,39 +89,3 @@ class LazyMetadata(Mapping[str, list[str]]):
 
     def __repr__(self) -> str:
         return repr(self._dict())
-
-
-# Built once per request: fill the slots directly instead of through the frozen dataclass
-# __init__ (one object.__setattr__ per field). The same object as RequestContext(...).
-_new_context = object.__new__
-_context_setters = tuple(
-    RequestContext.__dict__[name].__set__
-    for name in ("service", "method", "metadata", "deadline", "stream_id", "peer")
-)
-assert tuple(RequestContext.__dataclass_fields__) == (
-    "service",
-    "method",
-    "metadata",
-    "deadline",
-    "stream_id",
-    "peer",
-)
-
-
-def new_request_context(
-    service: str,
-    method: str,
-    metadata: Mapping[str, list[str]],
-    deadline: float,
-    stream_id: int,
-    peer: PeerCredentials | None,
-) -> RequestContext:
-    ctx: RequestContext = _new_context(RequestContext)
-    set_service, set_method, set_metadata, set_deadline, set_stream_id, set_peer = _context_setters
-    set_service(ctx, service)
-    set_method(ctx, method)
-    set_metadata(ctx, metadata)
-    set_deadline(ctx, deadline)
-    set_stream_id(ctx, stream_id)
-    set_peer(ctx, peer)
-    return ctx

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, EncodeError, Message
 
 from trioshim.api.ttrpc.request_pb2 import Request, Response
 
-from .context import LazyMetadata, new_request_context
+from .context import LazyMetadata, RequestContext
 from .errors import CONTEXT_DEADLINE_EXCEEDED, Code, status_from_exception
 from .handshake import PeerCredentials
 from .registry import Method
@@ -56,7 +56,7 @@ async def dispatch(
     except DecodeError as exc:
         return status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
     metadata = LazyMetadata(request)
-    ctx = new_request_context(found.service, found.name, metadata, deadline, stream_id, peer)
+    ctx = RequestContext(found.service, found.name, metadata, deadline, stream_id, peer)
     try:
         if deadline == math.inf:
             result = await handler(ctx, message)
