@@ -1,8 +1,9 @@
 """One accepted ttrpc connection: reading requests, running their handlers, writing replies.
 
-Replies go out as soon as they are ready, in one non-blocking write when the socket takes it;
-replies to requests read together are batched into one write; a reply that finds the socket
-full waits for room without holding back its siblings' replies for longer than that.
+A reply goes out as soon as it is ready: written at once, without a trip through the
+scheduler, when the socket takes it and no other write is waiting; the replies to requests read
+together are gathered into one write; a reply that does not fit waits for room under the send
+lock, and the writes behind it wait their turn.
 """
 
 from __future__ import annotations
