@@ -61,7 +61,7 @@ def test_pattern_catches_each_outside_reference() -> None:
         "ttrpc" + ".md section 7",
         "the house plan, ARCHITECTURE" + ".md",
         "STYLE" + ".md",
-        "/work/" + "shared/spec/x",
+        "/work/" + "shared/" + "spec/x",
     ]
     assert all(citations(sample) for sample in samples)
     # Our own docs may be named: docs/wasm.md is in the repository.

@@ -91,6 +91,7 @@ class EngineContext(Protocol):
     def signals(self) -> SignalSource: ...  # Kill requests, signal numbers
 
     def started(self, pid: int | None = None) -> None: ...  # the workload runs: Start replies
+    def oom(self) -> None: ...  # the run met the OOM killer: TaskOOM before its TaskExit
 
 
 async def run_module(
@@ -153,6 +154,8 @@ async def run_module(
                 nursery.cancel_scope.cancel()
             if process.oom_killed:
                 log.warning("wasm module %s (pid %d) was OOM-killed", request.module, process.pid)
+            elif process.oom:
+                log.warning("wasm module %s (pid %d) had an OOM", request.module, process.pid)
             return status
     finally:
         if cgroup is not None:
@@ -218,6 +221,8 @@ class WasmEngine:
             python=self.python,
         )
         process = spawned[0]
+        if process.oom:  # the exit carries it: TaskOOM, then TaskExit
+            ctx.oom()
         if not process.running.is_set():
             if status == LOAD_FAILED_STATUS and process.failure is not None:
                 raise WasmLoadError(process.failure)

@@ -39,7 +39,7 @@ from trioshim.shim.cgroups.files import Cgroup
 from trioshim.shim.cgroups.v1 import CgroupV1
 from trioshim.shim.cgroups.v2 import CgroupV2
 
-__all__ = ["OOMWatcher", "open_oom_watcher"]
+__all__ = ["OOMCount", "OOMWatcher", "open_oom_watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,60 @@ class OOMWatcher:
                 except BlockingIOError:
                     continue
                 break
+
+
+class OOMCount:
+    """The OOM notifications of one cgroup from now on, counted without a task of ours: read
+    them with :meth:`take`, which never waits (say, once the cgroup's only process is reaped).
+
+    The kernel keeps the count: v1, the watcher's eventfd, whose counter adds every
+    notification up until it is read; v2, the ``oom`` line of ``memory.events`` (OOM events,
+    killing or not), against its value when the count was opened. Open it before any process
+    joins the cgroup so that nothing is missed; :meth:`close` it when done.
+    """
+
+    def __init__(self, *, eventfd: int | None = None, events: str | None = None) -> None:
+        self._eventfd = eventfd
+        self._events = events
+        self._seen = 0
+        if events is not None:
+            self._seen = self._events_oom()
+
+    @classmethod
+    def open(cls, memory_path: str, *, unified: bool) -> OOMCount:
+        """Count the OOMs of the memory cgroup at ``memory_path`` (v1: the memory hierarchy's
+        directory; v2: the cgroup's). OSError when the kernel refuses the registration."""
+        if unified:
+            return cls(events=os.path.join(memory_path, "memory.events"))
+        return cls(eventfd=_register_v1(memory_path))
+
+    def _events_oom(self) -> int:
+        assert self._events is not None
+        try:
+            return _read_kv(self._events).get("oom", 0)
+        except OSError as exc:
+            if not _is_gone(exc):
+                log.warning("reading %s: %s", self._events, exc)
+            return self._seen
+
+    def take(self) -> int:
+        """The notifications since the last call (or since :meth:`open`)."""
+        if self._eventfd is not None:
+            try:
+                return os.eventfd_read(self._eventfd)
+            except BlockingIOError:
+                return 0
+        if self._events is not None:
+            now = self._events_oom()
+            taken, self._seen = max(now - self._seen, 0), now
+            return taken
+        return 0
+
+    def close(self) -> None:
+        if self._eventfd is not None:
+            os.close(self._eventfd)
+            self._eventfd = None
+        self._events = None
 
 
 @asynccontextmanager
