@@ -175,7 +175,8 @@ class WasmEngine:
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
     of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
     container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
-    Stats reads the container's cgroup.
+    Stats reads the container's cgroup. A run whose cgroup had an OOM (a notification, or a
+    kill) ends with ``ctx.oom()``, so containerd gets TaskOOM just before TaskExit.
     """
 
     cgroup_root: str = DEFAULT_ROOT
