@@ -51,7 +51,13 @@ def _spec(
 ) -> dict[str, object]:
     resources: dict[str, object] = {}
     if memory is not None:
-        resources["memory"] = {"limit": memory, "disableOOMKiller": not oom_killer}
+        # swap = limit (memory + swap, as OCI counts it): on a host with swap, a hungry module
+        # still meets its limit instead of swapping
+        resources["memory"] = {
+            "limit": memory,
+            "swap": memory,
+            "disableOOMKiller": not oom_killer,
+        }
     if pids is not None:
         resources["pids"] = {"limit": pids}
     return {"linux": {"cgroupsPath": path, "resources": resources}}
