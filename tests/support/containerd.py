@@ -210,6 +210,9 @@ oom_score = 0
         }
         env["PATH"] = self.path
         env["TRIOSHIM_FORKSERVER_DIR"] = str(self.forkserver_dir)
+        # A shared-mode process ends with its last shim (not after its idle time): tests see
+        # each one gone when its containers are.
+        env["TRIOSHIM_SHARED_IDLE"] = "0"
         env.update(self.extra_env)
         return env
 
