@@ -87,7 +87,7 @@ class _Output:
         return {"ok": True, "status": self.status, "stdout": self.stdout, "stderr": err}
 
 
-def _flags(shims: SharedShims, request: ActionRequest) -> Flags:
+def _flags(request: ActionRequest) -> Flags:
     """The invocation's flags, its bundle made absolute against the helper's cwd."""
     try:
         flags = parse_flags(request.argv)
@@ -105,7 +105,7 @@ async def run_action(shims: SharedShims, request: ActionRequest) -> dict[str, ob
     """Run the helper's action here; the reply carries its status and output."""
     out = _Output()
     try:
-        flags = _flags(shims, request)
+        flags = _flags(request)
         if flags.action == "start":
             out.stdout = await _start(shims, flags, request)
         else:
