@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
-__all__ = ["containerd_address", "launch", "load_app", "main", "server_path"]
+__all__ = ["action", "containerd_address", "launch", "load_app", "main", "server_path"]
 
 ENV_DISABLE = "TRIOSHIM_FORKSERVER"
 ENV_DIR = "TRIOSHIM_FORKSERVER_DIR"
@@ -63,7 +63,7 @@ DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
 PROTOCOL = 2
 _DELEGATED = ("start", "delete")
-# Set by containerd for one shim invocation (shim-v2.md 1.3); never part of the server's own.
+# Set by containerd for one shim invocation; never part of the server's own.
 _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )
@@ -102,7 +102,7 @@ def launch(app: str, argv: list[str] | None = None) -> int:
 def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if _action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
+    if action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
         return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
@@ -137,7 +137,8 @@ def _scan(args: list[str]) -> tuple[str, dict[str, str]]:
     return "", values
 
 
-def _action(args: list[str]) -> str:
+def action(args: list[str]) -> str:
+    """The action word of a shim invocation (``start``, ``delete``, or none)."""
     return _scan(args)[0]
 
 
