@@ -142,7 +142,7 @@ class Connection:
     async def _start_requests(self, requests: list[RequestReceived], nursery: trio.Nursery) -> None:
         """Handle the requests read in one chunk: inline ones here, the others in tasks."""
         self._in_flight += len(requests)
-        # A lone request has no sibling to batch its reply with (chunk 0: write it at once).
+        # A lone request has no sibling to batch its reply with: chunk 0, never held back.
         chunk = 0
         if len(requests) > 1:
             self._chunk += 1

@@ -27,8 +27,8 @@ class RequestContext:
     runs inside a cancel scope with that deadline.
 
     Each request gets its own, and the server reads nothing back from it. (It is not frozen:
-    a frozen dataclass sets each field through ``object.__setattr__``, which made building it
-    cost more than the rest of calling a trivial handler.)
+    a frozen dataclass sets each field through ``object.__setattr__``, which doubled the cost
+    of building one, a few percent of a trivial call.)
     """
 
     service: str
