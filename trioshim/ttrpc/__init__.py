@@ -29,8 +29,10 @@ from .errors import (
 )
 from .server import (
     NAMESPACE_KEY,
+    Handler,
     Handshake,
     HandshakeError,
+    Interceptor,
     PeerCredentials,
     RequestContext,
     Server,
@@ -55,8 +57,10 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Handler",
     "Handshake",
     "HandshakeError",
+    "Interceptor",
     "Internal",
     "InvalidArgument",
     "LocalProtocolError",

@@ -29,7 +29,7 @@ from .codec import (
 from .dispatch import dispatch
 from .errors import RemoteProtocolError
 from .handshake import PeerCredentials
-from .registry import Method
+from .registry import Interceptor, Refusal, Target
 
 __all__ = ["Connection"]
 
@@ -55,11 +55,13 @@ class Connection:
 
     def __init__(
         self,
-        lookup: Callable[[Request], Method | tuple[int, str]],
+        lookup: Callable[[Request], Target | Refusal],
         stream: trio.abc.Stream,
         peer: PeerCredentials | None,
+        interceptor: Interceptor | None = None,
     ) -> None:
         self._lookup = lookup
+        self._interceptor = interceptor
         self._stream = stream
         self._peer = peer
         self._protocol = ServerConnection(MAX_MESSAGE_SIZE)
@@ -160,7 +162,7 @@ class Connection:
                     received_at = trio.current_time()
                 deadline = received_at + timeout_nano / 1e9
             found = lookup(request)
-            if type(found) is Method and found.inline:
+            if type(found) is not Refusal and found[0].inline:  # type: ignore[index]
                 await self._handle(event, found, deadline, chunk)
             else:
                 nursery.start_soon(self._handle, event, found, deadline, chunk)
@@ -206,14 +208,16 @@ class Connection:
     async def _handle(
         self,
         event: RequestReceived,
-        found: Method | tuple[int, str],
+        found: Target | Refusal,
         deadline: float,
         chunk: int,
     ) -> None:
         stream_id = event.stream_id
         queued = False
         try:
-            reply = await dispatch(found, event.request, stream_id, deadline, self._peer)
+            reply = await dispatch(
+                found, event.request, stream_id, deadline, self._peer, self._interceptor
+            )
             if type(reply) is bytes:
                 frame = self._protocol.send_payload(stream_id, reply)
             else:

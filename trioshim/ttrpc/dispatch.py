@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 from typing import Any
 
 import trio
@@ -19,7 +20,7 @@ from trioshim.api.ttrpc.request_pb2 import Request, Response
 from .context import LazyMetadata, RequestContext
 from .errors import CONTEXT_DEADLINE_EXCEEDED, Code, status_from_exception
 from .handshake import PeerCredentials
-from .registry import Method
+from .registry import Interceptor, Method, Refusal, Target
 
 __all__ = ["dispatch", "status_response"]
 
@@ -40,46 +41,58 @@ def status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> R
 
 
 async def dispatch(
-    found: Method | tuple[int, str],
+    found: Target | Refusal,
     request: Request,
     stream_id: int,
     deadline: float,
     peer: PeerCredentials | None,
+    interceptor: Interceptor | None = None,
 ) -> bytes | Response:
     """The reply to ``request``: the serialized result, or a status Response."""
-    if type(found) is not Method:
-        return status_response(*found)  # type: ignore[misc]
-    handler = found.handler
-    assert handler is not None
+    if type(found) is Refusal:
+        return status_response(found.code, found.message)
+    method, implementation = found  # type: ignore[misc]
     try:
-        message = found.input_type.FromString(request.payload)
+        message = method.input_type.FromString(request.payload)
     except DecodeError as exc:
         return status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
     metadata = LazyMetadata(request)
-    ctx = RequestContext(found.service, found.name, metadata, deadline, stream_id, peer)
+    ctx = RequestContext(method.service, method.name, metadata, deadline, stream_id, peer)
+    if deadline != math.inf and deadline <= trio.current_time():
+        return status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+    handler = method.handler
+    assert handler is not None
     try:
-        if deadline == math.inf:
-            result = await handler(ctx, message)
+        # The handler is the class's function (called with the implementation) unless the
+        # implementation's table is its own; an interceptor is given it bound.
+        if interceptor is not None:
+            if method.unbound:
+                handler = types.MethodType(handler, implementation)
+            call = interceptor(ctx, message, handler)
+        elif method.unbound:
+            call = handler(implementation, ctx, message)
         else:
-            if deadline <= trio.current_time():
-                return status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
+            call = handler(ctx, message)
+        if deadline == math.inf:
+            result = await call
+        else:
             with trio.CancelScope(deadline=deadline) as scope:
-                result = await handler(ctx, message)
+                result = await call
             if scope.cancelled_caught:
                 return status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
     except Exception as exc:
         code, text, details = status_from_exception(exc)
         if code == Code.UNKNOWN:
-            log.warning("ttrpc: %s failed", found.full_name, exc_info=True)
+            log.warning("ttrpc: %s failed", method.full_name, exc_info=True)
         else:
-            log.debug("ttrpc: %s: %s", found.full_name, text)
+            log.debug("ttrpc: %s: %s", method.full_name, text)
         return status_response(code, text, details)
-    if type(result) is found.output_type:
+    if type(result) is method.output_type:
         try:
             return result.SerializeToString()
         except EncodeError as exc:
             return status_response(Code.INTERNAL, f"ttrpc: error marshaling payload: {exc}")
-    return _encode_result(found, result)
+    return _encode_result(method, result)
 
 
 def _encode_result(method: Method, result: object) -> bytes | Response:

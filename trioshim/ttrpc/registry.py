@@ -1,12 +1,24 @@
-"""The services a server answers: their rpcs bound to handlers once, at registration, and
-looked up by name for each request. Also the :func:`nonblocking` mark that handlers carry."""
+"""The services a server answers, looked up by name for each request. Also the
+:func:`nonblocking` mark that handlers carry, and the :data:`Interceptor` a server may run
+around every handler.
+
+Registering is cheap in memory however many servers a process holds (shared mode serves many
+shims from one process): the table of a service's rpcs (message classes, handler, nonblocking
+mark) is computed once per implementation *class*, and a registration adds only the pair
+(table, implementation). A request's handler is the class's function, called with the
+implementation. Implementations whose handlers are not plain methods of their class (set on
+the instance, ``functools.partial``, a ``__getattr__`` proxy) get a table of their own, bound
+to the instance at registration.
+"""
 
 from __future__ import annotations
 
 import difflib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -19,9 +31,22 @@ from trioshim.api.ttrpc.request_pb2 import Request
 from .context import RequestContext
 from .errors import Code
 
-__all__ = ["Handler", "Method", "ServiceRegistry", "nonblocking"]
+__all__ = [
+    "Handler",
+    "Interceptor",
+    "Method",
+    "Refusal",
+    "ServiceRegistry",
+    "Target",
+    "nonblocking",
+]
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+#: ``await interceptor(ctx, request, handler)`` runs instead of ``await handler(ctx, request)``
+#: for every request of a server: it may refuse the request (raise), change the request or the
+#: reply, or map errors. It runs wherever the handler runs, so for a :func:`nonblocking`
+#: handler it must not wait either.
+Interceptor = Callable[[RequestContext, Any, Handler], Awaitable[Any]]
 _H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 _NONBLOCKING_ATTR: Final = "__ttrpc_nonblocking__"
 
@@ -47,56 +72,124 @@ def _is_nonblocking(handler: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """One rpc of a registered service, ready to call."""
+    """One rpc of a service as one implementation class (or instance) answers it."""
 
     service: str
     name: str
     full_name: str
     input_type: type[Message]
     output_type: type[Message]
-    handler: Handler | None
+    #: The class's function, called as ``handler(implementation, ctx, request)`` when
+    #: ``unbound``; else already bound to its instance: ``handler(ctx, request)``.
+    handler: Callable[..., Awaitable[Any]] | None
+    unbound: bool
     streaming: bool
     #: Marked :func:`nonblocking`: run by the connection's reader, without a task.
     inline: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The status a request is answered with when no handler can take it."""
+
+    code: int
+    message: str
+
+
+#: What a request is served by: its rpc and the implementation registered for it.
+Target = tuple[Method, object]
+_Table = dict[str, Method]
+
+# Per implementation class, per service: its table. Weak, so that classes made on the fly
+# (tests) do not live on in here.
+# The handlers a table was made from are kept with it: a class patched since (a test's
+# monkeypatch) gets a new table rather than calling its old functions.
+_class_tables: weakref.WeakKeyDictionary[
+    type, dict[ServiceDescriptor, tuple[tuple[object, ...], _Table]]
+] = weakref.WeakKeyDictionary()
+
+
 class ServiceRegistry:
-    """Services by full name, each a table of its rpcs."""
+    """Services by full name, each a table of its rpcs and the implementation serving them."""
 
     def __init__(self) -> None:
-        self._services: dict[str, dict[str, Method]] = {}
+        self._services: dict[str, tuple[_Table, object]] = {}
 
     def register(self, service: ServiceDescriptor, implementation: object) -> None:
         """See :meth:`trioshim.ttrpc.server.Server.register`."""
         if service.full_name in self._services:
             raise ValueError(f"service {service.full_name} is already registered")
-        self._services[service.full_name] = _bind_methods(service, implementation)
+        self._services[service.full_name] = (_table(service, implementation), implementation)
 
     @property
     def names(self) -> list[str]:
         return list(self._services)
 
-    def lookup(self, request: Request) -> Method | tuple[int, str]:
-        """The rpc ``request`` calls, or the status (code, message) to answer it with."""
-        methods = self._services.get(request.service)
-        if methods is None:
-            return Code.UNIMPLEMENTED, f"service {request.service}"
-        method = methods.get(request.method)
+    def lookup(self, request: Request) -> Target | Refusal:
+        """The rpc ``request`` calls and its implementation, or the status to answer with."""
+        registered = self._services.get(request.service)
+        if registered is None:
+            return Refusal(Code.UNIMPLEMENTED, f"service {request.service}")
+        table, implementation = registered
+        method = table.get(request.method)
         if method is None:
-            return Code.UNIMPLEMENTED, f"method {request.method}"
-        if method.streaming:
-            return Code.UNIMPLEMENTED, f"{method.full_name}: streaming is not supported"
+            return Refusal(Code.UNIMPLEMENTED, f"method {request.method}")
         if method.handler is None:
-            return Code.UNIMPLEMENTED, f"{method.full_name}: not implemented"
-        return method
+            why = "streaming is not supported" if method.streaming else "not implemented"
+            return Refusal(Code.UNIMPLEMENTED, f"{method.full_name}: {why}")
+        return method, implementation
 
 
-def _check_handler_names(descriptor: ServiceDescriptor, implementation: object) -> None:
+def _table(descriptor: ServiceDescriptor, implementation: object) -> _Table:
+    cls = type(implementation)
+    handlers = _class_handlers(cls, implementation, descriptor)
+    if handlers is None:
+        _check_handler_names(descriptor, implementation, dir(implementation))
+        return _bind(descriptor, lambda name: getattr(implementation, name, None), unbound=False)
+    # The instance adds no handler: only its own attributes can hold a misspelt one.
+    _check_handler_names(descriptor, implementation, getattr(implementation, "__dict__", ()))
+    tables = _class_tables.setdefault(cls, {})
+    cached = tables.get(descriptor)
+    if cached is not None and cached[0] == handlers:
+        return cached[1]
+    _check_handler_names(descriptor, implementation, dir(cls))
+    table = _bind(
+        descriptor, dict(zip(_rpcs(descriptor), handlers, strict=True)).__getitem__, unbound=True
+    )
+    tables[descriptor] = (handlers, table)
+    return table
+
+
+def _rpcs(descriptor: ServiceDescriptor) -> list[str]:
+    return [method.name for method in descriptor.methods]
+
+
+def _class_handlers(
+    cls: type, implementation: object, descriptor: ServiceDescriptor
+) -> tuple[object, ...] | None:
+    """The handlers of ``implementation``, rpc by rpc (None where it has none), when each is a
+    plain function of its class: its table can then be the class's, shared by every instance.
+    None when one is not (an attribute of the instance, a partial, a ``__getattr__``)."""
+    if hasattr(cls, "__getattr__"):
+        return None
+    own = getattr(implementation, "__dict__", {})
+    handlers = []
+    for name in _rpcs(descriptor):
+        attribute = inspect.getattr_static(cls, name, None)
+        if name in own or (attribute is not None and type(attribute) is not types.FunctionType):
+            return None
+        handlers.append(attribute)
+    return tuple(handlers)
+
+
+def _check_handler_names(
+    descriptor: ServiceDescriptor, implementation: object, names: Iterable[str]
+) -> None:
     """A handler named like no rpc of the service (``Creat``) would never be called and its
     rpc would answer Unimplemented: refuse it at registration. Handlers are recognised as Go
     names them: async methods whose name starts with a capital letter."""
-    rpcs = [method.name for method in descriptor.methods]
-    for name in dir(implementation):
+    rpcs = _rpcs(descriptor)
+    for name in names:
         if not name[:1].isupper() or name in rpcs:
             continue
         if inspect.iscoroutinefunction(getattr(implementation, name, None)):
@@ -108,22 +201,26 @@ def _check_handler_names(descriptor: ServiceDescriptor, implementation: object) 
             )
 
 
-def _bind_methods(descriptor: ServiceDescriptor, implementation: object) -> dict[str, Method]:
-    _check_handler_names(descriptor, implementation)
-    methods: dict[str, Method] = {}
+def _bind(
+    descriptor: ServiceDescriptor, handler_of: Callable[[str], Any], *, unbound: bool
+) -> _Table:
+    methods: _Table = {}
     for method in descriptor.methods:
         full_name = f"/{descriptor.full_name}/{method.name}"
-        handler = getattr(implementation, method.name, None)
+        handler = handler_of(method.name)
         if handler is not None and not (callable(handler) and inspect.iscoroutinefunction(handler)):
             raise TypeError(f"{full_name}: {handler!r} is not an async method")
+        streaming = bool(method.client_streaming or method.server_streaming)
         methods[method.name] = Method(
             service=descriptor.full_name,
             name=method.name,
             full_name=full_name,
             input_type=GetMessageClass(method.input_type),
             output_type=GetMessageClass(method.output_type),
-            handler=handler,
-            streaming=bool(method.client_streaming or method.server_streaming),
+            # A streaming rpc is answered Unimplemented whatever handler it has.
+            handler=None if streaming else handler,
+            unbound=unbound,
+            streaming=streaming,
             inline=handler is not None and _is_nonblocking(handler),
         )
     return methods

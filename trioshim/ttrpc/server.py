@@ -59,12 +59,14 @@ from .handshake import (
     require_uid_gid,
 )
 from .listeners import listen_backlog, open_unix_listener, unix_listener_from_fd
-from .registry import ServiceRegistry, nonblocking
+from .registry import Handler, Interceptor, ServiceRegistry, nonblocking
 
 __all__ = [
     "NAMESPACE_KEY",
+    "Handler",
     "Handshake",
     "HandshakeError",
+    "Interceptor",
     "PeerCredentials",
     "RequestContext",
     "Server",
@@ -100,12 +102,20 @@ class Server:
 
     ``handshake`` checks each accepted socket before anything is read; the default is
     :func:`require_same_user` evaluated at construction, ``None`` accepts everyone.
+    ``interceptor`` runs around every handler of every registered service (see
+    :data:`Interceptor`): one object for the whole server, however many rpcs it serves.
     """
 
-    def __init__(self, *, handshake: Handshake | _UseSameUser | None = _SAME_USER) -> None:
+    def __init__(
+        self,
+        *,
+        handshake: Handshake | _UseSameUser | None = _SAME_USER,
+        interceptor: Interceptor | None = None,
+    ) -> None:
         self._handshake: Handshake | None = (
             require_same_user() if isinstance(handshake, _UseSameUser) else handshake
         )
+        self._interceptor = interceptor
         self._registry = ServiceRegistry()
         self._closing = False
         self._accept_scopes: set[trio.CancelScope] = set()
@@ -121,9 +131,11 @@ class Server:
         """Serve ``service`` (a protobuf ``ServiceDescriptor``) with ``implementation``.
 
         Each rpc is looked up on ``implementation`` by name; missing ones answer
-        Unimplemented. Streaming rpcs are not supported and answer Unimplemented too. An
-        async method named with a capital letter that is no rpc of ``service`` (a typo such
-        as ``Creat``) is a ``TypeError`` here.
+        Unimplemented. The table of rpcs is made once per implementation class (when its
+        handlers are plain methods), so registering many instances costs little memory.
+        Streaming rpcs are not supported and answer Unimplemented too. An async method named
+        with a capital letter that is no rpc of ``service`` (a typo such as ``Creat``) is a
+        ``TypeError`` here.
         """
         self._registry.register(service, implementation)
 
@@ -208,7 +220,7 @@ class Server:
                     return
             if self._closing:
                 return
-            connection = Connection(self._registry.lookup, stream, peer)
+            connection = Connection(self._registry.lookup, stream, peer, self._interceptor)
             self._connections.add(connection)
             try:
                 await connection.run()
