@@ -105,7 +105,7 @@ class _Misspelt:
         raise AssertionError("never called")
 
 
-async def test_a_misspelt_handler_is_refused_through_the_claim_wrapper() -> None:
+async def test_a_misspelt_handler_is_refused_by_a_claiming_server() -> None:
     service = shim_pb2.DESCRIPTOR.services_by_name["Task"]
     with pytest.raises(TypeError, match="Creat is not an rpc"):
-        Server().register(service, Claim().wrap(_Misspelt()))
+        Server(interceptor=Claim().intercept).register(service, _Misspelt())

@@ -19,17 +19,15 @@ bundle of the container it was started for.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
-from collections.abc import Callable
 from typing import Any, Final
 
 import trio
 
 from trioshim.shim.shutdown import ShutdownService
 from trioshim.ttrpc.errors import Unavailable
+from trioshim.ttrpc.server import Handler, RequestContext
 
 __all__ = ["ABANDON_TIMEOUT", "BUNDLE_CHECK_INTERVAL", "Claim", "watch_abandonment"]
 
@@ -48,10 +46,12 @@ class Claim:
         self.claimed = trio.Event()
         self.abandoned = False
 
-    def wrap(self, implementation: object) -> object:
-        """``implementation`` whose every RPC handler first claims the daemon (or, once it is
-        abandoned, answers Unavailable)."""
-        return _Claiming(implementation, self)
+    async def intercept(self, ctx: RequestContext, request: Any, handler: Handler) -> Any:
+        """The server's :data:`~trioshim.ttrpc.server.Interceptor`: every request claims the
+        daemon before its handler runs (or, once the daemon is abandoned, answers
+        Unavailable). One per server, whatever it serves: nothing is wrapped per rpc."""
+        self.claim()
+        return await handler(ctx, request)
 
     def claim(self) -> None:
         if self.abandoned:
@@ -64,32 +64,6 @@ class Claim:
             return False
         self.abandoned = True
         return True
-
-
-class _Claiming:
-    def __init__(self, implementation: object, claim: Claim) -> None:
-        self._implementation = implementation
-        self._claim = claim
-
-    def __getattr__(self, name: str) -> Any:
-        handler = getattr(self._implementation, name)
-        if not inspect.iscoroutinefunction(handler):
-            return handler
-        return _claiming(handler, self._claim)
-
-    def __dir__(self) -> list[str]:
-        # The server checks the implementation's handler names at registration (a misspelt
-        # `Creat` is refused): it must see the wrapped object's.
-        return dir(self._implementation)
-
-
-def _claiming(handler: Callable[..., Any], claim: Claim) -> Callable[..., Any]:
-    @functools.wraps(handler)
-    async def claim_then_handle(*args: Any, **kwargs: Any) -> Any:
-        claim.claim()
-        return await handler(*args, **kwargs)
-
-    return claim_then_handle
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

@@ -206,11 +206,10 @@ async def serve_daemon(config: DaemonConfig) -> int:
             services = loaded.ttrpc_services()
             if not services:
                 raise PluginError("required that ttrpc service")
-            server = config.server = Server()
             claim = Claim()
+            watching = config.abandon_timeout is not None
+            server = config.server = Server(interceptor=claim.intercept if watching else None)
             for descriptor, implementation in services:
-                if config.abandon_timeout is not None:
-                    implementation = claim.wrap(implementation)
                 server.register(descriptor, implementation)
                 log.debug(
                     "registering ttrpc service", extra={"fields": {"id": descriptor.full_name}}
