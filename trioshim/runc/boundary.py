@@ -48,25 +48,43 @@ RPCS: Final = (
 )
 
 
-class Handlers:
-    """The ttrpc implementation of one API version: every RPC bound to the shared service.
+class _Handlers:
+    """The ttrpc implementation of one API version over one service: its handlers are
+    functions of the class (one class per service class and API version, made once), so the
+    server shares one table of them among every shim of a process; a shim adds one object."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: TaskService) -> None:
+        self._service = service
+
+
+_classes: dict[tuple[type, ModuleType], type[_Handlers]] = {}
+
+
+def Handlers(service: TaskService, api: ModuleType) -> object:
+    """The ttrpc implementation of ``api``: every RPC bound to the shared service. (A
+    function, named as the class it replaces, so that the service registers it unchanged.)
 
     This is the service's boundary: each request's ids (and Create's bundle) are checked
     before the service sees it, and a value containerd would never send is InvalidArgument.
     """
+    key = (type(service), api)
+    cls = _classes.get(key)
+    if cls is None:
+        rpcs = {name: _checked(getattr(type(service), name), api) for name in RPCS}
+        cls = _classes[key] = type(f"Handlers_{api.__name__.split('.')[-2]}", (_Handlers,), rpcs)
+    return cls(service)
 
-    def __init__(self, service: TaskService, api: ModuleType) -> None:
-        for name in RPCS:
-            setattr(self, name, _checked(service, getattr(service, name), api))
 
-
-def _checked(service: TaskService, rpc: Any, api: ModuleType) -> Any:
-    async def handler(ctx: RequestContext, request: Any) -> Any:
+def _checked(rpc: Any, api: ModuleType) -> Any:
+    async def handler(self: _Handlers, ctx: RequestContext, request: Any) -> Any:
+        service = self._service
         try:
             check_request(request, bundle_dir=service.bundle_dir)
         except InvalidRequest as exc:
             raise InvalidArgument(str(exc)) from None
-        return await rpc(api, ctx, request)
+        return await rpc(service, api, ctx, request)
 
     return functools.update_wrapper(handler, rpc)
 
