@@ -14,7 +14,16 @@ from test_ttrpc_nonblocking import Recording, ThroughPartial, echo_replies
 from test_ttrpc_server import echo
 from ttrpc_testing import TEST_SERVICE, RawPeer
 
-from trioshim.ttrpc import Code, Handler, RequestContext, Server, Unavailable, open_unix_listener
+from trioshim.ttrpc import (
+    Code,
+    Handler,
+    Intercepted,
+    Interceptor,
+    RequestContext,
+    Server,
+    Unavailable,
+    open_unix_listener,
+)
 
 
 class Gate:
@@ -95,4 +104,37 @@ async def test_handlers_set_on_the_instance_are_intercepted_too(
         (3, "Echo(prefix m3)"),
     ]
     assert len(set(implementation.tasks)) == 1
+    await peer.aclose()
+
+
+async def test_a_service_interceptor_runs_inside_the_servers(
+    nursery: trio.Nursery, sock_path: Path
+) -> None:
+    order: list[str] = []
+
+    def tracing(name: str) -> Interceptor:
+        async def intercept(ctx: RequestContext, request: Any, handler: Handler) -> Any:
+            order.append(f"{name} in")
+            reply = await handler(ctx, request)
+            order.append(f"{name} out")
+            return reply
+
+        return intercept
+
+    server = Server(interceptor=tracing("server"))
+    server.register(TEST_SERVICE, Intercepted(Recording(), tracing("service")))
+    await nursery.start(server.serve, await open_unix_listener(sock_path))
+    peer = RawPeer(await trio.open_unix_socket(str(sock_path)))
+    assert await echo_replies(peer, range(1, 2)) == [(1, "m1")]
+    assert order == ["server in", "service in", "service out", "server out"]
+    await peer.aclose()
+
+
+async def test_a_service_interceptor_alone(nursery: trio.Nursery, sock_path: Path) -> None:
+    gate = Gate()
+    server = Server()
+    server.register(TEST_SERVICE, Intercepted(Recording(), gate.intercept))
+    await nursery.start(server.serve, await open_unix_listener(sock_path))
+    peer = RawPeer(await trio.open_unix_socket(str(sock_path)))
+    assert await echo_replies(peer, range(1, 2)) == [(1, "Echo(m1)")]
     await peer.aclose()

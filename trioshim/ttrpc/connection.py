@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from typing import Final
 
 import trio
 
-from trioshim.api.ttrpc.request_pb2 import Request, Response
+from trioshim.api.ttrpc.request_pb2 import Response
 
 from ._io import receive_some_fd, send_all_fd, stream_socket, write_some_fd
 from .codec import (
@@ -29,7 +28,7 @@ from .codec import (
 from .dispatch import dispatch
 from .errors import RemoteProtocolError
 from .handshake import PeerCredentials
-from .registry import Interceptor, Refusal, Target
+from .registry import Interceptor, Method, Refusal, ServiceRegistry
 
 __all__ = ["Connection"]
 
@@ -55,12 +54,13 @@ class Connection:
 
     def __init__(
         self,
-        lookup: Callable[[Request], Target | Refusal],
+        registry: ServiceRegistry,
         stream: trio.abc.Stream,
         peer: PeerCredentials | None,
         interceptor: Interceptor | None = None,
     ) -> None:
-        self._lookup = lookup
+        self._lookup = registry.lookup
+        self._registrations = registry.registrations
         self._interceptor = interceptor
         self._stream = stream
         self._peer = peer
@@ -162,7 +162,7 @@ class Connection:
                     received_at = trio.current_time()
                 deadline = received_at + timeout_nano / 1e9
             found = lookup(request)
-            if type(found) is not Refusal and found[0].inline:  # type: ignore[index]
+            if type(found) is Method and found.inline:
                 await self._handle(event, found, deadline, chunk)
             else:
                 nursery.start_soon(self._handle, event, found, deadline, chunk)
@@ -208,7 +208,7 @@ class Connection:
     async def _handle(
         self,
         event: RequestReceived,
-        found: Target | Refusal,
+        found: Method | Refusal,
         deadline: float,
         chunk: int,
     ) -> None:
@@ -216,7 +216,13 @@ class Connection:
         queued = False
         try:
             reply = await dispatch(
-                found, event.request, stream_id, deadline, self._peer, self._interceptor
+                found,
+                event.request,
+                stream_id,
+                deadline,
+                self._peer,
+                self._registrations,
+                self._interceptor,
             )
             if type(reply) is bytes:
                 frame = self._protocol.send_payload(stream_id, reply)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import types
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import trio
@@ -20,7 +21,7 @@ from trioshim.api.ttrpc.request_pb2 import Request, Response
 from .context import LazyMetadata, RequestContext
 from .errors import CONTEXT_DEADLINE_EXCEEDED, Code, status_from_exception
 from .handshake import PeerCredentials
-from .registry import Interceptor, Method, Refusal, Target
+from .registry import Handler, Interceptor, Method, Refusal, Registration
 
 __all__ = ["dispatch", "status_response"]
 
@@ -41,17 +42,20 @@ def status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> R
 
 
 async def dispatch(
-    found: Target | Refusal,
+    found: Method | Refusal,
     request: Request,
     stream_id: int,
     deadline: float,
     peer: PeerCredentials | None,
+    registrations: Mapping[str, Registration],
     interceptor: Interceptor | None = None,
 ) -> bytes | Response:
-    """The reply to ``request``: the serialized result, or a status Response."""
+    """The reply to ``request``: the serialized result, or a status Response.
+    ``registrations`` holds ``found``'s implementation; ``interceptor`` is the server's."""
     if type(found) is Refusal:
         return status_response(found.code, found.message)
-    method, implementation = found  # type: ignore[misc]
+    method: Method = found  # type: ignore[assignment]
+    _, implementation, own = registrations[method.service]
     try:
         message = method.input_type.FromString(request.payload)
     except DecodeError as exc:
@@ -64,11 +68,9 @@ async def dispatch(
     assert handler is not None
     try:
         # The handler is the class's function (called with the implementation) unless the
-        # implementation's table is its own; an interceptor is given it bound.
-        if interceptor is not None:
-            if method.unbound:
-                handler = types.MethodType(handler, implementation)
-            call = interceptor(ctx, message, handler)
+        # implementation's table is its own.
+        if interceptor is not None or own is not None:
+            call = _intercepted(method, implementation, own, interceptor, ctx, message)
         elif method.unbound:
             call = handler(implementation, ctx, message)
         else:
@@ -93,6 +95,27 @@ async def dispatch(
         except EncodeError as exc:
             return status_response(Code.INTERNAL, f"ttrpc: error marshaling payload: {exc}")
     return _encode_result(method, result)
+
+
+def _intercepted(
+    method: Method,
+    implementation: object,
+    own: Interceptor | None,
+    server: Interceptor | None,
+    ctx: RequestContext,
+    message: Message,
+) -> Awaitable[Any]:
+    """The handler's call through the service's interceptor, inside the server's."""
+    handler: Handler = method.handler  # type: ignore[assignment]
+    if method.unbound:
+        handler = types.MethodType(handler, implementation)
+    if own is not None:
+        if server is None:
+            return own(ctx, message, handler)
+        inner = handler
+        handler = lambda ctx, request: own(ctx, request, inner)  # noqa: E731 (no extra frame)
+    assert server is not None
+    return server(ctx, message, handler)
 
 
 def _encode_result(method: Method, result: object) -> bytes | Response:

@@ -18,7 +18,7 @@ import functools
 import inspect
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -33,19 +33,21 @@ from .errors import Code
 
 __all__ = [
     "Handler",
+    "Intercepted",
     "Interceptor",
     "Method",
     "Refusal",
+    "Registration",
     "ServiceRegistry",
-    "Target",
     "nonblocking",
 ]
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 #: ``await interceptor(ctx, request, handler)`` runs instead of ``await handler(ctx, request)``
-#: for every request of a server: it may refuse the request (raise), change the request or the
-#: reply, or map errors. It runs wherever the handler runs, so for a :func:`nonblocking`
-#: handler it must not wait either.
+#: for every request of a server (``Server(interceptor=...)``) or of one service
+#: (:class:`Intercepted`): it may refuse the request (raise), change the request or the reply,
+#: or map errors. It runs wherever the handler runs, so for a :func:`nonblocking` handler it
+#: must not wait either.
 Interceptor = Callable[[RequestContext, Any, Handler], Awaitable[Any]]
 _H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 _NONBLOCKING_ATTR: Final = "__ttrpc_nonblocking__"
@@ -96,9 +98,21 @@ class Refusal:
     message: str
 
 
-#: What a request is served by: its rpc and the implementation registered for it.
-Target = tuple[Method, object]
+@dataclass(frozen=True, slots=True)
+class Intercepted:
+    """Register this to serve a service with ``implementation``, every handler run through
+    ``interceptor`` (inside the server's, if it has one). A boundary written once for many
+    instances (checks, conversions, error mapping) then costs one object per registration,
+    and ``implementation``'s rpc table is still its class's."""
+
+    implementation: object
+    interceptor: Interceptor
+
+
 _Table = dict[str, Method]
+#: A registered service: its table, the implementation serving it, its own interceptor.
+#: Made once per registration, so that serving a request allocates nothing to find them.
+Registration = tuple[_Table, object, Interceptor | None]
 
 # Per implementation class, per service: its table. Weak, so that classes made on the fly
 # (tests) do not live on in here.
@@ -113,31 +127,41 @@ class ServiceRegistry:
     """Services by full name, each a table of its rpcs and the implementation serving them."""
 
     def __init__(self) -> None:
-        self._services: dict[str, tuple[_Table, object]] = {}
+        self._services: dict[str, Registration] = {}
 
     def register(self, service: ServiceDescriptor, implementation: object) -> None:
         """See :meth:`trioshim.ttrpc.server.Server.register`."""
         if service.full_name in self._services:
             raise ValueError(f"service {service.full_name} is already registered")
-        self._services[service.full_name] = (_table(service, implementation), implementation)
+        interceptor = None
+        if isinstance(implementation, Intercepted):
+            interceptor = implementation.interceptor
+            implementation = implementation.implementation
+        table = _table(service, implementation)
+        self._services[service.full_name] = (table, implementation, interceptor)
 
     @property
     def names(self) -> list[str]:
         return list(self._services)
 
-    def lookup(self, request: Request) -> Target | Refusal:
-        """The rpc ``request`` calls and its implementation, or the status to answer with."""
+    @property
+    def registrations(self) -> Mapping[str, Registration]:
+        """By service name; :meth:`lookup`'s method's ``service`` is in here."""
+        return self._services
+
+    def lookup(self, request: Request) -> Method | Refusal:
+        """The rpc ``request`` calls, or the status to answer with."""
         registered = self._services.get(request.service)
         if registered is None:
             return Refusal(Code.UNIMPLEMENTED, f"service {request.service}")
-        table, implementation = registered
+        table = registered[0]
         method = table.get(request.method)
         if method is None:
             return Refusal(Code.UNIMPLEMENTED, f"method {request.method}")
         if method.handler is None:
             why = "streaming is not supported" if method.streaming else "not implemented"
             return Refusal(Code.UNIMPLEMENTED, f"{method.full_name}: {why}")
-        return method, implementation
+        return method
 
 
 def _table(descriptor: ServiceDescriptor, implementation: object) -> _Table:

@@ -59,13 +59,14 @@ from .handshake import (
     require_uid_gid,
 )
 from .listeners import listen_backlog, open_unix_listener, unix_listener_from_fd
-from .registry import Handler, Interceptor, ServiceRegistry, nonblocking
+from .registry import Handler, Intercepted, Interceptor, ServiceRegistry, nonblocking
 
 __all__ = [
     "NAMESPACE_KEY",
     "Handler",
     "Handshake",
     "HandshakeError",
+    "Intercepted",
     "Interceptor",
     "PeerCredentials",
     "RequestContext",
@@ -220,7 +221,7 @@ class Server:
                     return
             if self._closing:
                 return
-            connection = Connection(self._registry.lookup, stream, peer, self._interceptor)
+            connection = Connection(self._registry, stream, peer, self._interceptor)
             self._connections.add(connection)
             try:
                 await connection.run()
