@@ -28,7 +28,7 @@ from .codec import (
 from .dispatch import dispatch
 from .errors import RemoteProtocolError
 from .handshake import PeerCredentials
-from .registry import Interceptor, Method, Refusal, ServiceRegistry
+from .registry import Method, Refusal, ServiceRegistry
 
 __all__ = ["Connection"]
 
@@ -57,11 +57,9 @@ class Connection:
         registry: ServiceRegistry,
         stream: trio.abc.Stream,
         peer: PeerCredentials | None,
-        interceptor: Interceptor | None = None,
     ) -> None:
         self._lookup = registry.lookup
         self._registrations = registry.registrations
-        self._interceptor = interceptor
         self._stream = stream
         self._peer = peer
         self._protocol = ServerConnection(MAX_MESSAGE_SIZE)
@@ -222,7 +220,6 @@ class Connection:
                 deadline,
                 self._peer,
                 self._registrations,
-                self._interceptor,
             )
             if type(reply) is bytes:
                 frame = self._protocol.send_payload(stream_id, reply)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import types
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 import trio
@@ -21,7 +21,7 @@ from trioshim.api.ttrpc.request_pb2 import Request, Response
 from .context import LazyMetadata, RequestContext
 from .errors import CONTEXT_DEADLINE_EXCEEDED, Code, status_from_exception
 from .handshake import PeerCredentials
-from .registry import Handler, Interceptor, Method, Refusal, Registration
+from .registry import Method, Refusal, Registration
 
 __all__ = ["dispatch", "status_response"]
 
@@ -42,42 +42,37 @@ def status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> R
 
 
 async def dispatch(
-    found: Method | Refusal,
+    method: Method | Refusal,
     request: Request,
     stream_id: int,
     deadline: float,
     peer: PeerCredentials | None,
     registrations: Mapping[str, Registration],
-    interceptor: Interceptor | None = None,
 ) -> bytes | Response:
     """The reply to ``request``: the serialized result, or a status Response.
-    ``registrations`` holds ``found``'s implementation; ``interceptor`` is the server's."""
-    if type(found) is Refusal:
-        return status_response(found.code, found.message)
-    method: Method = found  # type: ignore[assignment]
-    _, implementation, own = registrations[method.service]
+    ``registrations`` holds the implementation of ``method`` and its interceptor."""
+    if type(method) is Refusal:
+        return status_response(method.code, method.message)
+    _, implementation, intercept = registrations[method.service]
     try:
         message = method.input_type.FromString(request.payload)
     except DecodeError as exc:
         return status_response(Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}")
     metadata = LazyMetadata(request)
     ctx = RequestContext(method.service, method.name, metadata, deadline, stream_id, peer)
-    if deadline != math.inf and deadline <= trio.current_time():
-        return status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
     handler = method.handler
     assert handler is not None
     try:
-        # The handler is the class's function (called with the implementation) unless the
-        # implementation's table is its own.
-        if interceptor is not None or own is not None:
-            call = _intercepted(method, implementation, own, interceptor, ctx, message)
-        elif method.unbound:
+        if intercept is None:
             call = handler(implementation, ctx, message)
         else:
-            call = handler(ctx, message)
+            call = intercept(ctx, message, types.MethodType(handler, implementation))
         if deadline == math.inf:
             result = await call
         else:
+            if deadline <= trio.current_time():
+                _discard(call)
+                return status_response(Code.DEADLINE_EXCEEDED, CONTEXT_DEADLINE_EXCEEDED)
             with trio.CancelScope(deadline=deadline) as scope:
                 result = await call
             if scope.cancelled_caught:
@@ -97,25 +92,10 @@ async def dispatch(
     return _encode_result(method, result)
 
 
-def _intercepted(
-    method: Method,
-    implementation: object,
-    own: Interceptor | None,
-    server: Interceptor | None,
-    ctx: RequestContext,
-    message: Message,
-) -> Awaitable[Any]:
-    """The handler's call through the service's interceptor, inside the server's."""
-    handler: Handler = method.handler  # type: ignore[assignment]
-    if method.unbound:
-        handler = types.MethodType(handler, implementation)
-    if own is not None:
-        if server is None:
-            return own(ctx, message, handler)
-        inner = handler
-        handler = lambda ctx, request: own(ctx, request, inner)  # noqa: E731 (no extra frame)
-    assert server is not None
-    return server(ctx, message, handler)
+def _discard(call: Awaitable[Any]) -> None:
+    """Drop a call made but never awaited (its deadline had passed): nothing of it ran."""
+    if isinstance(call, Coroutine):
+        call.close()
 
 
 def _encode_result(method: Method, result: object) -> bytes | Response:

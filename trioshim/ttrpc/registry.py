@@ -20,7 +20,7 @@ import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, final
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
@@ -81,15 +81,15 @@ class Method:
     full_name: str
     input_type: type[Message]
     output_type: type[Message]
-    #: The class's function, called as ``handler(implementation, ctx, request)`` when
-    #: ``unbound``; else already bound to its instance: ``handler(ctx, request)``.
-    handler: Callable[..., Awaitable[Any]] | None
-    unbound: bool
+    #: Called as ``handler(implementation, ctx, request)``: the class's function, or for a
+    #: table of one instance, its handler behind a shim that drops the first argument.
+    handler: Callable[[object, RequestContext, Any], Awaitable[Any]] | None
     streaming: bool
     #: Marked :func:`nonblocking`: run by the connection's reader, without a task.
     inline: bool
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """The status a request is answered with when no handler can take it."""
@@ -110,7 +110,8 @@ class Intercepted:
 
 
 _Table = dict[str, Method]
-#: A registered service: its table, the implementation serving it, its own interceptor.
+#: A registered service: its table, the implementation serving it, and the interceptor its
+#: handlers run through (the server's around the service's own, composed at registration).
 #: Made once per registration, so that serving a request allocates nothing to find them.
 Registration = tuple[_Table, object, Interceptor | None]
 
@@ -126,16 +127,17 @@ _class_tables: weakref.WeakKeyDictionary[
 class ServiceRegistry:
     """Services by full name, each a table of its rpcs and the implementation serving them."""
 
-    def __init__(self) -> None:
+    def __init__(self, interceptor: Interceptor | None = None) -> None:
+        self._interceptor = interceptor
         self._services: dict[str, Registration] = {}
 
     def register(self, service: ServiceDescriptor, implementation: object) -> None:
         """See :meth:`trioshim.ttrpc.server.Server.register`."""
         if service.full_name in self._services:
             raise ValueError(f"service {service.full_name} is already registered")
-        interceptor = None
+        interceptor = self._interceptor
         if isinstance(implementation, Intercepted):
-            interceptor = implementation.interceptor
+            interceptor = _around(interceptor, implementation.interceptor)
             implementation = implementation.implementation
         table = _table(service, implementation)
         self._services[service.full_name] = (table, implementation, interceptor)
@@ -164,12 +166,22 @@ class ServiceRegistry:
         return method
 
 
+def _around(outer: Interceptor | None, inner: Interceptor) -> Interceptor:
+    if outer is None:
+        return inner
+
+    def outer_then_inner(ctx: RequestContext, request: Any, handler: Handler) -> Awaitable[Any]:
+        return outer(ctx, request, lambda ctx, request: inner(ctx, request, handler))
+
+    return outer_then_inner
+
+
 def _table(descriptor: ServiceDescriptor, implementation: object) -> _Table:
     cls = type(implementation)
     handlers = _class_handlers(cls, implementation, descriptor)
     if handlers is None:
         _check_handler_names(descriptor, implementation, dir(implementation))
-        return _bind(descriptor, lambda name: getattr(implementation, name, None), unbound=False)
+        return _bind(descriptor, lambda name: getattr(implementation, name, None), bound=True)
     # The instance adds no handler: only its own attributes can hold a misspelt one.
     _check_handler_names(descriptor, implementation, getattr(implementation, "__dict__", ()))
     tables = _class_tables.setdefault(cls, {})
@@ -177,9 +189,8 @@ def _table(descriptor: ServiceDescriptor, implementation: object) -> _Table:
     if cached is not None and cached[0] == handlers:
         return cached[1]
     _check_handler_names(descriptor, implementation, dir(cls))
-    table = _bind(
-        descriptor, dict(zip(_rpcs(descriptor), handlers, strict=True)).__getitem__, unbound=True
-    )
+    by_name = dict(zip(_rpcs(descriptor), handlers, strict=True))
+    table = _bind(descriptor, by_name.__getitem__, bound=False)
     tables[descriptor] = (handlers, table)
     return table
 
@@ -225,8 +236,18 @@ def _check_handler_names(
             )
 
 
+def _called_with_implementation(
+    handler: Any, bound: bool
+) -> Callable[[object, RequestContext, Any], Awaitable[Any]] | None:
+    # Every handler is called the same way, so that the common case (a class's function)
+    # costs no test per request; a handler bound to its instance pays a call instead.
+    if handler is None or not bound:
+        return handler  # type: ignore[no-any-return]
+    return lambda implementation, ctx, request: handler(ctx, request)
+
+
 def _bind(
-    descriptor: ServiceDescriptor, handler_of: Callable[[str], Any], *, unbound: bool
+    descriptor: ServiceDescriptor, handler_of: Callable[[str], Any], *, bound: bool
 ) -> _Table:
     methods: _Table = {}
     for method in descriptor.methods:
@@ -242,8 +263,7 @@ def _bind(
             input_type=GetMessageClass(method.input_type),
             output_type=GetMessageClass(method.output_type),
             # A streaming rpc is answered Unimplemented whatever handler it has.
-            handler=None if streaming else handler,
-            unbound=unbound,
+            handler=None if streaming else _called_with_implementation(handler, bound),
             streaming=streaming,
             inline=handler is not None and _is_nonblocking(handler),
         )

@@ -116,8 +116,7 @@ class Server:
         self._handshake: Handshake | None = (
             require_same_user() if isinstance(handshake, _UseSameUser) else handshake
         )
-        self._interceptor = interceptor
-        self._registry = ServiceRegistry()
+        self._registry = ServiceRegistry(interceptor)
         self._closing = False
         self._accept_scopes: set[trio.CancelScope] = set()
         self._connections: set[Connection] = set()
@@ -221,7 +220,7 @@ class Server:
                     return
             if self._closing:
                 return
-            connection = Connection(self._registry, stream, peer, self._interceptor)
+            connection = Connection(self._registry, stream, peer)
             self._connections.add(connection)
             try:
                 await connection.run()
