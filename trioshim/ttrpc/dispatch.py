@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import types
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import trio
@@ -21,7 +21,7 @@ from trioshim.api.ttrpc.request_pb2 import Request, Response
 from .context import LazyMetadata, RequestContext
 from .errors import CONTEXT_DEADLINE_EXCEEDED, Code, status_from_exception
 from .handshake import PeerCredentials
-from .registry import Method, Refusal, Registration
+from .registry import Method, Registration
 
 __all__ = ["dispatch", "status_response"]
 
@@ -42,18 +42,16 @@ def status_response(code: int, message: str, details: tuple[Any, ...] = ()) -> R
 
 
 async def dispatch(
-    method: Method | Refusal,
+    method: Method,
+    registered: Registration,
     request: Request,
     stream_id: int,
     deadline: float,
     peer: PeerCredentials | None,
-    registrations: Mapping[str, Registration],
 ) -> bytes | Response:
-    """The reply to ``request``: the serialized result, or a status Response.
-    ``registrations`` holds the implementation of ``method`` and its interceptor."""
-    if type(method) is Refusal:
-        return status_response(method.code, method.message)
-    _, implementation, intercept = registrations[method.service]
+    """The reply to ``request`` (for ``method``, which has a handler, of the service
+    ``registered``): the serialized result, or a status Response."""
+    _, implementation, intercept = registered
     try:
         message = method.input_type.FromString(request.payload)
     except DecodeError as exc:

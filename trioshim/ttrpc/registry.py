@@ -20,7 +20,7 @@ import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
@@ -36,7 +36,6 @@ __all__ = [
     "Intercepted",
     "Interceptor",
     "Method",
-    "Refusal",
     "Registration",
     "ServiceRegistry",
     "nonblocking",
@@ -89,15 +88,6 @@ class Method:
     inline: bool
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The status a request is answered with when no handler can take it."""
-
-    code: int
-    message: str
-
-
 @dataclass(frozen=True, slots=True)
 class Intercepted:
     """Register this to serve a service with ``implementation``, every handler run through
@@ -148,22 +138,21 @@ class ServiceRegistry:
 
     @property
     def registrations(self) -> Mapping[str, Registration]:
-        """By service name; :meth:`lookup`'s method's ``service`` is in here."""
+        """By service name. A request's rpc is ``registrations[request.service][0]
+        [request.method]`` (the connection looks it up so, without a call); one missing, or
+        without a handler, is answered with :meth:`refusal`."""
         return self._services
 
-    def lookup(self, request: Request) -> Method | Refusal:
-        """The rpc ``request`` calls, or the status to answer with."""
+    def refusal(self, request: Request) -> tuple[int, str]:
+        """The status (code, message) for a request no handler takes, as Go words it."""
         registered = self._services.get(request.service)
         if registered is None:
-            return Refusal(Code.UNIMPLEMENTED, f"service {request.service}")
-        table = registered[0]
-        method = table.get(request.method)
+            return Code.UNIMPLEMENTED, f"service {request.service}"
+        method = registered[0].get(request.method)
         if method is None:
-            return Refusal(Code.UNIMPLEMENTED, f"method {request.method}")
-        if method.handler is None:
-            why = "streaming is not supported" if method.streaming else "not implemented"
-            return Refusal(Code.UNIMPLEMENTED, f"{method.full_name}: {why}")
-        return method
+            return Code.UNIMPLEMENTED, f"method {request.method}"
+        why = "streaming is not supported" if method.streaming else "not implemented"
+        return Code.UNIMPLEMENTED, f"{method.full_name}: {why}"
 
 
 def _around(outer: Interceptor | None, inner: Interceptor) -> Interceptor:
