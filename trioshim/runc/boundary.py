@@ -59,7 +59,8 @@ class _Handlers:
         self._service = service
 
 
-_classes: dict[tuple[type, ModuleType], type[_Handlers]] = {}
+# By API version and the service's rpc functions (a class patched since gets a new one).
+_classes: dict[tuple[ModuleType, tuple[Any, ...]], type[_Handlers]] = {}
 
 
 def Handlers(service: TaskService, api: ModuleType) -> object:
@@ -69,11 +70,12 @@ def Handlers(service: TaskService, api: ModuleType) -> object:
     This is the service's boundary: each request's ids (and Create's bundle) are checked
     before the service sees it, and a value containerd would never send is InvalidArgument.
     """
-    key = (type(service), api)
-    cls = _classes.get(key)
+    rpcs = tuple(getattr(type(service), name) for name in RPCS)
+    cls = _classes.get((api, rpcs))
     if cls is None:
-        rpcs = {name: _checked(getattr(type(service), name), api) for name in RPCS}
-        cls = _classes[key] = type(f"Handlers_{api.__name__.split('.')[-2]}", (_Handlers,), rpcs)
+        handlers = {name: _checked(rpc, api) for name, rpc in zip(RPCS, rpcs, strict=True)}
+        name = f"Handlers_{api.__name__.split('.')[-2]}"
+        cls = _classes[api, rpcs] = type(name, (_Handlers,), handlers)
     return cls(service)
 
 

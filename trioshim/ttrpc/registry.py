@@ -4,11 +4,12 @@ around every handler.
 
 Registering is cheap in memory however many servers a process holds (shared mode serves many
 shims from one process): the table of a service's rpcs (message classes, handler, nonblocking
-mark) is computed once per implementation *class*, and a registration adds only the pair
-(table, implementation). A request's handler is the class's function, called with the
+mark) is computed once per implementation *class*, and a registration adds only (table,
+implementation, interceptor). A request's handler is the class's function, called with the
 implementation. Implementations whose handlers are not plain methods of their class (set on
 the instance, ``functools.partial``, a ``__getattr__`` proxy) get a table of their own, bound
-to the instance at registration.
+to the instance at registration. What runs around every handler (a check, a conversion) is an
+interceptor, one per server or per registration, never a wrapper per rpc.
 """
 
 from __future__ import annotations
@@ -105,10 +106,9 @@ _Table = dict[str, Method]
 #: Made once per registration, so that serving a request allocates nothing to find them.
 Registration = tuple[_Table, object, Interceptor | None]
 
-# Per implementation class, per service: its table. Weak, so that classes made on the fly
-# (tests) do not live on in here.
-# The handlers a table was made from are kept with it: a class patched since (a test's
-# monkeypatch) gets a new table rather than calling its old functions.
+# Per implementation class, per service: its table, with the handlers it was made from (a
+# class patched since, by a test's monkeypatch, gets a new table rather than calling its old
+# functions). Weak, so that classes made on the fly (tests) do not live on in here.
 _class_tables: weakref.WeakKeyDictionary[
     type, dict[ServiceDescriptor, tuple[tuple[object, ...], _Table]]
 ] = weakref.WeakKeyDictionary()
