@@ -28,7 +28,7 @@ from .codec import (
 from .dispatch import dispatch, status_response
 from .errors import RemoteProtocolError
 from .handshake import PeerCredentials
-from .registry import Method, Registration, ServiceRegistry
+from .registry import NOT_REGISTERED, Method, Registration, ServiceRegistry
 
 __all__ = ["Connection"]
 
@@ -161,8 +161,8 @@ class Connection:
                 deadline = received_at + timeout_nano / 1e9
             # ServiceRegistry.registrations says how a request's rpc is found; written out
             # here, because a call per request costs more than the lookup itself.
-            registered = services.get(request.service)
-            method = None if registered is None else registered[0].get(request.method)
+            registered = services.get(request.service, NOT_REGISTERED)
+            method = registered[0].get(request.method)
             if method is not None and method.inline:
                 await self._handle(event, method, registered, deadline, chunk)
             else:
@@ -210,7 +210,7 @@ class Connection:
         self,
         event: RequestReceived,
         method: Method | None,
-        registered: Registration | None,
+        registered: Registration,
         deadline: float,
         chunk: int,
     ) -> None:
@@ -218,7 +218,7 @@ class Connection:
         queued = False
         try:
             reply: bytes | Response
-            if method is None or method.handler is None or registered is None:
+            if method is None:
                 reply = status_response(*self._refusal(event.request))
             else:
                 reply = await dispatch(

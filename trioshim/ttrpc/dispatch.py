@@ -49,8 +49,8 @@ async def dispatch(
     deadline: float,
     peer: PeerCredentials | None,
 ) -> bytes | Response:
-    """The reply to ``request`` (for ``method``, which has a handler, of the service
-    ``registered``): the serialized result, or a status Response."""
+    """The reply to ``request`` (for ``method`` of the service ``registered``): the
+    serialized result, or a status Response."""
     _, implementation, intercept = registered
     try:
         message = method.input_type.FromString(request.payload)
@@ -59,7 +59,6 @@ async def dispatch(
     metadata = LazyMetadata(request)
     ctx = RequestContext(method.service, method.name, metadata, deadline, stream_id, peer)
     handler = method.handler
-    assert handler is not None
     try:
         if intercept is None:
             call = handler(implementation, ctx, message)

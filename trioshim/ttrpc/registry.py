@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -33,6 +33,7 @@ from .context import RequestContext
 from .errors import Code
 
 __all__ = [
+    "NOT_REGISTERED",
     "Handler",
     "Intercepted",
     "Interceptor",
@@ -83,8 +84,7 @@ class Method:
     output_type: type[Message]
     #: Called as ``handler(implementation, ctx, request)``: the class's function, or for a
     #: table of one instance, its handler behind a shim that drops the first argument.
-    handler: Callable[[object, RequestContext, Any], Awaitable[Any]] | None
-    streaming: bool
+    handler: Callable[[object, RequestContext, Any], Awaitable[Any]]
     #: Marked :func:`nonblocking`: run by the connection's reader, without a task.
     inline: bool
 
@@ -101,10 +101,13 @@ class Intercepted:
 
 
 _Table = dict[str, Method]
-#: A registered service: its table, the implementation serving it, and the interceptor its
-#: handlers run through (the server's around the service's own, composed at registration).
-#: Made once per registration, so that serving a request allocates nothing to find them.
+#: A registered service: its table (the rpcs it has a handler for), the implementation serving
+#: it, and the interceptor its handlers run through (the server's around the service's own,
+#: composed at registration). Made once per registration, so that serving a request allocates
+#: nothing to find them.
 Registration = tuple[_Table, object, Interceptor | None]
+#: What an unknown service is found as: no rpcs.
+NOT_REGISTERED: Final[Registration] = ({}, None, None)
 
 # Per implementation class, per service: its table, with the handlers it was made from (a
 # class patched since, by a test's monkeypatch, gets a new table rather than calling its old
@@ -120,6 +123,7 @@ class ServiceRegistry:
     def __init__(self, interceptor: Interceptor | None = None) -> None:
         self._interceptor = interceptor
         self._services: dict[str, Registration] = {}
+        self._descriptors: dict[str, ServiceDescriptor] = {}
 
     def register(self, service: ServiceDescriptor, implementation: object) -> None:
         """See :meth:`trioshim.ttrpc.server.Server.register`."""
@@ -131,6 +135,7 @@ class ServiceRegistry:
             implementation = implementation.implementation
         table = _table(service, implementation)
         self._services[service.full_name] = (table, implementation, interceptor)
+        self._descriptors[service.full_name] = service
 
     @property
     def names(self) -> list[str]:
@@ -138,21 +143,21 @@ class ServiceRegistry:
 
     @property
     def registrations(self) -> Mapping[str, Registration]:
-        """By service name. A request's rpc is ``registrations[request.service][0]
-        [request.method]`` (the connection looks it up so, without a call); one missing, or
-        without a handler, is answered with :meth:`refusal`."""
+        """By service name. A request's rpc is ``registrations.get(request.service,
+        NOT_REGISTERED)[0].get(request.method)`` (the connection looks it up so, without a
+        call); a request it is missing for is answered with :meth:`refusal`."""
         return self._services
 
     def refusal(self, request: Request) -> tuple[int, str]:
         """The status (code, message) for a request no handler takes, as Go words it."""
-        registered = self._services.get(request.service)
-        if registered is None:
+        descriptor = self._descriptors.get(request.service)
+        if descriptor is None:
             return Code.UNIMPLEMENTED, f"service {request.service}"
-        method = registered[0].get(request.method)
-        if method is None:
+        rpc = descriptor.methods_by_name.get(request.method)
+        if rpc is None:
             return Code.UNIMPLEMENTED, f"method {request.method}"
-        why = "streaming is not supported" if method.streaming else "not implemented"
-        return Code.UNIMPLEMENTED, f"{method.full_name}: {why}"
+        why = "streaming is not supported" if _streaming(rpc) else "not implemented"
+        return Code.UNIMPLEMENTED, f"/{descriptor.full_name}/{rpc.name}: {why}"
 
 
 def _around(outer: Interceptor | None, inner: Interceptor) -> Interceptor:
@@ -225,12 +230,16 @@ def _check_handler_names(
             )
 
 
+def _streaming(rpc: MethodDescriptor) -> bool:
+    return bool(rpc.client_streaming or rpc.server_streaming)
+
+
 def _called_with_implementation(
     handler: Any, bound: bool
-) -> Callable[[object, RequestContext, Any], Awaitable[Any]] | None:
+) -> Callable[[object, RequestContext, Any], Awaitable[Any]]:
     # Every handler is called the same way, so that the common case (a class's function)
     # costs no test per request; a handler bound to its instance pays a call instead.
-    if handler is None or not bound:
+    if not bound:
         return handler  # type: ignore[no-any-return]
     return lambda implementation, ctx, request: handler(ctx, request)
 
@@ -244,16 +253,17 @@ def _bind(
         handler = handler_of(method.name)
         if handler is not None and not (callable(handler) and inspect.iscoroutinefunction(handler)):
             raise TypeError(f"{full_name}: {handler!r} is not an async method")
-        streaming = bool(method.client_streaming or method.server_streaming)
+        # Only the rpcs with a handler are in the table (a streaming one is answered
+        # Unimplemented whatever handler it has): a request finds one there or is refused.
+        if handler is None or _streaming(method):
+            continue
         methods[method.name] = Method(
             service=descriptor.full_name,
             name=method.name,
             full_name=full_name,
             input_type=GetMessageClass(method.input_type),
             output_type=GetMessageClass(method.output_type),
-            # A streaming rpc is answered Unimplemented whatever handler it has.
-            handler=None if streaming else _called_with_implementation(handler, bound),
-            streaming=streaming,
-            inline=handler is not None and _is_nonblocking(handler),
+            handler=_called_with_implementation(handler, bound),
+            inline=_is_nonblocking(handler),
         )
     return methods
