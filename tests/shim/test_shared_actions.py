@@ -24,6 +24,7 @@ from trioshim.shim.address import new_socket, read_address
 from trioshim.shim.manager import StopContext, StopStatus
 from trioshim.shim.shared import SharedShims, idle_timeout, route_module_logs
 from trioshim.shim.sharedclient import ShimSpec, ask
+from trioshim.shim.sharedcontainerd import Containerd
 from trioshim.testing import connect_task, open_fake_containerd
 
 CONTAINERD = "/run/nowhere/containerd.sock"
@@ -47,10 +48,27 @@ class Served:
     ttrpc: str  # the fake containerd's event address
     ended: trio.Event  # serve() returned: the process would exit
 
+    def files(self) -> list[str]:
+        """Which of the control socket and its lock file are there."""
+        return [f for f in (self.path, self.path + ".lock") if os.path.lexists(f)]
+
+    async def add(self, id: str) -> str:
+        """A daemon ``id`` handed over directly; its address."""
+        bundle = os.path.join(self.tmp, id)
+        os.makedirs(bundle)
+        flags = Flags(namespace="default", id=id, address="", bundle=bundle)
+        address = f"unix://{self.tmp}/{id}.sock"
+        spec = ShimSpec(flags, bundle, self.ttrpc, address)
+        assert await self.shims.add(spec, new_socket(address)) is None
+        return address
+
 
 @contextlib.asynccontextmanager
-async def served(idle: float = 600.0) -> AsyncIterator[Served]:
-    """A SharedShims on a control socket, ``idle`` seconds of idle time."""
+async def served(
+    idle: float = 600.0, *, containerd: Containerd | None = None
+) -> AsyncIterator[Served]:
+    """A SharedShims for ``containerd`` on a control socket and lock file (the helper that
+    forked it made both), ``idle`` seconds of idle time."""
     tmp = tempfile.mkdtemp(prefix="sharedact-", dir="/tmp")
     path = os.path.join(tmp, "control")
     control = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -58,19 +76,29 @@ async def served(idle: float = 600.0) -> AsyncIterator[Served]:
     try:
         await control.bind(path)
         control.listen()
+        os.close(os.open(path + ".lock", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         registry = Registry([Registration(TTRPC_PLUGIN, "task", _init)])
-        shims = SharedShims(Cleans(socket_dir=tmp), registry, handle_signals=False, idle=idle)
+        shims = SharedShims(
+            Cleans(socket_dir=tmp),
+            registry,
+            lock_path=path + ".lock",
+            handle_signals=False,
+            idle=idle,
+            containerd=containerd,
+        )
 
         async def serve(task_status: trio.TaskStatus[None]) -> None:
-            await shims.serve(control, task_status=task_status)
+            await shims.serve(control, path, task_status=task_status)
             ended.set()
 
-        async with open_fake_containerd() as containerd, trio.open_nursery() as nursery:
+        async with open_fake_containerd() as events, trio.open_nursery() as nursery:
             await nursery.start(serve)
-            yield Served(shims, path, tmp, containerd.ttrpc_address, ended)
+            yield Served(shims, path, tmp, events.ttrpc_address, ended)
             shims.shutdown_all("test over")
     finally:
         control.close()
+        if containerd is not None:
+            containerd.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -158,19 +186,14 @@ async def test_process_idles_after_its_last_daemon_then_ends(
 ) -> None:
     async with served(idle=30.0) as env:
         for n in range(2):
-            bundle = os.path.join(env.tmp, f"c{n}")
-            os.makedirs(bundle)
-            flags = Flags(namespace="default", id=f"c{n}", address="", bundle=bundle)
-            address = f"unix://{env.tmp}/c{n}.sock"
-            spec = ShimSpec(flags, bundle, env.ttrpc, address)
-            assert await env.shims.add(spec, new_socket(address)) is None
-            assert await env.shims.stop(address, "test")
+            assert await env.shims.stop(await env.add(f"c{n}"), "test")
             with trio.move_on_after(29):
                 await env.ended.wait()
             assert not env.ended.is_set()  # idle, and a new daemon is still taken
         before = trio.current_time()
         await env.ended.wait()
         assert trio.current_time() - before >= 1  # the rest of the 30 s after the last one
+        assert env.files() == []  # control socket and lock file
 
 
 def test_idle_time_from_the_environment() -> None:

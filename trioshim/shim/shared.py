@@ -19,9 +19,12 @@ A daemon ends as a process of its own would (its Shutdown, abandonment): its
 listener and connections close, which containerd takes for the shim's exit; the other
 daemons are untouched. A daemon that crashes is logged in its own log and ends alone
 (``serve_daemon`` never raises for a crash). Once no daemon is left and no request is being
-served for ``$TRIOSHIM_SHARED_IDLE`` seconds (default 600, as long as the fork server idles:
-meanwhile the process serves the next start as it would any), the process takes the control
-lock (no helper is mid-hand-over), removes its control socket and lock file, exits.
+served, the process ends: at once when its containerd has gone (a pidfd or polling:
+:mod:`trioshim.shim.sharedcontainerd`; a containerd restarted at the same address makes the
+process its own with its first start), else after ``$TRIOSHIM_SHARED_IDLE`` seconds (default
+600, as long as the fork server idles: meanwhile it serves the next start as it would any). It
+takes the control lock (no helper is mid-hand-over), removes its control socket and lock file,
+exits. While daemons are left it serves them, whether or not its containerd is alive.
 The trade-off: a death of the process (SIGKILL, OOM kill) takes every daemon with it;
 containerd then cleans up each as it does after any shim's death.
 """
@@ -50,6 +53,7 @@ from trioshim.shim.plugin import Registry
 from trioshim.shim.reaper import Reaper, set_child_subreaper
 from trioshim.shim.sharedactions import ACTIONS, ActionRequest, Declined, run_action
 from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
+from trioshim.shim.sharedcontainerd import Containerd
 from trioshim.shim.stackdump import serve_stack_dumps
 
 __all__ = [
@@ -151,6 +155,7 @@ class SharedShims:
         lock_path: str | None = None,
         handle_signals: bool = True,
         idle: float = 0.0,
+        containerd: Containerd | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -163,6 +168,9 @@ class SharedShims:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._stopping: str | None = None  # shutdown_all's reason, for daemons still starting
+        # Whose daemons these are (None: nobody watched); orphaned once it has gone.
+        self.containerd = containerd
+        self.orphaned = False
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -173,10 +181,13 @@ class SharedShims:
         *,
         task_status: trio.TaskStatus[SharedShims] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until no daemon is left and no request came for ``idle`` seconds."""
+        """Serve until no daemon is left and, unless our containerd has gone, no request
+        came for ``idle`` seconds."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.reaper.serve)
+            if self.containerd is not None:
+                nursery.start_soon(self._watch_containerd, self.containerd)
             if self.handle_signals:
                 await nursery.start(self._watch_signals)
                 await nursery.start(serve_stack_dumps, self._every_log())
@@ -188,12 +199,31 @@ class SharedShims:
                 self._changed = trio.Event()
                 if self.daemons or self._busy:
                     continue
-                with trio.move_on_after(0 if self._stopping else self.idle) as idle:
+                linger = 0 if self._stopping or self.orphaned else self.idle
+                with trio.move_on_after(linger) as idle:
                     await self._changed.wait()  # left set: the loop looks again
                 if idle.cancelled_caught and await self._release_control(control_path):
                     break
             nursery.cancel_scope.cancel()
         self._nursery = None
+
+    async def _watch_containerd(self, containerd: Containerd) -> None:
+        try:
+            await containerd.wait_gone()
+        finally:
+            containerd.close()
+        self.orphaned = True
+        self._changed.set()
+
+    def adopt(self, helper_pid: int) -> None:
+        """A start from the live helper ``helper_pid``: when our containerd has gone, the
+        helper's (a containerd restarted at the same address) is ours from now on."""
+        if not self.orphaned or self._nursery is None:
+            return
+        containerd = Containerd.parent_of(helper_pid)
+        if containerd.pid > 0:
+            self.containerd, self.orphaned = containerd, False
+            self._nursery.start_soon(self._watch_containerd, containerd)
 
     async def _release_control(self, control_path: str | None) -> bool:
         """Whether still no daemon is left once no helper can be mid-hand-over (the control
@@ -339,15 +369,15 @@ class SharedShims:
         with conn:
             fds: list[int] = []
             try:
-                uid = _CREDENTIALS.unpack(
+                pid, uid, _ = _CREDENTIALS.unpack(
                     conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-                )[1]
+                )
                 if uid != os.getuid():
                     raise PermissionError(f"uid {uid} may not use this shared shim process")
                 with trio.fail_after(10):
                     data, ancdata, _, _ = await conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
                 fds = _received_fds(ancdata)
-                reply = await self._handle(decode_message(data), fds)
+                reply = await self._handle(decode_message(data), fds, pid)
             except Exception as exc:
                 reply = {"ok": False, "error": str(exc) or type(exc).__name__}
             finally:
@@ -357,10 +387,14 @@ class SharedShims:
             with contextlib.suppress(OSError):
                 await conn.send(marshal.dumps(reply))
 
-    async def _handle(self, message: dict[str, object], fds: list[int]) -> dict[str, object]:
+    async def _handle(
+        self, message: dict[str, object], fds: list[int], peer: int
+    ) -> dict[str, object]:
         op = message.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if op in ("start", "serve"):
+            self.adopt(peer)
         if op in ACTIONS:
             try:
                 return await run_action(self, ActionRequest.from_wire(message))
@@ -400,16 +434,22 @@ def run_shared(
     control_path: str,
     *,
     first: tuple[ShimSpec, socket.socket],
+    containerd: Containerd,
 ) -> int:
     """The shared process (forked by a start helper, which holds the control lock): serve
-    ``first`` and what the control socket brings, until no daemon is left."""
+    ``first`` and what the control socket brings for ``containerd`` (the helper's), until no
+    daemon is left and either it has gone or the idle time is over."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     set_child_subreaper()
     route_module_logs()
 
     async def main() -> None:
         shims = SharedShims(
-            manager, registry, lock_path=control_path + ".lock", idle=idle_timeout(os.environ)
+            manager,
+            registry,
+            lock_path=control_path + ".lock",
+            idle=idle_timeout(os.environ),
+            containerd=containerd,
         )
         control.setblocking(False)
         async with trio.open_nursery() as nursery:
