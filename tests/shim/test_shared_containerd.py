@@ -18,6 +18,7 @@ import trio.testing
 
 from tests.shim.test_shared_actions import _request, served
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from trioshim.shim.forkserver import containerd_address
 from trioshim.shim.sharedcontainerd import POLL_INTERVAL, Containerd
 from trioshim.shim.sharedlaunch import control_path
 from trioshim.testing import connect_task
@@ -196,3 +197,9 @@ def test_one_process_per_containerd_address_and_build(
     stat = os.stat(shim)
     os.utime(shim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert control_path("shared", "/run/a/containerd.sock") != first  # an upgraded build
+
+    # No -address (nor GRPC_ADDRESS): the helper's look-up and the start's flags agree.
+    monkeypatch.delenv("GRPC_ADDRESS", raising=False)
+    monkeypatch.setenv("TTRPC_ADDRESS", "unix:///run/c/containerd.sock.ttrpc")
+    assert control_path("shared", "") == control_path("shared", containerd_address(["start"]))
+    assert control_path("shared", "") != control_path("shared", "/run/a/containerd.sock")
