@@ -34,8 +34,6 @@ OUTSIDE_REFERENCES = re.compile(
 NOT_YET_CHECKED: tuple[str, ...] = (
     "trioshim/runc/",
     "tests/runc/",
-    "trioshim/ttrpc/",
-    "tests/ttrpc/",
 )
 
 
