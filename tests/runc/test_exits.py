@@ -1,4 +1,5 @@
-"""Exit matching and event order (runc-task.md 3.3/3.4), driven without runc."""
+"""Exit matching and event order (exits held until their start event, the init's exit
+last), driven without runc."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OOM watcher (runc-task.md 5): a real OOM kill in a cgroup v1 memory group on this machine,
+"""OOM watcher: a real OOM kill in a cgroup v1 memory group on this machine,
 and the v2 inotify logic driven by writing memory.events/cgroup.events in tmp_path."""
 
 from __future__ import annotations

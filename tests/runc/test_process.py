@@ -1,4 +1,4 @@
-"""The init and exec state machines (runc-task.md 1.3, 1.4), driven without runc."""
+"""The init and exec state machines, driven without runc."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from trioshim.ttrpc.errors import Code, TTRPCError
 OPS = (p.START, p.DELETE, p.KILL, p.PAUSE, p.RESUME, p.UPDATE, p.CHECKPOINT, p.EXEC)
 OK = None
 
-# Operation x state, exactly the table of runc-task.md 1.3 (code, message) or OK.
+# Operation x state: the error (code, message) containerd-shim-runc-v2 v1.6 gives, or OK.
 UNK = Code.UNKNOWN
 NF = Code.NOT_FOUND
 INIT_TABLE: dict[type[p.State], dict[str, tuple[int, str] | None]] = {

@@ -1,4 +1,4 @@
-"""runc command lines (runc-task.md 2.1/2.2) and log.json error surfacing (2.3)."""
+"""runc command lines (as go-runc builds them) and log.json error surfacing."""
 
 from __future__ import annotations
 

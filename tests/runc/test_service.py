@@ -1,4 +1,4 @@
-"""The task service in-process, with real runc and a busybox rootfs (runc-task.md section 8).
+"""The task service in-process, with real runc and a busybox rootfs.
 
 The service runs in the test's Trio run with a real reaper (this process is made a child
 subreaper, so container inits are reaped here) and records the events it publishes. RPC

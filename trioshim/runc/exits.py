@@ -1,6 +1,7 @@
 """Matching reaped exits to processes, and the order of the events they cause.
 
-The bookkeeping of containerd's later shims (runc-task.md 3.4), made explicit:
+The bookkeeping of containerd's later shims (1.7 and 2.x: exits reaped before the start event
+are held, execs counted per container), made explicit:
 
 - ``running``: pid -> the (container, process) pairs started with that pid. An exit is looked
   up there and removed; unknown pids (runc itself, loggers, orphans) are ignored.

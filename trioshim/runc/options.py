@@ -16,7 +16,8 @@ external_unix_sockets, terminal, file_locks, empty_namespaces, cgroups_mode) hav
 Create carries a checkpoint (containerd's own v1 shim ignored them). ``CheckpointOptions`` of
 either family carries the same fields under the same names.
 
-Bundle files (runc-task.md 1.2): ``options.json`` (the ``Options`` in effect, snake_case,
+Bundle files, written at Create so the ``delete`` action can work without the daemon:
+``options.json`` (the ``Options`` in effect, snake_case,
 zero fields omitted, mode 0600) and ``runtime`` (``binary_name`` verbatim, mode 0600); the
 ``delete`` action reads both back.
 """

@@ -1,4 +1,6 @@
-"""Init and exec processes: their state machines (runc-task.md 1.3, 1.4) and operations.
+"""Init and exec processes: their state machines (those of
+containerd-shim-runc-v2, which refuses each operation per state with a fixed error) and
+operations.
 
 A process is in exactly one state object at a time. A state says, for every operation, whether
 it is allowed and, if not, which error the caller gets (the reference's exact texts); a process

@@ -1,7 +1,7 @@
 """Driving the runc binary: command lines, running them through the reaper, runc's errors.
 
 Every call is ``<binary> --root <root>/<ns> --log <bundle>/log.json --log-format json
-[--criu <path>] [--systemd-cgroup] <subcommand> <args>`` (runc-task.md 2.1, 2.2). The argv
+[--criu <path>] [--systemd-cgroup] <subcommand> <args>`` (as go-runc builds them). The argv
 builders are pure functions of their inputs (``*_args``), so the command lines are testable
 without runc; :class:`Runc` runs them.
 
@@ -13,7 +13,8 @@ Error text follows go-runc, because containerd users see it verbatim:
   ``<binary> did not terminate successfully: exit status <N>: <stdout+stderr>``;
 - stdio given to runc: ``<binary> did not terminate successfully: exit status <N>``;
 - binary missing: ``exec: "<binary>": executable file not found in $PATH``.
-:func:`runtime_error` then prefers the last ``error`` entry of ``log.json`` (runc-task.md 2.3).
+:func:`runtime_error` then prefers the last ``error`` entry of ``log.json`` (runc's
+own explanation, which the exit status alone does not carry).
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ plugin of the shim framework (:data:`REGISTRATION`): it gets the reaper, the eve
 and the shutdown service from the framework, and hands the ttrpc server one implementation per
 API version (the v2 and v3 messages are field-identical, only their package differs).
 
-Error codes follow containerd-shim-runc-v2 v1.6.20 (runc-task.md section 2): an unknown
+Error codes follow containerd-shim-runc-v2 v1.6.20: an unknown
 container is NotFound ``container not created``, an unknown exec NotFound ``process does not
 exist <id>``, state refusals are bare Unknown texts, runc failures carry runc's own message.
-Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better:
+Where the reference has bugs (its exec state machine, its exit ordering, its Create and Delete
+edge cases) this service does better:
 - the init's TaskExit is always its container's last (execs first), an exec Start after the
   init exited is FailedPrecondition, and a retried exec Start after a failed ``runc exec`` is
   refused instead of crashing;

@@ -1,4 +1,4 @@
-"""The shim's side of one process's stdio (runc-task spec section 4).
+"""The shim's side of one process's stdio: pipes or a console between runc and containerd.
 
 Life of a :class:`ProcessIO`::
 
