@@ -14,11 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.runc.test_stdio import LOGGER, client_reader, read_exactly, read_to_eof, write_all
-from trioshim.runc import copy as copymod
+from tests.runc.test_stdio import LOGGER, client_reader
+from tests.task.fdio import read_exactly, read_to_eof, write_all
 from trioshim.runc.console import Console, ConsoleError, ConsoleSocket
 from trioshim.runc.stdio import (
-    OUTPUT_FLUSH_TIMEOUT,
     ProcessIO,
     StdioConfig,
     StdioDeadlineExceeded,
@@ -26,6 +25,8 @@ from trioshim.runc.stdio import (
     StdioMode,
 )
 from trioshim.shim.reaper import Child, Reaper, open_reaper
+from trioshim.task import copy as copymod
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 
 
 def send_master(path: str, fds: list[int], name: bytes = b"/dev/pts/99") -> None:

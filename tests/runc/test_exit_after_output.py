@@ -18,13 +18,15 @@ import trio.testing
 
 from tests.runc.test_console import open_terminal_io, process_wrote
 from tests.runc.test_exits import Box, Events
-from tests.runc.test_stdio import client_reader, read_exactly, read_to_eof
+from tests.runc.test_stdio import client_reader
+from tests.task.fdio import read_exactly, read_to_eof
 from trioshim.runc import process as p
 from trioshim.runc.exits import TASK_EXIT_TOPIC, Exits
 from trioshim.runc.process import ExecProcess, InitProcess, Process
 from trioshim.runc.runc_cli import Runc
-from trioshim.runc.stdio import _FIFO_POLL_MAX, StdioConfig
+from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper
+from trioshim.task.fifo import FIFO_POLL_MAX
 
 PID = 4321
 
@@ -87,7 +89,7 @@ async def test_terminal_exit_reported_once_output_delivered(
             # would lose it if it learned of the exit now.
             assert exits_seen(events) == []
             assert await read_exactly(out, len(data)) == data
-            mock_clock.jump(_FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
+            mock_clock.jump(FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
             await trio.testing.wait_all_tasks_blocked()
             assert exits_seen(events) == [process.id]
             assert process.exit_status == 3

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.task.fdio import read_exactly, read_to_eof, write_all
 from trioshim.runc.stdio import (
     ProcessIO,
     RuncStdio,
@@ -22,9 +23,9 @@ from trioshim.runc.stdio import (
     StdioDeadlineExceeded,
     StdioError,
     StdioMode,
-    logger_argv,
 )
 from trioshim.shim.reaper import DEVNULL, Child, Reaper, open_reaper
+from trioshim.task.logger import logger_argv
 
 MiB = 1 << 20
 
@@ -50,46 +51,6 @@ def fifos(tmp_path: Path) -> Fifos:
 def client_reader(path: str) -> int:
     """What containerd's cio does before Create: open the output FIFO for reading."""
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-
-
-async def read_to_eof(fd: int, sink: bytearray | None = None) -> bytes:
-    buf = bytearray() if sink is None else sink
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, MiB)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            if not chunk:
-                return bytes(buf)
-            buf += chunk
-    finally:
-        os.close(fd)
-
-
-async def read_exactly(fd: int, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        try:
-            chunk = os.read(fd, n - len(buf))
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        assert chunk, "unexpected end of file"
-        buf += chunk
-    return bytes(buf)
-
-
-async def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(fd)
-            continue
-        view = view[n:]
 
 
 def spawn_container(reaper: Reaper, io: ProcessIO, argv: Sequence[str]) -> Child:

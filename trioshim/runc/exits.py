@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.runc.process import InitPaused, InitProcess, Process
-from trioshim.runc.stdio import OUTPUT_FLUSH_TIMEOUT
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 from trioshim.ttrpc.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class Exits:
 async def _output_delivered(process: Process) -> None:
     """Wait (bounded) until the process's output copiers finished, so that a client learning of
     the exit has already been handed every byte: containerd 1.6 closes its FIFO readers as soon
-    as the task stopped (see :data:`~trioshim.runc.stdio.OUTPUT_FLUSH_TIMEOUT`). A pipe still
+    as the task stopped (see :data:`~trioshim.task.fifo.OUTPUT_FLUSH_TIMEOUT`). A pipe still
     held by a background child of the process ends the wait at the bound.
 
     A terminal's output does not end when it hangs up (the process may reopen it), and a

@@ -53,15 +53,11 @@ from __future__ import annotations
 
 import enum
 import errno
-import fcntl
 import logging
 import math
 import os
 import re
-import signal
 import stat
-import sys
-import termios
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,14 +67,17 @@ from typing import Final, NamedTuple
 import trio
 
 from trioshim.runc.console import Console, ConsoleError, ConsoleSocket
-from trioshim.runc.copy import (
+from trioshim.shim.reaper import Child, Reaper
+from trioshim.task.copy import (
     PumpEnd,
     errno_text,
     pump,
     set_nonblocking,
     set_pipe_size,
 )
-from trioshim.shim.reaper import DEVNULL, Child, Reaper
+from trioshim.task.fifo import FIFO_POLL_MAX, OUTPUT_FLUSH_TIMEOUT, wait_fifo_read
+from trioshim.task.logger import LOGGER_TERM_TIMEOUT, logger_argv, start_logger, stop_logger
+from trioshim.task.stdio import StdioError as KitStdioError
 
 __all__ = [
     "IO_START_TIMEOUT",
@@ -95,21 +94,7 @@ log = logging.getLogger(__name__)
 
 IO_START_TIMEOUT: Final = 30.0
 """Default deadline of :meth:`ProcessIO.after_start` (FIFO readers, console master)."""
-LOGGER_TERM_TIMEOUT: Final = 12.0
-"""How long a ``binary://`` logger gets between SIGTERM and SIGKILL."""
 
-_FIFO_POLL_MAX: Final = 0.05
-OUTPUT_FLUSH_TIMEOUT: Final = 2.0
-"""How long a finished output copier waits for the client to read what it left in the FIFO.
-
-containerd 1.6's client closes its FIFO readers as soon as it learns of the exit (``task.Delete``
-calls ``io.Close()`` before waiting for its copiers), so output still in the FIFO, or still in
-the container's pipe, when the exit is reported is lost (the reference shim loses the tail of a
-large output this way). The exit is reported only after the copiers finished
-(:meth:`ProcessIO.wait_drained`), and a copier finishes only once the FIFO is empty or this
-bound passed (a reader that went away, e.g. containerd restarting, must not hold it forever).
-A terminal's output copier does the same once the exit shut the console down and it drained the
-master."""
 _PIPE_PREFIX: Final = "failed to start io pipe copy: unable to copy pipes: "
 _CONSOLE_PREFIX: Final = "failed to start console copy: "
 _DEADLINE: Final = "context deadline exceeded"
@@ -193,28 +178,8 @@ def _uri_path(uri: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlsplit(uri).path)
 
 
-def logger_argv(uri: str) -> list[str]:
-    """``binary://`` URI -> argv: the path, then each query key followed by its first value
-    (keys in URI order; Go uses map order)."""
-    parts = urllib.parse.urlsplit(uri)
-    argv = [urllib.parse.unquote(parts.path)]
-    seen: set[str] = set()
-    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if key in seen:
-            continue
-        seen.add(key)
-        argv += [key, value]
-    return argv
-
-
 # ---------------------------------------------------------------------------------------------
 # the IO object
-
-
-@dataclass
-class _Logger:
-    child: Child
-    path: str
 
 
 class ProcessIO:
@@ -254,7 +219,7 @@ class ProcessIO:
         self._stderr_r: int | None = None
         self._keeper: int | None = None  # the stdin keeper (our writer of the stdin FIFO)
         self._stdin_close_requested = False
-        self._logger: _Logger | None = None
+        self._logger: Child | None = None
         self._socket: ConsoleSocket | None = None
         self._console: Console | None = None
         self._exited = False
@@ -384,34 +349,18 @@ class ProcessIO:
         argv = logger_argv(uri)
         out_r, out_w = self._new_pipe(large=True)
         err_r, err_w = self._new_pipe(large=True)
-        ready_r, ready_w = self._new_pipe()
-        env = {"CONTAINER_ID": self.process_id, "CONTAINER_NAMESPACE": self.namespace}
         try:
-            child = self._reaper.spawn(
+            child = await start_logger(
+                self._reaper,
                 argv,
-                env=env,
-                stdin=DEVNULL,
-                stdout=DEVNULL,
-                stderr=DEVNULL,
-                extra_fds={3: out_r, 4: err_r, 5: ready_w},
+                container_id=self.process_id,
+                namespace=self.namespace,
+                stdout=out_r,
+                stderr=err_r,
             )
-        except OSError as exc:
-            raise StdioError(
-                f"failed to start binary process: fork/exec {argv[0]}: {errno_text(exc)}"
-            ) from exc
-        self._logger = _Logger(child, argv[0])
-        self._close(ready_w)
-        set_nonblocking(ready_r)
-        while True:
-            try:
-                os.read(ready_r, 1)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(ready_r)
-                continue
-            except OSError as exc:
-                raise StdioError(f"failed to read from logging binary: {errno_text(exc)}") from exc
-            break
-        self._close(ready_r)
+        except KitStdioError as exc:
+            raise StdioError(str(exc)) from exc
+        self._logger = child
         self._after_start_close += [out_r, err_r]
         return out_w, err_w
 
@@ -493,7 +442,7 @@ class ProcessIO:
                     if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                         raise StdioError(prefix + what + _path_error("open", path, exc)) from exc
                 await trio.sleep(delay)
-                delay = min(delay * 2, _FIFO_POLL_MAX)
+                delay = min(delay * 2, FIFO_POLL_MAX)
         if writer is None:
             raise StdioDeadlineExceeded(prefix + what + _DEADLINE)
         self._own(writer)
@@ -544,7 +493,7 @@ class ProcessIO:
                 if result.end is PumpEnd.EOF:
                     self._close(src)  # every writer is gone; nothing more will come
                     if keeper is not None:
-                        await _wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
+                        await wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
                 else:
                     log.warning("%s: error copying %s: %s", self.process_id, name, result.end.value)
             finally:
@@ -615,7 +564,7 @@ class ProcessIO:
                 if end is PumpEnd.BROKEN:
                     log.warning("%s: error copying console output: broken", self.process_id)
                 elif keeper is not None:
-                    await _wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
+                    await wait_fifo_read(keeper, OUTPUT_FLUSH_TIMEOUT)
             finally:
                 close_output()
 
@@ -703,7 +652,7 @@ class ProcessIO:
     @property
     def logger(self) -> Child | None:
         """The ``binary://`` logger, if any."""
-        return None if self._logger is None else self._logger.child
+        return self._logger
 
     async def aclose(self) -> None:
         """Stop the copiers, close every descriptor, remove the console socket, and stop a
@@ -729,7 +678,7 @@ class ProcessIO:
                 done.set()
             logger, self._logger = self._logger, None
             if logger is not None:
-                await _stop_logger(logger.child)
+                await stop_logger(logger)
 
     async def __aenter__(self) -> ProcessIO:
         return self
@@ -760,19 +709,6 @@ class ProcessIO:
         os.close(fd)
 
 
-async def _stop_logger(child: Child) -> None:
-    if child.returncode is not None:
-        return
-    child.send_signal(signal.SIGTERM)
-    try:
-        with trio.move_on_after(LOGGER_TERM_TIMEOUT):
-            await child.wait()
-    finally:
-        if child.returncode is None:
-            log.warning("logger %d did not exit after SIGTERM, killing it", child.pid)
-            child.kill()
-
-
 def _scheme_or_none(uri: str) -> str | None:
     try:
         return _scheme(uri)
@@ -783,21 +719,3 @@ def _scheme_or_none(uri: str) -> str | None:
 def _path_error(op: str, path: str, exc: OSError) -> str:
     """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
     return f"{op} {path}: {errno_text(exc)}"
-
-
-async def _wait_fifo_read(reader: int, timeout: float) -> None:  # noqa: ASYNC109
-    """Wait until the FIFO that ``reader`` (our keeper) is open on holds no unread bytes, or
-    ``timeout`` seconds. ``FIONREAD`` counts what the client has not read yet; there is no
-    readiness event for "the other reader emptied the pipe", so this polls, briefly at first."""
-    buf = bytearray(4)
-    delay = 0.0005
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                fcntl.ioctl(reader, termios.FIONREAD, buf)
-            except OSError:
-                return
-            if int.from_bytes(buf, sys.byteorder) == 0:
-                return
-            await trio.sleep(delay)
-            delay = min(delay * 2, _FIFO_POLL_MAX)
