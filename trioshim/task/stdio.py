@@ -49,6 +49,7 @@ from trioshim.task.errors import (
     UnimplementedError,
 )
 from trioshim.task.fifo import wait_fifo_read
+from trioshim.task.uri import UriError, stdout_scheme
 
 if TYPE_CHECKING:
     from trioshim.shim.reaper import Reaper
@@ -85,9 +86,12 @@ class StdioSpec:
 
 
 def scheme(uri: str) -> str:
-    """``fifo`` for a bare path, else the URI's scheme (``file``, ``binary``...)."""
-    parsed = urllib.parse.urlsplit(uri)
-    return parsed.scheme or "fifo"
+    """``fifo`` for a bare path, else the URI's scheme (``file``, ``binary``...);
+    InvalidArgument for what Go's ``url.Parse`` would refuse."""
+    try:
+        return stdout_scheme(uri) or "fifo"
+    except UriError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 @dataclass(eq=False)
