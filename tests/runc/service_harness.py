@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.runc.boundary import Handlers
 from trioshim.runc.service import TaskService
 from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
 from trioshim.shim.shutdown import ShutdownService
@@ -124,7 +125,9 @@ class Harness:
         return await self.call("Create", self.create_request(container_id, bundle, **kwargs))
 
     async def call(self, rpc: str, request: Message) -> Any:
-        return await getattr(self.service, rpc)(api, CTX, request)
+        """``rpc`` as containerd calls it: through the service's boundary (ids checked,
+        domain errors turned into ttrpc statuses)."""
+        return await getattr(Handlers(self.service, api), rpc)(CTX, request)
 
     async def fails(self, rpc: str, request: Message) -> TTRPCError:
         with pytest.raises(TTRPCError) as info:

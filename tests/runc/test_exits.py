@@ -18,7 +18,8 @@ from trioshim.runc.process import ExecProcess, InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper, open_reaper
-from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.task.errors import TaskError
+from trioshim.ttrpc.errors import Code
 
 
 @dataclass(eq=False)
@@ -144,10 +145,10 @@ async def test_init_exit_is_published_after_every_exec_exit(
     await trio.testing.wait_all_tasks_blocked()
     assert events.seen == []  # held: three execs still run
     assert not box.init.has_exited
-    with pytest.raises(TTRPCError) as info:
+    with pytest.raises(TaskError) as info:
         exits.exec_starting(box)
     assert info.value.code == Code.FAILED_PRECONDITION
-    assert info.value.message == "container c1 init process is not running: failed precondition"
+    assert str(info.value) == "container c1 init process is not running: failed precondition"
     for n in (2, 0, 1):
         exits.on_exit(Exit(200 + n, 137, 2))
     await trio.testing.wait_all_tasks_blocked()
@@ -308,7 +309,7 @@ async def test_kill_after_reap_never_signals_the_pid_again(tracker: tuple[Exits,
             exits.on_exit(Exit(stranger.pid, 0, 1))
             await trio.testing.wait_all_tasks_blocked()
             assert not e.has_exited  # held until the output is delivered
-            with pytest.raises(TTRPCError) as info:
+            with pytest.raises(TaskError) as info:
                 await e.kill(signal.SIGTERM)
             assert info.value.code == Code.NOT_FOUND
             await trio.testing.wait_all_tasks_blocked()

@@ -11,7 +11,8 @@ from trioshim.runc.process import ExecProcess, InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.task.errors import TaskError
+from trioshim.ttrpc.errors import Code
 
 OPS = (p.START, p.DELETE, p.KILL, p.PAUSE, p.RESUME, p.UPDATE, p.CHECKPOINT, p.EXEC)
 OK = None
@@ -124,9 +125,9 @@ def _check_table(table: dict[type[p.State], dict[str, tuple[int, str] | None]]) 
                 state.check(op)
                 assert state.allows(op)
                 continue
-            with pytest.raises(TTRPCError) as info:
+            with pytest.raises(TaskError) as info:
                 state.check(op)
-            assert (info.value.code, info.value.message) == expected, (state_cls, op)
+            assert (info.value.code, str(info.value)) == expected, (state_cls, op)
             assert not state.allows(op)
 
 
@@ -268,20 +269,20 @@ def test_kill_error_mapping() -> None:
     }
     for text, expected in cases.items():
         err = p.kill_error(text)
-        assert (err.code, err.message) == expected
+        assert (err.code, str(err)) == expected
 
 
 async def test_exec_kill_guards() -> None:
     init = _init()
     exe = _exec(init)
-    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+    with pytest.raises(TaskError, match="process not created: failed precondition"):
         await exe.kill(9)
     exe.state = p.ExecRunning()
-    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+    with pytest.raises(TaskError, match="process not created: failed precondition"):
         await exe.kill(9)  # running but pid unknown (0)
     exe.pid = 123456789
     exe.set_exited(0, 1)
-    with pytest.raises(TTRPCError, match="process already finished: not found"):
+    with pytest.raises(TaskError, match="process already finished: not found"):
         await exe.kill(9)
 
 
@@ -290,7 +291,7 @@ async def test_exec_delete_is_immediate_and_removes_pid_file(tmp_path: object) -
     exe = _exec(init)
     await exe.delete()
     assert isinstance(exe.state, p.ExecDeleted)
-    with pytest.raises(TTRPCError, match="cannot delete a deleted process: not found"):
+    with pytest.raises(TaskError, match="cannot delete a deleted process: not found"):
         await exe.delete()
 
 
@@ -300,5 +301,5 @@ def test_resize_without_console_is_a_noop() -> None:
     exe = _exec(init)
     exe.resize(80, 24)
     exe.state = p.ExecStopped()
-    with pytest.raises(TTRPCError, match="cannot resize a stopped container"):
+    with pytest.raises(TaskError, match="cannot resize a stopped container"):
         exe.resize(80, 24)

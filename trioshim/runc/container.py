@@ -30,7 +30,7 @@ from trioshim.shim.cgroups import Cgroup, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import NotFound
+from trioshim.task.errors import NotFoundError
 
 
 def enable_v2_controllers(path: str, root: str = "/sys/fs/cgroup") -> None:
@@ -181,7 +181,7 @@ class Container:
             return self.init
         process = self.execs.get(exec_id)
         if process is None:
-            raise NotFound(f"process does not exist {exec_id}")
+            raise NotFoundError.wrapping(f"process does not exist {exec_id}")
         return process
 
     def reserve(self, exec_id: str) -> bool:

@@ -36,8 +36,8 @@ from google.protobuf.message import Message
 
 from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.runc.process import InitPaused, InitProcess, Process
+from trioshim.task.errors import FailedPreconditionError
 from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
-from trioshim.ttrpc.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,9 @@ class Exits:
     def exec_starting(self, container: ContainerLike) -> None:
         """Count an exec about to start; refused once the container's init has exited."""
         if container in self._init_exited:
-            raise FailedPrecondition(f"container {container.id} init process is not running")
+            raise FailedPreconditionError.wrapping(
+                f"container {container.id} init process is not running"
+            )
         self._running_execs[container] = self._running_execs.get(container, 0) + 1
 
     def exec_start_failed(self, container: ContainerLike) -> None:

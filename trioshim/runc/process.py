@@ -43,11 +43,12 @@ import trio
 from trioshim.runc import runc_cli
 from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
 from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
-from trioshim.ttrpc.errors import (
-    Code,
-    FailedPrecondition,
-    NotFound,
-    TTRPCError,
+from trioshim.task.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    NotFoundError,
+    TaskError,
+    UnknownError,
 )
 
 IO_SETUP_TIMEOUT = 30.0
@@ -57,9 +58,9 @@ DELETE_DRAIN_TIMEOUT = 2.0
 _INIT_PID_ERROR = "failed to retrieve OCI runtime container pid"
 
 
-def unknown(message: str) -> TTRPCError:
+def unknown(message: str) -> UnknownError:
     """A bare-text error (code Unknown, message verbatim), like Go's ``errors.New``."""
-    return TTRPCError(Code.UNKNOWN, message)
+    return UnknownError(message)
 
 
 # --- state machines ---------------------------------------------------------------------------
@@ -74,7 +75,7 @@ CHECKPOINT = "checkpoint"
 EXEC = "exec"
 RESIZE = "resize"
 
-Refusal = Callable[[], TTRPCError]
+Refusal = Callable[[], TaskError]
 
 
 def _bare(message: str) -> Refusal:
@@ -82,7 +83,7 @@ def _bare(message: str) -> Refusal:
 
 
 def _not_found(message: str) -> Refusal:
-    return lambda: NotFound(message)
+    return lambda: NotFoundError.wrapping(message)
 
 
 class State:
@@ -180,7 +181,7 @@ class InitDeleted(State):
 class ExecCreated(State):
     name = status = "created"
     refused: ClassVar[Mapping[str, Refusal]] = {
-        KILL: lambda: FailedPrecondition("process not created"),
+        KILL: lambda: FailedPreconditionError.wrapping("process not created"),
     }
 
 
@@ -192,7 +193,7 @@ class ExecStartFailed(State):
     exits = False
     refused: ClassVar[Mapping[str, Refusal]] = {
         START: _bare("cannot start an exec process whose start failed"),
-        KILL: lambda: FailedPrecondition("process not created"),
+        KILL: lambda: FailedPreconditionError.wrapping("process not created"),
     }
 
 
@@ -336,14 +337,14 @@ class Process:
             else:
                 await io.after_start(timeout=None)
         except StdioDeadlineExceeded as exc:
-            raise TTRPCError(Code.DEADLINE_EXCEEDED, str(exc)) from exc
+            raise DeadlineExceededError(str(exc)) from exc
         except StdioError as exc:
             raise unknown(str(exc)) from exc
 
     async def _open_io(self, open_io: IOOpener, console_what: str) -> ProcessIO:
         try:
             return await open_io(self)
-        except TTRPCError:
+        except TaskError:
             raise
         except (StdioError, OSError) as exc:
             what = console_what if self.stdio.terminal else "failed to create init process I/O"
@@ -388,7 +389,7 @@ class InitProcess(Process):
     def _stopped_state(self) -> State:
         return InitStopped()
 
-    def runtime_error(self, prefix: str, err: BaseException) -> TTRPCError:
+    def runtime_error(self, prefix: str, err: BaseException) -> TaskError:
         return unknown(self.runc.runtime_error(prefix, err))
 
     # -- create / start ------------------------------------------------------------------------
@@ -488,7 +489,7 @@ class InitProcess(Process):
             state.check(DELETE)
             if self.io is not None:
                 await self.io.wait_drained(DELETE_DRAIN_TIMEOUT)
-            error: TTRPCError | None = None
+            error: TaskError | None = None
             try:
                 await self.runc.delete(self.id)
             except RuncError as exc:
@@ -602,16 +603,16 @@ class InitProcess(Process):
         self.state.check(EXEC)
 
 
-def kill_error(text: str) -> TTRPCError:
+def kill_error(text: str) -> TaskError:
     """A failed ``runc kill`` (or kill(2)) as containerd's runc shim reports it."""
     if (
         "os: process already finished" in text
         or "container not running" in text
         or "no such process" in text.lower()
     ):
-        return NotFound("process already finished")
+        return NotFoundError.wrapping("process already finished")
     if "does not exist" in text:
-        return NotFound("no such container")
+        return NotFoundError.wrapping("no such container")
     return unknown(f"unknown error after kill: {text}")
 
 
@@ -675,14 +676,16 @@ class ExecProcess(Process):
         async with self.lock:
             self.state.check(KILL)
             if self.pid == 0:
-                raise FailedPrecondition("process not created")
+                raise FailedPreconditionError.wrapping("process not created")
             if self.has_exited or self.reaped:
-                raise NotFound("process already finished")
+                raise NotFoundError.wrapping("process already finished")
             try:
                 os.kill(self.pid, sig)
             except OSError as exc:
                 if exc.errno == errno.ESRCH:
-                    raise NotFound("exec kill error: process already finished") from exc
+                    raise NotFoundError.wrapping(
+                        "exec kill error: process already finished"
+                    ) from exc
                 text = runc_cli.go_errno_text(exc.errno or errno.EINVAL)
                 raise unknown(f"exec kill error: unknown error after kill: {text}") from exc
 

@@ -8,6 +8,9 @@ API version (the v2 and v3 messages are field-identical, only their package diff
 Error codes follow containerd-shim-runc-v2 v1.6.20: an unknown
 container is NotFound ``container not created``, an unknown exec NotFound ``process does not
 exist <id>``, state refusals are bare Unknown texts, runc failures carry runc's own message.
+Inside, every refusal is a domain error of the task kit (:mod:`trioshim.task.errors`, with Go's
+text: ``NotFoundError.wrapping("container not created")``); :mod:`trioshim.runc.boundary`
+turns it into the ttrpc status, once.
 Where the reference has bugs (its exec state machine, its exit ordering, its Create and Delete
 edge cases) this service does better:
 - the init's TaskExit is always its container's last (execs first), an exec Start after the
@@ -67,7 +70,12 @@ from trioshim.shim.plugin import (
     Registration,
 )
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import AlreadyExists, InvalidArgument, NotFound, TTRPCError
+from trioshim.task.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    TaskError,
+)
 from trioshim.ttrpc.server import RequestContext, nonblocking
 
 log = logging.getLogger(__name__)
@@ -185,7 +193,7 @@ class TaskService:
     def container(self, container_id: str) -> Container:
         container = self.containers.get(container_id)
         if container is None:
-            raise NotFound("container not created")
+            raise NotFoundError.wrapping("container not created")
         return container
 
     def _io_opener(self, options: oci_pb2.Options) -> IOOpener:
@@ -213,10 +221,10 @@ class TaskService:
     async def Create(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container_id = request.id
         if container_id in self.containers or container_id in self._creating:
-            raise AlreadyExists(f"container {container_id}")
+            raise AlreadyExistsError.wrapping(f"container {container_id}")
         namespace = self.namespace or ctx.namespace
         if not namespace:
-            raise InvalidArgument("create namespace: namespace is required")
+            raise InvalidArgumentError.wrapping("create namespace: namespace is required")
         log.debug(
             "create",
             extra={"fields": {"id": container_id, "service": f"{api.DESCRIPTOR.package}.Task"}},
@@ -226,7 +234,7 @@ class TaskService:
             try:
                 failpoints = bundle_failpoints(request.bundle, FAILPOINTS)
             except FailpointSyntaxError as exc:
-                raise InvalidArgument(str(exc)) from exc
+                raise InvalidArgumentError.wrapping(str(exc)) from exc
             if failpoints is not None:
                 await _failpoint(failpoints, "Create")
             with self.exits.starting() as starting:
@@ -355,7 +363,7 @@ class TaskService:
             await _failpoint(container.failpoints, "Exec")
         exec_id = request.exec_id
         if not container.reserve(exec_id):
-            raise AlreadyExists(f"id {exec_id}")
+            raise AlreadyExistsError.wrapping(f"id {exec_id}")
         try:
             container.init.check_exec()
             try:
@@ -374,7 +382,7 @@ class TaskService:
             if container.failpoints is not None:
                 await _failpoint(container.failpoints, "Exec.after")
                 if self.containers.get(container.id) is not container:  # deleted meanwhile
-                    raise NotFound("container not created")
+                    raise NotFoundError.wrapping("container not created")
         except BaseException:
             container.release(exec_id)
             raise
@@ -453,8 +461,8 @@ class TaskService:
         container = self.container(request.id)
         try:
             process = container.process(request.exec_id)
-        except TTRPCError as exc:
-            raise unknown(exc.message) from exc  # the reference skips ToGRPC here
+        except TaskError as exc:
+            raise unknown(str(exc)) from exc  # the reference skips ToGRPC here
         try:
             await process.close_stdin()
         except OSError as exc:
@@ -481,7 +489,7 @@ class TaskService:
     async def Update(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if not request.HasField("resources"):
-            raise InvalidArgument("resources are required")
+            raise InvalidArgumentError.wrapping("resources are required")
         await container.init.update(request.resources.value)
         return EMPTY
 
@@ -497,7 +505,7 @@ class TaskService:
         container = self.container(request.id)
         cgroup: Cgroup | None = container.cgroup
         if cgroup is None:
-            raise NotFound("cgroup does not exist")
+            raise NotFoundError.wrapping("cgroup does not exist")
         return api.StatsResponse(stats=cgroup.metrics())
 
     @nonblocking
