@@ -20,9 +20,11 @@ from tests.runc.test_console import open_terminal_io, process_wrote
 from tests.runc.test_exits import Box, Events
 from tests.runc.test_stdio import client_reader
 from tests.task.fdio import read_exactly, read_to_eof
-from trioshim.runc import process as p
+from trioshim.runc import states
+from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.exits import TASK_EXIT_TOPIC, Exits
-from trioshim.runc.process import ExecProcess, InitProcess, Process
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.process import Process
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper
@@ -39,11 +41,11 @@ def track(exits: Exits, kind: str) -> Process:
     process: Process
     if kind == "init":
         process = box.init
-        process.state = p.InitRunning()
+        process.state = states.InitRunning()
     else:
         exits.exec_starting(box)
         process = ExecProcess("e1", box.init, {"args": ["sh"]}, terminal)
-        process.state = p.ExecRunning()
+        process.state = states.ExecRunning()
     process.pid = PID
     with exits.starting() as starting:
         starting.started(box, process)

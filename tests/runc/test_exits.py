@@ -12,9 +12,10 @@ import trio
 import trio.testing
 from google.protobuf.message import Message
 
-from trioshim.runc import process as p
+from trioshim.runc import states
+from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.exits import GO_ZERO_TIME_SECONDS, Exits, timestamp
-from trioshim.runc.process import ExecProcess, InitProcess
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper, open_reaper
@@ -57,7 +58,7 @@ def _box(container_id: str = "c1") -> Box:
 def _exec(box: Box, exec_id: str, pid: int) -> ExecProcess:
     e = ExecProcess(exec_id, box.init, {"args": ["sh"]}, StdioConfig())
     e.pid = pid
-    e.state = p.ExecRunning()
+    e.state = states.ExecRunning()
     return e
 
 
@@ -100,7 +101,7 @@ async def test_exit_during_init_start_is_held(tracker: tuple[Exits, Events]) -> 
     with exits.starting() as starting:
         box.init.pid = 100
         starting.started(box, box.init)
-    box.init.state = p.InitRunning()  # what Start does once runc start returned
+    box.init.state = states.InitRunning()  # what Start does once runc start returned
     with exits.starting(box) as starting:
         exits.on_exit(Exit(100, 0, 1))
         await trio.testing.wait_all_tasks_blocked()
@@ -165,7 +166,7 @@ async def test_exec_that_exits_before_its_pid_is_known(tracker: tuple[Exits, Eve
     with exits.starting() as starting:
         exits.on_exit(Exit(300, 0, 9))  # `true` was done before runc wrote the pid file
         e.pid = 300
-        e.state = p.ExecRunning()
+        e.state = states.ExecRunning()
         events.publish("/tasks/exec-started", Message())
         starting.started(box, e)
     await trio.testing.wait_all_tasks_blocked()
@@ -193,7 +194,7 @@ async def test_exit_of_a_deleted_init_publishes_nothing(tracker: tuple[Exits, Ev
     with exits.starting() as starting:
         box.init.pid = 100
         starting.started(box, box.init)
-    box.init.state = p.InitDeleted()  # Delete of a never-started container
+    box.init.state = states.InitDeleted()  # Delete of a never-started container
     exits.forget(box)
     exits.on_exit(Exit(100, 137, 1))
     await trio.testing.wait_all_tasks_blocked()

@@ -16,15 +16,12 @@ from typing import Any
 import trio
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.options import decode_options, decode_restore_options, write_bundle_files
-from trioshim.runc.process import (
-    ExecProcess,
-    InitProcess,
-    IOOpener,
-    Process,
-    unknown,
-)
+from trioshim.runc.process import IOOpener, Process
 from trioshim.runc.runc_cli import Runc
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.cgroups import Cgroup, load_cgroup
 from trioshim.shim.failpoint import Failpoints

@@ -35,7 +35,9 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from trioshim.api.containerd.events import task_pb2 as events
-from trioshim.runc.process import InitPaused, InitProcess, Process
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.process import Process
+from trioshim.runc.states import InitPaused
 from trioshim.task.errors import FailedPreconditionError
 from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 

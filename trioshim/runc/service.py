@@ -52,11 +52,14 @@ from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc.boundary import Handlers
 from trioshim.runc.container import Container, enable_v2_controllers
+from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.exits import Exits, timestamp
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
 from trioshim.runc.options import decode_checkpoint_options, decode_options
-from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
+from trioshim.runc.process import IOOpener, Process
 from trioshim.runc.runc_cli import CheckpointOpts, RuncError
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig
 from trioshim.shim.cgroups import Cgroup, CgroupV2
 from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
