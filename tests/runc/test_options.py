@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as legacy
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import options as o
-from trioshim.runc.runc_cli import CheckpointOpts
+from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.task.errors import TaskError
 from trioshim.ttrpc.errors import Code
 

@@ -7,7 +7,7 @@ import errno
 import os
 from typing import Any
 
-from trioshim.runc import runc_cli
+from trioshim.runc import runc_errors
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.process import (
     DELETE_DRAIN_TIMEOUT,
@@ -16,7 +16,7 @@ from trioshim.runc.process import (
     read_pid_file,
     runc_stdio,
 )
-from trioshim.runc.runc_cli import RuncError
+from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import (
     DELETE,
     KILL,
@@ -104,7 +104,7 @@ class ExecProcess(Process):
                     raise NotFoundError.wrapping(
                         "exec kill error: process already finished"
                     ) from exc
-                text = runc_cli.go_errno_text(exc.errno or errno.EINVAL)
+                text = runc_errors.go_errno_text(exc.errno or errno.EINVAL)
                 raise unknown(f"exec kill error: unknown error after kill: {text}") from exc
 
     async def delete(self) -> None:

@@ -20,7 +20,9 @@ from trioshim.runc.process import (
     read_pid_file,
     runc_stdio,
 )
-from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
+from trioshim.runc.runc_args import CheckpointOpts
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import (
     CHECKPOINT,
     DELETE,

@@ -21,7 +21,8 @@ from typing import Final
 
 from trioshim.runc import runc_cli
 from trioshim.runc.options import read_options, read_runtime, runc_options
-from trioshim.runc.runc_cli import Runc, RuncError
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.runc_errors import RuncError
 from trioshim.shim.cgroups import is_unified
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 from trioshim.shim.mounts import unmount_all

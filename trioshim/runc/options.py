@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as legacy
 from trioshim.api.containerd.types.runc.options import oci_pb2
-from trioshim.runc.runc_cli import CheckpointOpts
+from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.runc.states import unknown
 
 OPTIONS_FILE: Final = "options.json"

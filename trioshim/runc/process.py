@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioshim.runc import runc_cli
+from trioshim.runc import runc_cli, runc_errors
 from trioshim.runc.states import RESIZE, State, unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
 from trioshim.task.errors import (
@@ -162,6 +162,6 @@ def read_pid_file(path: str, what: str) -> int:
     try:
         return runc_cli.read_pid_file(path)
     except OSError as exc:
-        raise unknown(f"{what}: {runc_cli.go_os_error('open', exc)}") from exc
+        raise unknown(f"{what}: {runc_errors.go_os_error('open', exc)}") from exc
     except ValueError as exc:
         raise unknown(f"{what}: {exc}") from exc

@@ -58,7 +58,8 @@ from trioshim.runc.init_process import InitProcess
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
 from trioshim.runc.options import decode_checkpoint_options, decode_options
 from trioshim.runc.process import IOOpener, Process
-from trioshim.runc.runc_cli import CheckpointOpts, RuncError
+from trioshim.runc.runc_args import CheckpointOpts
+from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig
 from trioshim.shim.cgroups import Cgroup, CgroupV2
