@@ -22,12 +22,13 @@ from tests.runc.test_stdio import client_reader
 from tests.task.fdio import read_exactly, read_to_eof
 from trioshim.runc import states
 from trioshim.runc.exec_process import ExecProcess
-from trioshim.runc.exits import TASK_EXIT_TOPIC, Exits
+from trioshim.runc.exits import Exits
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.process import Process
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper
+from trioshim.task.events import TASK_EXIT
 from trioshim.task.fifo import FIFO_POLL_MAX
 
 PID = 4321
@@ -53,7 +54,7 @@ def track(exits: Exits, kind: str) -> Process:
 
 
 def exits_seen(events: Events) -> list[str]:
-    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT_TOPIC]
+    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT]
 
 
 @pytest.mark.parametrize("kind", ["exec", "init"])

@@ -14,12 +14,13 @@ from google.protobuf.message import Message
 
 from trioshim.runc import states
 from trioshim.runc.exec_process import ExecProcess
-from trioshim.runc.exits import GO_ZERO_TIME_SECONDS, Exits, timestamp
+from trioshim.runc.exits import Exits
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper, open_reaper
 from trioshim.task.errors import TaskError
+from trioshim.task.events import GO_ZERO_TIME_SECONDS, timestamp
 from trioshim.ttrpc.errors import Code
 
 

@@ -24,7 +24,7 @@ from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
-from trioshim.runc.exits import GO_ZERO_TIME_SECONDS
+from trioshim.task.events import GO_ZERO_TIME_SECONDS
 from trioshim.ttrpc.errors import Code, TTRPCError
 
 pytestmark = pytest.mark.skipif(

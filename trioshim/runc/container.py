@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -18,16 +19,19 @@ import trio
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.init_process import InitProcess
+from trioshim.runc.oom import OOMWatcher
 from trioshim.runc.options import decode_options, decode_restore_options, write_bundle_files
 from trioshim.runc.process import IOOpener, Process
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
-from trioshim.shim.cgroups import Cgroup, load_cgroup
+from trioshim.shim.cgroups import Cgroup, CgroupV2, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import NotFoundError
+
+log = logging.getLogger(__name__)
 
 
 def enable_v2_controllers(path: str, root: str = "/sys/fs/cgroup") -> None:
@@ -171,6 +175,21 @@ class Container:
             self.cgroup = None
 
     # -- processes -----------------------------------------------------------------------------
+
+    def watch_oom(self, oom: OOMWatcher | None) -> None:
+        """Have ``oom`` report this container's OOM kills (once its cgroup is known; a
+        failure is logged: the container runs without OOM events, as with the reference)."""
+        if self.cgroup is None or oom is None or self.id in oom.watching:
+            return
+        if isinstance(self.cgroup, CgroupV2):
+            try:
+                enable_v2_controllers(self.cgroup.path)
+            except (OSError, ValueError) as exc:
+                log.warning("failed to enable the cgroup controllers of %s: %s", self.id, exc)
+        try:
+            oom.add(self.id, self.cgroup)
+        except Exception as exc:
+            log.warning("add cgroup of %s to the OOM monitor: %s", self.id, exc)
 
     def process(self, exec_id: str) -> Process:
         """The init for ``""``, else the exec, else NotFound ``process does not exist <id>``."""

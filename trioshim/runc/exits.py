@@ -31,31 +31,19 @@ from typing import Protocol
 
 import trio
 import trio.lowlevel
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.process import Process
 from trioshim.runc.states import InitPaused
 from trioshim.task.errors import FailedPreconditionError
+from trioshim.task.events import TaskEvents
 from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
+from trioshim.task.instance import Exit
 
 log = logging.getLogger(__name__)
 
-TASK_EXIT_TOPIC = "/tasks/exit"
 OOM_SETTLE_PASSES = 3
-
-GO_ZERO_TIME_SECONDS = -62135596800
-"""0001-01-01T00:00:00Z, Go's zero ``time.Time``: what "never exited" looks like on the wire."""
-
-
-def timestamp(ns: int | None) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp for wall-clock ``ns``; ``None`` is Go's zero time, never omitted."""
-    if ns is None:
-        return timestamp_pb2.Timestamp(seconds=GO_ZERO_TIME_SECONDS, nanos=0)
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 class ExitLike(Protocol):
@@ -106,7 +94,7 @@ class Exits:
     """Exit bookkeeping of one task service. Run :meth:`run` in the service's nursery."""
 
     def __init__(self, publish: Publish, nursery: trio.Nursery) -> None:
-        self._publish = publish
+        self._events = TaskEvents(publish)
         self._nursery = nursery
         self._running: dict[int, list[tuple[ContainerLike, Process]]] = {}
         self._buffers: set[Starting] = set()
@@ -258,15 +246,9 @@ class Exits:
             self._nursery.start_soon(process.on_exit_io)
             if was_paused and isinstance(process, InitProcess):
                 self._nursery.start_soon(self._thaw, process)
-            self._publish(
-                TASK_EXIT_TOPIC,
-                events.TaskExit(
-                    container_id=container.id,
-                    id=process.id,
-                    pid=exit_.pid,
-                    exit_status=exit_.status,
-                    exited_at=timestamp(process.exited_at_ns),
-                ),
+            assert process.exited_at_ns is not None  # set_exited recorded it
+            self._events.exit(
+                container.id, process.id, exit_.pid, Exit(exit_.status, process.exited_at_ns)
             )
         if recorded and not isinstance(process, InitProcess):
             # Only the exit that stopped it ends an exec's count: the same exit may come a

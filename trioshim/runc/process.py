@@ -20,9 +20,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import runc_cli, runc_errors
 from trioshim.runc.states import RESIZE, State, unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
+from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import (
     DeadlineExceededError,
     TaskError,
@@ -165,3 +167,24 @@ def read_pid_file(path: str, what: str) -> int:
         raise unknown(f"{what}: {runc_errors.go_os_error('open', exc)}") from exc
     except ValueError as exc:
         raise unknown(f"{what}: {exc}") from exc
+
+
+def io_opener(
+    nursery: trio.Nursery, reaper: Reaper, namespace: str, options: oci_pb2.Options
+) -> IOOpener:
+    """How the processes of a container open their stdio: copiers in ``nursery``, a logger
+    through ``reaper``, runc's ends owned by the options' io uid/gid."""
+
+    async def open_io(process: Process) -> ProcessIO:
+        return await ProcessIO.open(
+            process.stdio,
+            nursery=nursery,
+            reaper=reaper,
+            container_id=process.container_id,
+            process_id=process.id,
+            namespace=namespace,
+            io_uid=options.io_uid,
+            io_gid=options.io_gid,
+        )
+
+    return open_io
