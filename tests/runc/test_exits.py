@@ -319,3 +319,29 @@ async def test_kill_after_reap_never_signals_the_pid_again(tracker: tuple[Exits,
         finally:
             stranger.kill()
             assert await stranger.wait() == 128 + signal.SIGKILL
+
+
+async def test_a_sigkilled_init_hands_off_to_the_oom_check_before_its_exit() -> None:
+    """TaskOOM before TaskExit by an explicit hand-off: the OOM check runs (and publishes)
+    before the SIGKILLed init's exit is published; another exit status does not ask."""
+    events = Events()
+
+    def check_oom(container_id: str) -> None:
+        events.publish("/tasks/oom", Message())
+        events.seen[-1] = ("/tasks/oom", container_id, "", 0)
+
+    async with trio.open_nursery() as nursery:
+        exits = Exits(events.publish, nursery, check_oom)
+        killed, ended = _box("c1"), _box("c2")
+        for pid, box in ((100, killed), (200, ended)):
+            with exits.starting() as starting:
+                box.init.pid = pid
+                starting.started(box, box.init)
+        exits.on_exit(Exit(100, 137, 5))
+        exits.on_exit(Exit(200, 1, 6))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    c1 = [e for e in events.seen if e[1] == "c1"]
+    c2 = [e for e in events.seen if e[1] == "c2"]
+    assert c1 == [("/tasks/oom", "c1", "", 0), ("/tasks/exit", "c1", "", 137)]
+    assert c2 == [("/tasks/exit", "c2", "", 1)]

@@ -43,8 +43,6 @@ from trioshim.task.instance import Exit
 
 log = logging.getLogger(__name__)
 
-OOM_SETTLE_PASSES = 3
-
 
 class ExitLike(Protocol):
     """One reaped process (``trioshim.shim.reaper.Exit``)."""
@@ -93,8 +91,16 @@ class Starting:
 class Exits:
     """Exit bookkeeping of one task service. Run :meth:`run` in the service's nursery."""
 
-    def __init__(self, publish: Publish, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        publish: Publish,
+        nursery: trio.Nursery,
+        check_oom: Callable[[str], None] = lambda container_id: None,
+    ) -> None:
+        """``check_oom(container_id)``: publish an OOM kill of the container not reported
+        yet (the OOM watcher's hand-off, called before a SIGKILLed init's exit)."""
         self._events = TaskEvents(publish)
+        self._check_oom = check_oom
         self._nursery = nursery
         self._running: dict[int, list[tuple[ContainerLike, Process]]] = {}
         self._buffers: set[Starting] = set()
@@ -216,10 +222,8 @@ class Exits:
             await event.wait()
         await _output_delivered(init)
         if exit_.status == 128 + 9:
-            # An OOM kill signals the OOM watcher's fd before the process dies; a few passes
-            # through the scheduler (each polls for I/O) let it publish TaskOOM first.
-            for _ in range(OOM_SETTLE_PASSES):
-                await trio.lowlevel.checkpoint()
+            # An OOM kill is recorded before the process dies: TaskOOM goes out first.
+            self._check_oom(container.id)
         self._handle_process_exit(exit_, container, init)
 
     def _report_exit(self, exit_: ExitLike, container: ContainerLike, process: Process) -> None:

@@ -122,7 +122,7 @@ class TaskService:
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         self.events = TaskEvents(self._publish)
-        self.exits = Exits(self._publish, nursery)
+        self.exits = Exits(self._publish, nursery, self._check_oom)
         self.oom: OOMWatcher | None = None
 
     # -- running ---------------------------------------------------------------------------
@@ -151,6 +151,10 @@ class TaskService:
             self.publisher.publish(topic, message)
         except Exception:
             log.exception("failed to queue event %s", topic)
+
+    def _check_oom(self, container_id: str) -> None:
+        if self.oom is not None:
+            self.oom.poll(container_id)
 
     def _on_oom(self, container_id: str) -> None:
         self.events.oom(container_id)
