@@ -21,9 +21,10 @@ from typing import Final
 
 import trio
 
+from trioshim.runc.stdio_fds import DEADLINE_TEXT, StdioDeadlineExceeded, StdioError
 from trioshim.task.console import Console
 
-__all__ = ["Console", "ConsoleError", "ConsoleSocket"]
+__all__ = ["Console", "ConsoleError", "ConsoleSocket", "receive_console"]
 
 _MAX_NAME_LEN: Final = 4096
 _SOCKET_NAME: Final = "pty.sock"
@@ -121,3 +122,19 @@ class ConsoleSocket:
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+async def receive_console(socket: ConsoleSocket, deadline: float) -> Console:
+    """The master runc sends to ``socket`` before ``deadline`` (the socket is closed either
+    way); :class:`~trioshim.runc.stdio_fds.StdioError` with containerd's texts otherwise."""
+    console: Console | None = None
+    try:
+        with trio.move_on_at(deadline):
+            console = await socket.receive_master()
+    except (ConsoleError, OSError) as exc:
+        raise StdioError(f"failed to retrieve console master: {exc}") from exc
+    finally:
+        socket.close()
+    if console is None:
+        raise StdioDeadlineExceeded(f"failed to retrieve console master: {DEADLINE_TEXT}")
+    return console

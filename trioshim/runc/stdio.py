@@ -56,10 +56,9 @@ from typing import Final, NamedTuple
 
 import trio
 
-from trioshim.runc.console import Console, ConsoleError, ConsoleSocket
+from trioshim.runc.console import Console, ConsoleSocket, receive_console
 from trioshim.runc.stdio_copiers import Copiers, console_job, output_job, stdin_job
 from trioshim.runc.stdio_fds import (
-    DEADLINE_TEXT,
     Descriptors,
     StdioDeadlineExceeded,
     StdioError,
@@ -144,7 +143,6 @@ class ProcessIO:
         self.namespace = namespace
         self.io_uid = io_uid
         self.io_gid = io_gid
-        self._nursery = nursery
         self._reaper = reaper
         self.mode = StdioMode.NULL
         self.runc_stdio: RuncStdio | None = None
@@ -340,18 +338,8 @@ class ProcessIO:
         assert self._socket is not None
         cfg = self.config
         stdin_r = self._open_stdin() if cfg.stdin else None
-        console: Console | None = None
-        try:
-            with trio.move_on_at(deadline):
-                console = await self._socket.receive_master()
-        except (ConsoleError, OSError) as exc:
-            raise StdioError(f"failed to retrieve console master: {exc}") from exc
-        finally:
-            self._socket.close()
-            self._socket = None
-        if console is None:
-            raise StdioDeadlineExceeded(f"failed to retrieve console master: {DEADLINE_TEXT}")
-        self._console = console
+        socket, self._socket = self._socket, None
+        self._console = console = await receive_console(socket, deadline)
         if self._exited:
             console.shutdown()
         extra: list[int] = []  # closed with the output
