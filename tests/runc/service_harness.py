@@ -190,3 +190,27 @@ def exec_request(container_id: str, exec_id: str, args: Sequence[str]) -> Any:
         exec_id=exec_id,
         spec=any_pb2.Any(type_url="x", value=json.dumps(spec).encode()),
     )
+
+
+async def add_exec(
+    h: Harness, container_id: str, exec_id: str, args: Sequence[str], **kw: Any
+) -> None:
+    """Exec ``args`` in ``container_id`` as ``exec_id`` (``kw``: the request's stdio)."""
+    spec = {
+        "args": list(args),
+        "cwd": "/",
+        "env": ["PATH=/bin:/usr/bin"],
+        "user": {"uid": 0, "gid": 0},
+    }
+    await h.call(
+        "Exec",
+        api.ExecProcessRequest(
+            id=container_id,
+            exec_id=exec_id,
+            spec=any_pb2.Any(
+                type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                value=json.dumps(spec).encode(),
+            ),
+            **kw,
+        ),
+    )
