@@ -14,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.runc.test_stdio import LOGGER, client_reader
+from tests.runc.stdio_helpers import client_reader
+from tests.runc.test_stdio_file_binary import LOGGER
 from tests.task.fdio import read_exactly, read_to_eof, write_all
 from trioshim.runc.console import ConsoleError, ConsoleSocket
 from trioshim.runc.stdio import (

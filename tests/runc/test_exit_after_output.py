@@ -16,9 +16,9 @@ import pytest
 import trio
 import trio.testing
 
+from tests.runc.stdio_helpers import client_reader
 from tests.runc.test_console import open_terminal_io, process_wrote
 from tests.runc.test_exits import Box, Events
-from tests.runc.test_stdio import client_reader
 from tests.task.fdio import read_exactly, read_to_eof
 from trioshim.runc import states
 from trioshim.runc.exec_process import ExecProcess

@@ -14,6 +14,7 @@ import trio.testing
 from trioshim.shim.reaper import open_reaper
 from trioshim.task.errors import InvalidArgumentError, UnimplementedError
 from trioshim.task.fifo import FIFO_POLL_MAX, OUTPUT_FLUSH_TIMEOUT
+from trioshim.task.logger import logger_argv
 from trioshim.task.stdio import StdioError, StdioSpec, open_stdio
 
 
@@ -157,3 +158,15 @@ async def test_close_gives_up_on_a_client_that_never_reads(
         start = trio.current_time()
         await io.aclose()
         assert trio.current_time() - start >= OUTPUT_FLUSH_TIMEOUT
+
+
+def test_logger_argv() -> None:
+    assert logger_argv("binary:///usr/bin/log%20ger?a=1&b&c=x%2Fy&a=2") == [
+        "/usr/bin/log ger",
+        "a",
+        "1",
+        "b",
+        "",
+        "c",
+        "x/y",
+    ]
