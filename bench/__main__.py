@@ -29,7 +29,7 @@ Runner = Callable[[BenchEnv, Any, BenchResult], None]
 
 
 def _runners() -> dict[str, tuple[str, Runner]]:
-    from bench import ctr_bench, start_bench, ttrpc_bench
+    from bench import ctr_bench, start_bench, ttrpc_bench, wasm_bench
 
     return {
         "ttrpc": ("ttrpc unary State calls/s, p50/p99 at concurrency 1 and 64", ttrpc_bench.run),
@@ -38,6 +38,10 @@ def _runners() -> dict[str, tuple[str, Runner]]:
         "exec": ("ctr task exec /bin/true round trip", ctr_bench.bench_exec),
         "stdout": ("stdout throughput, 1 GB through ctr", ctr_bench.bench_stdout),
         "rss": ("shim RSS/PSS: 1 idle container, per container with 50", ctr_bench.bench_rss),
+        "wasm": (
+            "triowasm ctr run --rm latency and PSS per container beside runc-v2's busybox",
+            wasm_bench.run,
+        ),
     }
 
 

@@ -17,9 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioshim.runc import oom
 from trioshim.runc.oom import open_oom_watcher
-from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified
+from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified, oom
 
 # --- helpers ----------------------------------------------------------------------------------
 

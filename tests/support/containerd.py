@@ -71,7 +71,7 @@ def default_path() -> str:
 
 
 def shim_socket_path(address: str, namespace: str, group: str) -> Path:
-    """Where a v2 shim listens (shim-v2.md section 2): /run/containerd/s/sha256(address/ns/id)."""
+    """Where a v2 shim listens (containerd's formula): /run/containerd/s/sha256(address/ns/id)."""
     digest = hashlib.sha256(os.path.join(address, namespace, group).encode()).hexdigest()
     return SHIM_SOCKET_DIR / digest
 

@@ -63,7 +63,7 @@ DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
 PROTOCOL = 2
 _DELEGATED = ("start", "delete")
-# Set by containerd for one shim invocation (shim-v2.md 1.3); never part of the server's own.
+# Set by containerd for one shim invocation; never part of the server's own.
 _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )

@@ -184,7 +184,7 @@ def _parse_stdin(
     data: bytes, flags: Flags
 ) -> tuple[any_pb2.Any | None, bootstrap_pb2.BootstrapParams | None]:
     """Options ``Any`` (pre-2.3) or ``BootstrapParams`` (2.3+; told apart by its instance id
-    and namespace matching our flags, shim-v2.md 8.3)."""
+    and namespace matching our flags: containerd 2.3 sends it, earlier lines an ``Any``)."""
     if not data:
         return None, None
     params = bootstrap_pb2.BootstrapParams()
