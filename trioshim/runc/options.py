@@ -145,6 +145,18 @@ def decode_checkpoint_options(options: any_pb2.Any | None) -> oci_pb2.Checkpoint
     raise _not_found(options)
 
 
+def checkpoint_flags(opts: oci_pb2.CheckpointOptions) -> CheckpointOpts:
+    """The flags of ``runc checkpoint`` for a Checkpoint's options (its path comes apart)."""
+    return CheckpointOpts(
+        work_path=opts.work_path,
+        tcp_established=opts.open_tcp,
+        ext_unix_sk=opts.external_unix_sockets,
+        shell_job=opts.terminal,
+        file_locks=opts.file_locks,
+        empty_namespaces=tuple(opts.empty_namespaces),
+    )
+
+
 # --- bundle files -------------------------------------------------------------------------------
 
 

@@ -52,10 +52,8 @@ from trioshim.runc.exits import Exits
 from trioshim.runc.failpoints import hit, read_failpoints
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
-from trioshim.runc.options import decode_checkpoint_options, decode_options
+from trioshim.runc.options import checkpoint_flags, decode_checkpoint_options, decode_options
 from trioshim.runc.process import IOOpener, io_opener
-from trioshim.runc.runc_args import CheckpointOpts
-from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.cgroups import Cgroup
@@ -74,7 +72,6 @@ from trioshim.ttrpc.server import RequestContext, nonblocking
 log = logging.getLogger(__name__)
 
 EMPTY: Final = empty_pb2.Empty()
-PROCESS_DETAILS_TYPE: Final = "containerd.runc.v1.ProcessDetails"
 
 _STATUS: Final = {
     "created": task_types.CREATED,
@@ -368,20 +365,7 @@ class TaskService:
 
     async def Pids(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
-        try:
-            pids = await container.init.runc.ps(container.id)
-        except RuncError as exc:
-            raise unknown(str(exc)) from exc
-        processes = []
-        for pid in pids:
-            info = task_types.ProcessInfo(pid=pid)
-            exec_process = container.find_exec_by_pid(pid)
-            if exec_process is not None:
-                details = oci_pb2.ProcessDetails(exec_id=exec_process.id)
-                info.info.type_url = PROCESS_DETAILS_TYPE
-                info.info.value = details.SerializeToString()
-            processes.append(info)
-        return api.PidsResponse(processes=processes)
+        return api.PidsResponse(processes=await container.processes())
 
     async def CloseIO(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
@@ -398,18 +382,7 @@ class TaskService:
     async def Checkpoint(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         opts = decode_checkpoint_options(request.options if request.HasField("options") else None)
-        await container.init.checkpoint(
-            request.path,
-            CheckpointOpts(
-                work_path=opts.work_path,
-                tcp_established=opts.open_tcp,
-                ext_unix_sk=opts.external_unix_sockets,
-                shell_job=opts.terminal,
-                file_locks=opts.file_locks,
-                empty_namespaces=tuple(opts.empty_namespaces),
-            ),
-            exit=opts.exit,
-        )
+        await container.init.checkpoint(request.path, checkpoint_flags(opts), exit=opts.exit)
         return EMPTY
 
     async def Update(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
