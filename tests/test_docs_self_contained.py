@@ -30,7 +30,6 @@ OUTSIDE_REFERENCES = re.compile(
 )
 
 
-
 def tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
