@@ -298,6 +298,7 @@ class BenchEnv:
         self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
         self.bin_dir = self.base / "bin"
         self.smoke_timeout = smoke_timeout
+        self.shared = shared
         self._n = 0
         path = default_path()
         self.reference = Runtime(
