@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,28 @@ def test_server_path_is_keyed_by_containerd_and_short(monkeypatch: pytest.Monkey
 def test_importing_the_helper_side_is_light() -> None:
     heavy = ("trio", "google.protobuf", "typing", "socket", "json", "re", "resource")
     assert modules_loaded_by("trioshim.shim.forkserver, trioshim.shim", heavy) == []
+
+
+def test_without_site_the_helper_side_leaves_os_alone_and_keys_alike() -> None:
+    """Under ``-S`` (how the launcher starts the helper) nothing imports ``os``, and the helper
+    side does not either; the server's socket path is the same before and after ``os`` is
+    imported (by then read from ``os.environ``, which the process may have changed)."""
+    root = str(Path(forkserver.__file__).resolve().parents[2])
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); sys.argv = [{sys.executable!r}]\n"
+        "import trioshim.runc.launcher\n"
+        "from trioshim.shim import forkserver as f\n"
+        "before = 'os' in sys.modules, f.server_path('a:b', f.containerd_address([]))\n"
+        "import os\n"
+        "print(before == (False, f.server_path('a:b', f.containerd_address([]))))\n"
+        "os.environ['TTRPC_ADDRESS'] = '/elsewhere'\n"
+        "print(f.server_path('a:b', f.containerd_address([])) != before[1])\n"
+    )
+    env = {"TRIOSHIM_FORKSERVER_DIR": "/run/x", "TTRPC_ADDRESS": "/c.sock.ttrpc"}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ run in a worker forked from a server that has :func:`app` imported already; ever
 :mod:`trioshim.shim.forkserver`.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
@@ -21,7 +19,7 @@ APP = "trioshim.runc.launcher:app"
 SHARED_APP = "trioshim.runc.launcher:shared_app"
 
 
-def app() -> tuple[Manager, Registry]:
+def app() -> "tuple[Manager, Registry]":
     """What the fork server imports and runs: the runc manager and the daemon's plugins."""
     from trioshim.runc.main import registry
     from trioshim.runc.manager import RuncManager
@@ -29,7 +27,7 @@ def app() -> tuple[Manager, Registry]:
     return RuncManager(), registry()
 
 
-def shared_app() -> tuple[Manager, Registry]:
+def shared_app() -> "tuple[Manager, Registry]":
     """The shared-mode runtime: the same plugins, one process serving every daemon."""
     from trioshim.runc.main import registry
     from trioshim.runc.manager import SharedRuncManager
@@ -37,13 +35,13 @@ def shared_app() -> tuple[Manager, Registry]:
     return SharedRuncManager(), registry()
 
 
-def main() -> NoReturn:
+def main() -> "NoReturn":
     from trioshim.shim.forkserver import main as forkserver_main
 
     forkserver_main(APP)
 
 
-def shared_main() -> NoReturn:
+def shared_main() -> "NoReturn":
     from trioshim.shim.forkserver import main as forkserver_main
 
     forkserver_main(SHARED_APP)
