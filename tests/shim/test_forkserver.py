@@ -110,10 +110,12 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     assert f"for pid {helper_pid}" in env.server_log()
     daemon1, daemon2 = shim_pid(out1.decode()), shim_pid(out2.decode())
     try:
-        # Both daemons, forked in the exec'd helper and in a worker, show Go's daemon argv.
+        # Both daemons, forked by the exec'd helper and become by a worker, show Go's daemon
+        # argv.
         assert cmdline(daemon1) == daemon_cmdline("c1")
         assert cmdline(daemon2) == daemon_cmdline("c2")
-        assert proc_ppid(daemon2) != server_pid  # never the server's child
+        assert proc_ppid(daemon2) == server_pid  # the worker it was
+        assert proc_ppid(daemon1) != server_pid
         assert os.getpgid(daemon2) == daemon2
         for fd in (0, 1):
             assert os.readlink(f"/proc/{daemon2}/fd/{fd}") == "/dev/null"
@@ -122,6 +124,7 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
         shutdown(out1.decode())
         shutdown(out2.decode())
     poll(lambda: not os.path.exists(out2.decode().removeprefix("unix://")), "daemon 2 exit")
+    poll(lambda: not os.path.exists(f"/proc/{daemon2}"), "the server to reap daemon 2")
 
     helper_pid, data = env.run("c2", "delete")
     assert f"for pid {helper_pid}" in env.server_log()

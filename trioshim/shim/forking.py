@@ -6,6 +6,8 @@ imports built stays shared copy-on-write and untouched by the child's collector;
 gets its own process group, stdio on ``/dev/null`` (containerd waits for EOF on the helper's
 output), the argv ps should show (rewritten in place: :mod:`trioshim.shim.cmdline`) and a
 working directory, then runs ``body`` and ``os._exit``\\s with its status.
+:func:`become_process` does the child's part in the calling process, without a fork (a fork
+server's worker, which is a fresh process already, becomes the daemon itself).
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from trioshim.shim.cmdline import set_cmdline
 
-__all__ = ["detach_stdio", "fork_process"]
+__all__ = ["Fork", "become_process", "detach_stdio", "fork_process"]
+
+Fork = Callable[[Sequence[str], str, Callable[[], int]], int]
+"""How a long-lived process is made: ``(argv, cwd, body) -> pid`` (:func:`fork_process`)."""
 
 
 def fork_process(
@@ -45,7 +51,19 @@ def fork_process(
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
         return pid
-    # -- the child ----------------------------------------------------------------------------
+    become_process(argv, cwd, body, close_fds=close_fds)
+
+
+def become_process(
+    argv: Sequence[str],
+    cwd: str,
+    body: Callable[[], int],
+    *,
+    close_fds: Sequence[int] = (),
+) -> NoReturn:
+    """Turn this process into the long-lived one (what :func:`fork_process`'s child does):
+    never returns, exits with ``body()``'s status."""
+    gc.freeze()  # what was built so far stays out of the collector's walks, as after a fork
     status = 1
     try:
         for fd in close_fds:

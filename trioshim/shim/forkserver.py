@@ -16,10 +16,12 @@ containerd:
   forks one **worker** per request; the worker first puts itself where the helper is (cgroups,
   resource limits, umask, ``oom_score_adj``: :mod:`trioshim.shim.placement`; when it cannot,
   the helper runs the action itself), then becomes the helper (descriptors, cwd, environment,
-  its own process group) and runs :func:`trioshim.shim.main.run`, which forks the daemon as
-  usual. The worker then exits, so a daemon is never the server's child: a server crash or
-  exit touches no container, and each daemon is still one process per container (group),
-  sharing the server's pages copy-on-write;
+  its own process group) and runs :func:`trioshim.shim.main.run`. Where an exec'd helper
+  forks the daemon, a worker, once the helper has its status, becomes the daemon itself (a
+  fork less before the address is printed); after ``delete`` it exits. So a daemon is the
+  server's child, reaped by it, but nothing more: a server crash or exit touches no container
+  (the daemon is re-parented like any orphan), and each daemon is still one process per
+  container (group), sharing the server's pages copy-on-write;
 - **no server yet** (the first start after boot, upgrade or containerd start, or a server
   that idled out): the helper runs the action in-process (the cold path costs what the plain
   entry costs) and then spawns a server, detached (own session, stdio on ``/dev/null``), for
