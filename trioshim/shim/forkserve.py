@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from trioshim.shim.cmdline import prime as prime_cmdline
 from trioshim.shim.cmdline import set_cmdline
 from trioshim.shim.forking import become_process, detach_stdio
 from trioshim.shim.forkserver import (
@@ -159,6 +160,7 @@ def serve(
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        prime_cmdline()  # for the workers' and daemons' set_cmdline (before the heap is frozen)
         problem = prepare_heap(manager, registry)  # see prefork.py
         if problem:
             _log(f"heap preparation incomplete (daemons will take more memory): {problem}")
