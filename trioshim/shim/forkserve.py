@@ -8,10 +8,10 @@ socket and the lock file. A worker puts itself where the helper that asked is
 action itself), becomes that helper (its stdin/stdout/stderr, cwd, environment, argv as seen
 in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run` and
 sends ``b"S" + status`` back. After a ``start`` that made a daemon, the worker then becomes
-that daemon itself (no second fork: ~2 ms less before the address is printed, and no copy of
-the pages the worker wrote); after anything else it exits. A daemon is therefore the
-server's child: the server reaps it (``SIGCHLD`` wakes its loop), and when the server goes
-the daemon is re-parented like any orphan and goes on serving.
+that daemon itself (one fork of a server-sized process less before the address is printed,
+and the helper's output ends as soon as the status is sent); after anything else it exits.
+A daemon is therefore the server's child: the server reaps it (``SIGCHLD`` wakes its loop),
+and when the server goes the daemon is re-parented like any orphan and goes on serving.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from trioshim.shim.cmdline import prime as prime_cmdline
 from trioshim.shim.cmdline import set_cmdline
-from trioshim.shim.forking import become_process, detach_stdio
+from trioshim.shim.forking import DeferredDaemon, close_in_next_child, detach_stdio
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
@@ -46,7 +45,7 @@ from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
 from trioshim.ttrpc.server import listen_backlog
 
-__all__ = ["DeferredDaemon", "close_in_next_child", "serve"]
+__all__ = ["serve"]
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
@@ -299,37 +298,6 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     if request.get("protocol") != PROTOCOL or len(fds) != 3:
         raise ValueError("bad request")
     return request, fds
-
-
-def close_in_next_child(fd: int) -> list[int]:
-    """Close ``fd`` in the child of the next fork only. At-fork hooks are inherited by every
-    later fork, and in the grandchildren the number is in use again (the reaper's exec pipes,
-    say): closing it there would break them. Returns the pending list: clear it to cancel."""
-    pending = [fd]
-
-    def close_once() -> None:
-        if pending:
-            _close(pending.pop())
-
-    os.register_at_fork(after_in_child=close_once)
-    return pending
-
-
-class DeferredDaemon:
-    """The ``fork`` a worker gives :func:`trioshim.shim.main.run`: it records the daemon and
-    answers with the worker's own pid, which becomes the daemon once the helper has its
-    status (see :meth:`become`)."""
-
-    def __init__(self) -> None:
-        self.pending: tuple[Sequence[str], str, Callable[[], int]] | None = None
-
-    def __call__(self, argv: Sequence[str], cwd: str, body: Callable[[], int]) -> int:
-        self.pending = (argv, cwd, body)
-        return os.getpid()
-
-    def become(self) -> NoReturn:
-        assert self.pending is not None
-        become_process(*self.pending)
 
 
 def _worker(
