@@ -291,6 +291,11 @@ def _compile_tree() -> None:
     compileall.compile_dir(Path(trioshim.__file__).parent, quiet=1)
 
 
+def is_shared_process(argv: Sequence[str]) -> bool:
+    """A shared-mode process: the shared binary with a containerd address but no shim id."""
+    return any(os.path.basename(a) == SHARED_BINARY for a in argv[:3]) and "-id" not in argv
+
+
 class BenchEnv:
     """One private containerd, a busybox rootfs and the two runtimes, for one run."""
 
@@ -305,6 +310,7 @@ class BenchEnv:
         self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
         self.bin_dir = self.base / "bin"
         self.smoke_timeout = smoke_timeout
+        self.shared = shared
         self._n = 0
         path = default_path()
         self.reference = Runtime(
@@ -348,7 +354,8 @@ class BenchEnv:
             base_dir=self.base / "c",
             path=path,
             log_level=log_level,
-            env={FORKSERVER_DIR_ENV: str(self.forkserver_dir)},
+            # The shim's own default shared-mode idle time (the tests' containerd sets 0).
+            env={FORKSERVER_DIR_ENV: str(self.forkserver_dir), "TRIOSHIM_SHARED_IDLE": ""},
         )
         self.rootfs: Path | None = None
         self.started = False
@@ -514,6 +521,8 @@ class BenchEnv:
                 continue
             if not any(os.path.basename(a) in names for a in argv[:3]):
                 continue
+            if not servers and is_shared_process(argv):
+                continue  # it outlives its shims (its idle time) by design: no leftover
             if self.containerd.address in argv or (
                 proc_environ(pid).get("TTRPC_ADDRESS") == self.containerd.ttrpc_address
             ):
@@ -524,9 +533,15 @@ class BenchEnv:
         ours = self.shim_pids(self.ours, servers=True)
         return [p for p in ours if FORKSERVER_MODULE in proc_argv(p)[:3]]
 
+    def shared_process_pids(self) -> list[int]:
+        """Ours's shared-mode processes (``--shared``), serving shims or idle."""
+        ours = self.shim_pids(self.ours, servers=True)
+        return [p for p in ours if is_shared_process(proc_argv(p))]
+
     def stop_fork_servers(self) -> list[int]:
-        """SIGKILL this run's fork servers (e.g. for a cold start); returns their pids."""
-        pids = self.fork_server_pids()
+        """SIGKILL this run's fork servers and idle shared processes (e.g. for a cold start);
+        returns their pids."""
+        pids = self.fork_server_pids() + self.shared_process_pids()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -29,6 +29,8 @@ from bench import REPO
 from bench.common import BenchEnv, BenchResult, Row, log, percentile, short_error
 
 NAME = "ttrpc"
+# Calls/s against Go's server at each closed-loop concurrency (issue 9; issue 2 asked 0.5x).
+_RATE_AIMS = {1: ">= 0.9x", 64: ">= 1.0x"}
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -339,7 +341,7 @@ def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
                 f"State calls/s, {level}",
                 "calls/s",
                 "higher",
-                aim=">= 0.5x" if level_rate is None else "",
+                aim=_RATE_AIMS.get(concurrency, "") if level_rate is None else "",
             ),
             Row(NAME, f"State p50 latency, {level}", "ms", "lower"),
             Row(

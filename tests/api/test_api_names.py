@@ -1,4 +1,4 @@
-"""Full names, field numbers and types that go on the wire (shim-v2.md sections 5-8)."""
+"""Full names, field numbers and types that go on the wire, as containerd's Go types have them."""
 
 from __future__ import annotations
 

@@ -165,12 +165,15 @@ def test_delete_action_leaves_the_shim_serving(shared: E2E) -> None:
     r = subprocess.run(
         [*argv, "-bundle", str(bundle), "delete"],
         cwd=bundle,
-        env=c.env,
+        env={**c.env, "PYTHONVERBOSE": "1"},  # lists what the helper imports on stderr
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert r.returncode == 0, r.stderr
+    # The live shared process ran it: the helper never imported the shim (nor trio).
+    assert b"import 'trio'" not in r.stderr
+    assert b"import 'trioshim.shim.sharedlaunch'" in r.stderr
     reply = task_v2.DeleteResponse.FromString(r.stdout)
     assert (reply.pid, reply.exit_status) == (init, 137)
 
@@ -208,3 +211,27 @@ def test_new_build_gets_a_process_of_its_own(shared: E2E) -> None:
     r = e2e.exec(new, "/bin/echo", "new build", exec_id="new")
     assert (r.returncode, r.stdout) == (0, "new build\n"), r.stderr
     assert e2e.kill_and_delete(new) == 137
+
+
+def test_idle_process_serves_the_next_start_and_delete_itself(
+    request: pytest.FixtureRequest,
+    busybox_rootfs: Path,
+    make_containerd: Callable[..., LineContainerd],
+) -> None:
+    daemon = make_containerd(env={"TRIOSHIM_SHARED_IDLE": "600"})  # the default idle time
+    with on_own_containerd(request, daemon, busybox_rootfs, SHARED, short="sh") as e2e:
+        c = e2e.containerd
+        r = e2e.run("/bin/echo", "first")  # no process yet: the helper forks one
+        assert (r.returncode, r.stdout) == (0, "first\n"), r.stderr
+        (owner,) = shared_pids(c)  # its last shim is gone; it stays for the next start
+        for n in range(2):
+            r = e2e.run("/bin/sh", "-c", f"echo again-{n}; exit {n + 2}")
+            assert (r.returncode, r.stdout) == (n + 2, f"again-{n}\n"), r.stderr
+            assert shared_pids(c) == [owner]
+        # The shared process, not a fork server, stays warm for the helpers.
+        names = [f.name for f in c.forkserver_files()]
+        assert names and all(n.startswith("shared-") for n in names), names
+
+        os.kill(owner, signal.SIGTERM)  # idle: it just ends
+        wait_for(lambda: not alive(owner), what="the idle shared process to end on SIGTERM")
+        assert c.forkserver_files() == []

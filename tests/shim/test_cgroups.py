@@ -1,4 +1,4 @@
-"""Cgroup discovery and Stats metrics (runc-task.md 2.11): v2 and v1 from fake trees written
+"""Cgroup discovery and the metrics Task.Stats returns: v2 and v1 from fake trees written
 into tmp_path with exact values, and v1 from a real cgroup on this (cgroup v1) machine."""
 
 from __future__ import annotations

@@ -31,11 +31,11 @@ from trioshim.ttrpc import listen_backlog
 
 
 def test_action_word_by_go_flag_rules() -> None:
-    assert forkserver._action(["-namespace", "ns", "-id", "start", "-debug", "delete"]) == "delete"
-    assert forkserver._action(["-debug", "start"]) == "start"
-    assert forkserver._action(["-id=x", "start"]) == "start"
-    assert forkserver._action(["-info"]) == ""
-    assert forkserver._action(["--", "start"]) == "start"
+    assert forkserver.action(["-namespace", "ns", "-id", "start", "-debug", "delete"]) == "delete"
+    assert forkserver.action(["-debug", "start"]) == "start"
+    assert forkserver.action(["-id=x", "start"]) == "start"
+    assert forkserver.action(["-info"]) == ""
+    assert forkserver.action(["--", "start"]) == "start"
 
 
 def test_containerd_address_flag_first_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,7 +71,7 @@ def default_path() -> str:
 
 
 def shim_socket_path(address: str, namespace: str, group: str) -> Path:
-    """Where a v2 shim listens (shim-v2.md section 2): /run/containerd/s/sha256(address/ns/id)."""
+    """Where a v2 shim listens (containerd's formula): /run/containerd/s/sha256(address/ns/id)."""
     digest = hashlib.sha256(os.path.join(address, namespace, group).encode()).hexdigest()
     return SHIM_SOCKET_DIR / digest
 
@@ -210,6 +210,9 @@ oom_score = 0
         }
         env["PATH"] = self.path
         env["TRIOSHIM_FORKSERVER_DIR"] = str(self.forkserver_dir)
+        # A shared-mode process ends with its last shim (not after its idle time): tests see
+        # each one gone when its containers are.
+        env["TRIOSHIM_SHARED_IDLE"] = "0"
         env.update(self.extra_env)
         return env
 

@@ -51,6 +51,34 @@ async def test_run_returns_the_exit_status_and_events_in_order(
     assert exit_event.exit_status == 7  # type: ignore[attr-defined]
 
 
+class OOMKilled:
+    """Met the OOM killer (told twice, as a cgroup may notify more than once) and died of it."""
+
+    name = "oom"
+
+    async def run(self, ctx: task.RunContext) -> int:
+        ctx.started()
+        ctx.oom()
+        ctx.oom()
+        return 128 + signal.SIGKILL
+
+
+async def test_an_engine_reported_oom_is_one_task_oom_just_before_the_exit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(OOMKilled()) as kit:
+        assert await kit.run("c1", ["x"]) == 137
+        await kit.wait_for_events(5)
+    assert kit.topics("c1") == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/oom",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
+    assert kit.events("c1")[2][1].container_id == "c1"  # type: ignore[attr-defined]
+
+
 async def test_every_waiter_is_released_once_by_the_exit(
     mock_clock: trio.testing.MockClock,
 ) -> None:

@@ -71,7 +71,7 @@ async def serve_echo(peer: RawPeer, count: int = 1) -> None:
 # --- responses -------------------------------------------------------------------------------
 
 
-async def test_empty_and_status_forms(pair: Pair, nursery: trio.Nursery) -> None:  # items 4, 5
+async def test_empty_and_status_forms(pair: Pair, nursery: trio.Nursery) -> None:
     async def fake() -> None:
         sid, _ = await pair.peer.read_request()
         await pair.peer.send(encode_frame(sid, FrameType.RESPONSE, 0, b""))  # Go style
@@ -91,7 +91,7 @@ async def test_empty_and_status_forms(pair: Pair, nursery: trio.Nursery) -> None
     assert info.value.code == 5
 
 
-async def test_concurrent_ids(pair: Pair, nursery: trio.Nursery) -> None:  # item 12
+async def test_concurrent_ids(pair: Pair, nursery: trio.Nursery) -> None:
     results: dict[int, str] = {}
 
     async def one(i: int) -> None:
@@ -110,7 +110,7 @@ async def test_concurrent_ids(pair: Pair, nursery: trio.Nursery) -> None:  # ite
     assert results == {i: f"call {i}" for i in range(100)}
 
 
-async def test_oversize_request_is_local(pair: Pair, nursery: trio.Nursery) -> None:  # item 8
+async def test_oversize_request_is_local(pair: Pair, nursery: trio.Nursery) -> None:
     with pytest.raises(ResourceExhausted) as info:
         await pair.client.call("s", "m", wrappers_pb2.BytesValue(value=bytes(MAX)), StringValue)
     assert info.value.code == 8
@@ -121,7 +121,7 @@ async def test_oversize_request_is_local(pair: Pair, nursery: trio.Nursery) -> N
     assert pair.peer.decoder.trailing_data == 0
 
 
-async def test_oversize_frame_from_server(pair: Pair, nursery: trio.Nursery) -> None:  # 10
+async def test_oversize_frame_from_server(pair: Pair, nursery: trio.Nursery) -> None:
     async def fake() -> None:
         sid, _ = await pair.peer.read_request()
         await pair.peer.send(encode_frame(sid, 2, 0, bytes(MAX + 1), max_message_size=MAX + 1))
@@ -134,7 +134,7 @@ async def test_oversize_frame_from_server(pair: Pair, nursery: trio.Nursery) -> 
     assert await echo_call(pair.client, "still fine") == "still fine"
 
 
-async def test_unknown_and_duplicate_responses(pair: Pair, nursery: trio.Nursery) -> None:  # 28
+async def test_unknown_and_duplicate_responses(pair: Pair, nursery: trio.Nursery) -> None:
     async def fake() -> None:
         sid, request = await pair.peer.read_request()
         await pair.peer.send_response(99, b"\x0a\x01x")
@@ -147,7 +147,7 @@ async def test_unknown_and_duplicate_responses(pair: Pair, nursery: trio.Nursery
     assert await echo_call(pair.client, "second") == "second"
 
 
-async def test_data_frame_on_unary_call(pair: Pair, nursery: trio.Nursery) -> None:  # item 29
+async def test_data_frame_on_unary_call(pair: Pair, nursery: trio.Nursery) -> None:
     async def fake() -> None:
         sid, _ = await pair.peer.read_request()
         await pair.peer.send(encode_frame(sid, FrameType.DATA, 0, b""))
@@ -164,7 +164,7 @@ async def test_data_frame_on_unary_call(pair: Pair, nursery: trio.Nursery) -> No
 
 async def test_timeout_sent_and_enforced(
     autojump_clock: trio.testing.MockClock, pair: Pair, nursery: trio.Nursery
-) -> None:  # item 27
+) -> None:
     seen: list[int] = []
 
     async def fake() -> None:
@@ -219,7 +219,7 @@ async def test_expired_deadline_sends_nothing(pair: Pair, nursery: trio.Nursery)
 # --- connection loss -------------------------------------------------------------------------
 
 
-async def test_server_closes_with_calls_pending(pair: Pair) -> None:  # item 26
+async def test_server_closes_with_calls_pending(pair: Pair) -> None:
     errors: list[BaseException] = []
 
     async def pending_call() -> None:
@@ -305,7 +305,7 @@ async def test_stub_against_server(server: Server, sock_path: Path) -> None:
 
 async def test_calls_interleave_against_server(
     autojump_clock: trio.testing.MockClock, server: Server, sock_path: Path
-) -> None:  # item 23, through the client
+) -> None:
     order: list[str] = []
     async with open_unix_client(sock_path) as client:
         stub = Stub(client, TEST_SERVICE)

@@ -1,4 +1,4 @@
-"""The sans-IO codec, with plain bytes (spec section 9, framing and stream-id items)."""
+"""The sans-IO codec, with plain bytes: framing, size limits and stream-id rules."""
 
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def test_oversize_skip_in_one_coalesced_read() -> None:
     [
         b"\x00\x00\x00",  # mid-header
         encode_frame(1, 1, 0, b"abcdef")[:-1],  # mid-payload
-        b"\xff\xff\xff\xff\x00\x00\x00\x01\x01\x00",  # 4 GiB announced, then EOF (item 11)
+        b"\xff\xff\xff\xff\x00\x00\x00\x01\x01\x00",  # 4 GiB announced, then EOF
         b"\xff\xff\xff\xff\x00\x00\x00\x01\x01\x00" + bytes(100),
     ],
 )

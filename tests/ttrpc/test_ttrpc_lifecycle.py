@@ -1,4 +1,4 @@
-"""Shutdown, close and peer credentials (spec section 9, items 30 and 31)."""
+"""Shutdown, close, listeners and peer credentials."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ async def test_unix_listener_from_fd(nursery: trio.Nursery, sock_path: Path) -> 
     server.close()
 
 
-# --- item 30: peer credentials ---------------------------------------------------------------
+# --- peer credentials -----------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
     """

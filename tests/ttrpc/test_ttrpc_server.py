@@ -1,4 +1,5 @@
-"""Our server driven by a hand-written client over a real unix socket (spec section 9)."""
+"""Our server driven by a hand-written client over a real unix socket: every rule a peer can
+exercise, checked against the bytes Go's server would send."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ async def assert_echo_works(peer: RawPeer, stream_id: int) -> None:
     assert wrappers_pb2.StringValue.FromString(response.payload).value == f"hello {stream_id}"
 
 
-# --- section 7: worked example, byte for byte ------------------------------------------------
+# --- a Kill call as containerd sends it, byte for byte -------------------------------------------
 
 
 class KillOnly:
@@ -95,7 +96,7 @@ async def test_worked_example_bytes(nursery: trio.Nursery, sock_path: Path, exit
 # --- framing ---------------------------------------------------------------------------------
 
 
-async def test_zero_length_request(peer: RawPeer) -> None:  # item 3
+async def test_zero_length_request(peer: RawPeer) -> None:
     await peer.send(encode_frame(1, FrameType.REQUEST, 0, b""))
     assert await peer.status() == (1, 12, "service ")
 
@@ -110,7 +111,7 @@ def exact_size_request(stream_id: int, size: int) -> bytes:
     raise AssertionError("no exact size")
 
 
-async def test_size_limit_on_receive(peer: RawPeer) -> None:  # item 6
+async def test_size_limit_on_receive(peer: RawPeer) -> None:
     await peer.send(exact_size_request(1, MAX))
     sid, response = await peer.response()
     assert sid == 1 and not response.HasField("status")
@@ -122,13 +123,13 @@ async def test_size_limit_on_receive(peer: RawPeer) -> None:  # item 6
 
 
 @pytest.mark.parametrize(("stream_id", "type_"), [(2, 1), (0, 1), (5, 3), (5, 9)])
-async def test_oversize_checked_first(peer: RawPeer, stream_id: int, type_: int) -> None:  # 7
+async def test_oversize_checked_first(peer: RawPeer, stream_id: int, type_: int) -> None:
     await peer.send(struct.pack(">IIBB", MAX + 7, stream_id, type_, 0) + bytes(MAX + 7))
     assert await peer.status() == (stream_id, 8, OVERSIZE_TEXT.format(MAX + 7))
     await assert_echo_works(peer, 7)
 
 
-async def test_oversize_reply_replaced(peer: RawPeer) -> None:  # item 9
+async def test_oversize_reply_replaced(peer: RawPeer) -> None:
     await peer.request(1, "Big", wrappers_pb2.UInt64Value(value=MAX).SerializeToString())
     frame = await peer.next_frame()
     assert frame is not None and len(frame.payload) < 100
@@ -140,7 +141,7 @@ async def test_oversize_reply_replaced(peer: RawPeer) -> None:  # item 9
     await assert_echo_works(peer, 3)
 
 
-async def test_huge_length_then_eof(peer: RawPeer, server: Server) -> None:  # item 11
+async def test_huge_length_then_eof(peer: RawPeer, server: Server) -> None:
     await peer.send(b"\xff\xff\xff\xff\x00\x00\x00\x01\x01\x00" + bytes(1000))
     await peer.stream.send_eof()  # type: ignore[attr-defined]
     assert await peer.next_frame() is None
@@ -150,7 +151,7 @@ async def test_huge_length_then_eof(peer: RawPeer, server: Server) -> None:  # i
 # --- stream ids ------------------------------------------------------------------------------
 
 
-async def test_even_ids(peer: RawPeer) -> None:  # item 13
+async def test_even_ids(peer: RawPeer) -> None:
     text = "StreamID must be odd for client initiated streams"
     await peer.request(0, "Echo", echo("x"))
     assert await peer.status() == (0, 3, text)
@@ -159,7 +160,7 @@ async def test_even_ids(peer: RawPeer) -> None:  # item 13
     await assert_echo_works(peer, 1)
 
 
-async def test_reused_and_decreasing_ids(peer: RawPeer) -> None:  # item 14
+async def test_reused_and_decreasing_ids(peer: RawPeer) -> None:
     text = "StreamID cannot be re-used and must increment"
     await assert_echo_works(peer, 7)  # the first id need not be 1
     await peer.request(7, "Echo", echo("x"))
@@ -169,13 +170,13 @@ async def test_reused_and_decreasing_ids(peer: RawPeer) -> None:  # item 14
     await assert_echo_works(peer, 101)
 
 
-async def test_unknown_types_ignored(peer: RawPeer) -> None:  # item 15
+async def test_unknown_types_ignored(peer: RawPeer) -> None:
     await peer.send(encode_frame(1, 7, 0, b"whatever"))
     await peer.send(encode_frame(3, FrameType.RESPONSE, 0, b""))
     await assert_echo_works(peer, 5)
 
 
-async def test_data_for_unknown_id(peer: RawPeer) -> None:  # item 32
+async def test_data_for_unknown_id(peer: RawPeer) -> None:
     await peer.send(encode_frame(1, FrameType.DATA, 0, b"x"))
     assert await peer.status() == (1, 3, "StreamID is no longer active")
     await peer.send(encode_frame(3, FrameType.DATA, 5, b""))
@@ -186,7 +187,7 @@ async def test_data_for_unknown_id(peer: RawPeer) -> None:  # item 32
 # --- dispatch and errors ---------------------------------------------------------------------
 
 
-async def test_unknown_service_and_method(peer: RawPeer) -> None:  # item 16
+async def test_unknown_service_and_method(peer: RawPeer) -> None:
     await peer.request(1, "Found", service="Not")
     assert await peer.status() == (1, 12, "service Not")
     await peer.request(3, "Nope")
@@ -199,7 +200,7 @@ async def test_unknown_service_and_method(peer: RawPeer) -> None:  # item 16
     assert await peer.status() == (9, 12, f"/{SERVICE}/Watch: streaming is not supported")
 
 
-async def test_garbage_request(peer: RawPeer) -> None:  # item 17
+async def test_garbage_request(peer: RawPeer) -> None:
     await peer.send(encode_frame(1, FrameType.REQUEST, 0, b"\xff\xff\xff\xff"))
     sid, code, message = await peer.status()
     assert (sid, code) == (1, 3) and message.startswith("unmarshal request error: ")
@@ -210,7 +211,7 @@ async def test_garbage_request(peer: RawPeer) -> None:  # item 17
     await assert_echo_works(peer, 5)
 
 
-async def test_bad_payload(peer: RawPeer) -> None:  # item 18
+async def test_bad_payload(peer: RawPeer) -> None:
     await peer.request(1, "Echo", b"\x0a\x05ab")
     sid, code, message = await peer.status()
     assert (sid, code) == (1, 13)
@@ -218,7 +219,7 @@ async def test_bad_payload(peer: RawPeer) -> None:  # item 18
 
 
 @pytest.mark.parametrize("code", range(1, 17))
-async def test_status_errors_verbatim(peer: RawPeer, code: int) -> None:  # item 19
+async def test_status_errors_verbatim(peer: RawPeer, code: int) -> None:
     await peer.request(
         1,
         "Status",
@@ -249,7 +250,7 @@ async def test_handler_outcomes(
     arg: bytes,
     expected: tuple[int, str],
     caplog: pytest.LogCaptureFixture,
-) -> None:  # item 20
+) -> None:
     caplog.set_level(logging.CRITICAL)
     await peer.request(1, method, arg)
     assert await peer.status() == (1, *expected)
@@ -263,7 +264,7 @@ async def test_wrong_result_type(peer: RawPeer) -> None:
     assert message.startswith("ttrpc: error marshaling payload: ")
 
 
-async def test_metadata(peer: RawPeer) -> None:  # item 21
+async def test_metadata(peer: RawPeer) -> None:
     metadata = [
         ("b", "1"),
         ("containerd-namespace-ttrpc", "k8s.io"),
@@ -287,7 +288,7 @@ async def test_metadata(peer: RawPeer) -> None:  # item 21
     assert meta["remaining"] is None
 
 
-async def test_deadlines(autojump_clock: trio.testing.MockClock, peer: RawPeer) -> None:  # 22
+async def test_deadlines(autojump_clock: trio.testing.MockClock, peer: RawPeer) -> None:
     start = trio.current_time()
     await peer.request(1, "Meta", timeout_nano=5_000_000_000)
     _, response = await peer.response()
@@ -316,7 +317,7 @@ async def test_deadlines(autojump_clock: trio.testing.MockClock, peer: RawPeer) 
 
 
 async def test_completion_order(autojump_clock: trio.testing.MockClock, peer: RawPeer) -> None:
-    # item 23
+    # A slow call on id 1 and a fast one on id 3: the fast one is answered first.
     await peer.request(1, "Sleep", wrappers_pb2.DoubleValue(value=5).SerializeToString())
     await peer.request(3, "Echo", echo("fast"))
     sid, response = await peer.response()
@@ -346,7 +347,7 @@ async def test_blocked_sibling_does_not_hold_back_replies(
     autojump_clock: trio.testing.MockClock, peer: RawPeer
 ) -> None:
     # A slow request read together with fast ones: the fast replies are not held back until
-    # the slow one answers (item 23, requests coalesced in one read).
+    # the slow one answers, even when all of them arrived in one read.
     sleep = wrappers_pb2.DoubleValue(value=5).SerializeToString()
     await peer.send(
         request_frame(1, "Echo", echo("a"))
@@ -365,7 +366,7 @@ async def test_client_disconnect_cancels_handlers(
     service: TestService,
     sock_path: Path,
     server: Server,
-) -> None:  # item 24
+) -> None:
     other = await connect(sock_path)
     await other.request(1, "Sleep", wrappers_pb2.DoubleValue(value=10).SerializeToString())
     await peer.request(1, "Sleep", wrappers_pb2.DoubleValue(value=5).SerializeToString())
@@ -389,7 +390,7 @@ async def test_close_mid_frame(
     sock_path: Path,
     cut: int,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # item 25
+) -> None:
     frame = encode_frame(1, 1, 0, Request(service=SERVICE, method="Echo").SerializeToString())
     await peer.send(frame[:cut])
     await peer.stream.send_eof()  # type: ignore[attr-defined]

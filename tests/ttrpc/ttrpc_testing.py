@@ -23,14 +23,15 @@ from trioshim.ttrpc.codec import (
 
 
 def _dump(text: str) -> bytes:
-    """Bytes from a hex dump in the layout of spec section 7 (offset, then hex bytes)."""
+    """Bytes from a hex dump, one line per 16 bytes: the offset, then the bytes in hex."""
     out = bytearray()
     for line in text.strip().splitlines():
         out += bytes.fromhex(" ".join(line.split()[1:]))
     return bytes(out)
 
 
-# Spec section 7, copied from the dumps there.
+# A Kill call (container c1, signal 9, a 10 s timeout, the namespace in metadata) as containerd
+# writes it, and replies as Go's ttrpc server writes them.
 KILL_REQUEST_FRAME = _dump(
     """
 0000  00 00 00 54 00 00 00 01 01 00 0a 17 63 6f 6e 74

@@ -67,6 +67,10 @@ def test_limits_from_spec() -> None:
     assert CgroupLimits.from_spec({}) == CgroupLimits()
     with pytest.raises(CgroupError, match=r"memory\.limit must be an integer"):
         CgroupLimits.from_spec({"linux": {"resources": {"memory": {"limit": "64M"}}}})
+    oom_off = {"linux": {"resources": {"memory": {"disableOOMKiller": True}}}}
+    assert CgroupLimits.from_spec(oom_off) == CgroupLimits(disable_oom_killer=True)
+    with pytest.raises(CgroupError, match=r"disableOOMKiller must be true or false"):
+        CgroupLimits.from_spec({"linux": {"resources": {"memory": {"disableOOMKiller": 1}}}})
 
 
 def _fake_v1(root: Path, *, cpuset: bool = True) -> Path:

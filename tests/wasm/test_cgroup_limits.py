@@ -16,7 +16,8 @@ import trio
 
 from tests.wasm import modules
 from tests.wasm.harness import Run, run
-from trioshim.shim.cgroups import load_cgroup
+from trioshim.shim.cgroups import CgroupV1, is_unified, load_cgroup
+from trioshim.shim.cgroups.oom import open_oom_watcher
 from trioshim.shim.reaper import open_reaper
 from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmProcess
 from trioshim.wasm.cgroup import DEFAULT_ROOT
@@ -45,10 +46,18 @@ def rootfs(tmp_path: Path) -> Path:
     return root
 
 
-def _spec(path: str, memory: int | None = None, pids: int | None = None) -> dict[str, object]:
+def _spec(
+    path: str, memory: int | None = None, pids: int | None = None, *, oom_killer: bool = True
+) -> dict[str, object]:
     resources: dict[str, object] = {}
     if memory is not None:
-        resources["memory"] = {"limit": memory}
+        # swap = limit (memory + swap, as OCI counts it): on a host with swap, a hungry module
+        # still meets its limit instead of swapping
+        resources["memory"] = {
+            "limit": memory,
+            "swap": memory,
+            "disableOOMKiller": not oom_killer,
+        }
     if pids is not None:
         resources["pids"] = {"limit": pids}
     return {"linux": {"cgroupsPath": path, "resources": resources}}
@@ -108,6 +117,7 @@ async def test_the_child_runs_in_the_container_cgroup_and_stats_can_read_it(
     assert cgroups.get("memory", cgroups.get("")) == cgroup_name
     assert str(seen["metrics_type"]).startswith("io.containerd.cgroups.v")
     assert not outcome.process.oom_killed
+    assert (outcome.process.oom_events, outcome.process.oom) == (0, False)  # SIGKILL is no OOM
     # the fixture checks the cgroup is gone
 
 
@@ -123,3 +133,42 @@ async def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(
     assert unlimited.status == 0  # 256 MiB touched: the module itself is fine
     assert limited.status == 137  # the kernel's OOM killer: SIGKILL
     assert limited.process.oom_killed
+    assert limited.process.oom_events >= 1  # the notification runc's shim makes TaskOOM of
+    assert limited.process.oom and not unlimited.process.oom
+
+
+def _oom_control(cgroup: CgroupV1) -> dict[str, str]:
+    text = Path(cgroup.paths["memory"], "memory.oom_control").read_text()
+    return dict(line.split() for line in text.splitlines())
+
+
+@pytest.mark.skipif(is_unified(), reason="cgroup v2 has no switch for the OOM killer")
+async def test_an_oom_that_does_not_kill_the_module_is_counted_too(
+    rootfs: Path, cgroup_name: str
+) -> None:
+    """With the OOM killer off (OCI disableOOMKiller) the module stalls at its limit instead
+    of dying; the OOM is still reported, and a Kill then ends it."""
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    send, receive = trio.open_memory_channel[int](1)
+
+    async def kill_once_under_oom(process: WasmProcess) -> None:
+        cgroup = load_cgroup(process.pid)
+        assert isinstance(cgroup, CgroupV1)
+        assert _oom_control(cgroup)["oom_kill_disable"] == "1"
+        under_oom = trio.Event()
+        # a registration on a cgroup already under OOM is signalled at once: nothing is missed
+        async with open_oom_watcher(lambda _: under_oom.set()) as watcher:
+            watcher.add("probe", cgroup)
+            await under_oom.wait()
+        await send.send(9)
+
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        outcome = await run(
+            reaper,
+            Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=96 * MIB, oom_killer=False)),
+            signals=receive,
+            on_start=lambda process: nursery.start_soon(kill_once_under_oom, process),
+        )
+    assert outcome.status == 137  # our SIGKILL, not the OOM killer's
+    assert not outcome.process.oom_killed
+    assert outcome.process.oom_events >= 1 and outcome.process.oom

@@ -1,7 +1,7 @@
 """containerd-shim-triowasm-v2 (the task kit over WasmEngine) under a real private containerd,
 every line: `ctr run --rm --rootfs DIR` with WASI modules compiled in the test; output, args,
-exit codes, a trap, a module that cannot load, Kill, metrics, a memory limit's OOM kill,
-events."""
+exit codes, a trap, a module that cannot load, Kill, metrics, a memory limit's OOM kill and
+its TaskOOM, events."""
 
 from __future__ import annotations
 
@@ -128,5 +128,19 @@ def test_task_metrics_read_the_modules_cgroup(env: E2E) -> None:
 
 def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(env: E2E, wasm_rootfs: Path) -> None:
     modules.install(wasm_rootfs, "hog.wasm", modules.HOG)  # touches 256 MiB
-    assert env.run("/hog.wasm").returncode == 0
-    assert env.run("/hog.wasm", opts=("--memory-limit", str(96 << 20))).returncode == 137
+    events = EventLog(env.containerd)
+    try:
+        fed = env.new_id("fed")
+        assert env.run("/hog.wasm", cid=fed).returncode == 0
+        fed_events = events.wait_topic(fed, "/tasks/delete")
+        starved = env.new_id("starved")
+        r = env.run("/hog.wasm", cid=starved, opts=("--memory-limit", str(96 << 20)))
+        assert r.returncode == 137, r.stderr
+        starved_events = events.wait_topic(starved, "/tasks/delete")
+    finally:
+        events.close()
+    assert "/tasks/oom" not in [t for t, _ in fed_events]
+    topics = [t for t, _ in starved_events if t.startswith("/tasks/")]
+    # one TaskOOM, handed over with the exit and so published just before it, as runc's shim
+    assert topics == ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete"]
+    assert dict(starved_events)["/tasks/oom"]["container_id"] == starved

@@ -5,7 +5,8 @@ containerd execs the shim for every container start and every clean-up, so this 
 nothing but the fork-server helper (standard-library built-ins only). ``start`` and ``delete``
 run in a worker forked from a server that has :func:`app` imported already; everything else
 (the daemon mode, ``-info``, ``-v``) and the very first start run in-process. See
-:mod:`trioshim.shim.forkserver`.
+:mod:`trioshim.shim.forkserver`. The shared runtime's helpers ask its shared process instead
+(:mod:`trioshim.shim.sharedlaunch`).
 """
 
 TYPE_CHECKING = False
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 APP = "trioshim.runc.launcher:app"
 SHARED_APP = "trioshim.runc.launcher:shared_app"
+# SharedRuncManager.name, which keys the shared process's control socket (spelled out here:
+# importing the manager would cost every helper the shim's imports).
+SHARED_RUNTIME = "io.containerd.trioshim-shared.v2"
 
 
 def app() -> "tuple[Manager, Registry]":
@@ -42,9 +46,9 @@ def main() -> "NoReturn":
 
 
 def shared_main() -> "NoReturn":
-    from trioshim.shim.forkserver import main as forkserver_main
+    from trioshim.shim.sharedlaunch import main as shared_launch
 
-    forkserver_main(SHARED_APP)
+    shared_launch(SHARED_APP, SHARED_RUNTIME)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shim socket addresses, the socket itself, and the bundle's ``address`` file (shim-v2.md 2).
+"""Shim socket addresses, the socket itself, and the bundle's ``address`` file.
 
 Address = ``unix://<socket dir>/<hex sha256 of filepath.Join(grpc address, ns, key)>``. The
 socket dir defaults to ``/run/containerd/s`` (what containerd 1.6-2.2 hard-code); tests and

@@ -1,10 +1,10 @@
 """The shim command line, parsed like Go's ``flag`` package into a frozen value.
 
 containerd runs ``SHIM -namespace NS -address GRPC -publish-binary CTRD -id ID [-bundle B]
-[-debug] ACTION`` (see shim-v2.md 1.2). Go's rules are kept: one or two leading dashes,
-``-flag value`` or ``-flag=value``, a boolean flag takes no separate value (``-debug=false``
-works), parsing stops at ``--`` or at the first word that is not a flag, and that word is the
-action. Nothing here exits the process: errors are :class:`FlagError`.
+[-debug] ACTION`` (``start``, ``delete``, or none for the daemon). Go's rules are kept:
+one or two leading dashes, ``-flag value`` or ``-flag=value``, a boolean flag takes no separate
+value (``-debug=false`` works), parsing stops at ``--`` or at the first word that is not a
+flag, and that word is the action. Nothing here exits the process: errors are :class:`FlagError`.
 """
 
 from __future__ import annotations

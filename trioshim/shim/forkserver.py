@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
-__all__ = ["containerd_address", "launch", "load_app", "main", "server_path"]
+__all__ = ["action", "containerd_address", "launch", "load_app", "main", "server_path"]
 
 ENV_DISABLE = "TRIOSHIM_FORKSERVER"
 ENV_DIR = "TRIOSHIM_FORKSERVER_DIR"
@@ -66,7 +66,7 @@ DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
 PROTOCOL = 2
 _DELEGATED = ("start", "delete")
-# Set by containerd for one shim invocation (shim-v2.md 1.3); never part of the server's own.
+# Set by containerd for one shim invocation; never part of the server's own.
 _PER_CALL_ENV = frozenset(
     ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
 )
@@ -105,7 +105,7 @@ def launch(app: str, argv: list[str] | None = None) -> int:
 def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if _action(args) not in _DELEGATED or _environ().get(ENV_DISABLE) == "0":
+    if action(args) not in _DELEGATED or _environ().get(ENV_DISABLE) == "0":
         return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
@@ -140,7 +140,8 @@ def _scan(args: list[str]) -> tuple[str, dict[str, str]]:
     return "", values
 
 
-def _action(args: list[str]) -> str:
+def action(args: list[str]) -> str:
+    """The action word of a shim invocation (``start``, ``delete``, or none)."""
     return _scan(args)[0]
 
 

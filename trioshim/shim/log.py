@@ -1,4 +1,4 @@
-"""The daemon's log: logrus text records into the bundle's ``log`` FIFO (shim-v2.md 4.2).
+"""The daemon's log: logrus text records into the bundle's ``log`` FIFO.
 
 containerd holds ``<bundle>/log`` open and copies what it reads into its own log, so records
 use logrus' text format (``time="..." level=info msg="..." key=value``) and show up in

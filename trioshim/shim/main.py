@@ -51,13 +51,24 @@ from trioshim.shim.flags import (
 )
 from trioshim.shim.forking import Fork, fork_process
 from trioshim.shim.log import open_log_fifo, setup_logger
-from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
+from trioshim.shim.manager import Manager, StartContext, StopContext
 from trioshim.shim.peer import start_reply
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
 from trioshim.shim.sharedclient import ShimSpec, hand_over, remove_stale_control
 
-__all__ = ["StartError", "daemon_main", "main", "run"]
+__all__ = [
+    "StartError",
+    "StartPlan",
+    "action_flags",
+    "adjust_oom_score",
+    "bind_socket",
+    "daemon_main",
+    "delete_bundle",
+    "main",
+    "plan_start",
+    "run",
+]
 
 _BOOTSTRAP_PREFIX = "type.googleapis.com/"
 _SCHED_CORE_ENV = "SCHED_CORE"
@@ -123,10 +134,7 @@ def run(
     try:
         if flags.info:
             return _info(manager, io)
-        flags = _flags_from_env(flags, env)
-        validate_identifier("namespace", flags.namespace)
-        validate_identifier("id", flags.id)
-        validate_bundle_flag(flags)
+        flags = action_flags(flags, env)
         if flags.action == "start":
             return _start(manager, flags, registry, io, env, containerd_pid or os.getppid(), fork)
         if flags.action == "delete":
@@ -164,6 +172,16 @@ def _flags_from_env(flags: Flags, env: Mapping[str, str]) -> Flags:
     return dataclasses.replace(flags, namespace=namespace, address=address)
 
 
+def action_flags(flags: Flags, env: Mapping[str, str]) -> Flags:
+    """The flags of a ``start``/``delete``/daemon invocation, completed from ``env`` and
+    checked (ValueError/FlagError on bad input)."""
+    flags = _flags_from_env(flags, env)
+    validate_identifier("namespace", flags.namespace)
+    validate_identifier("id", flags.id)
+    validate_bundle_flag(flags)
+    return flags
+
+
 def _ttrpc_address(flags: Flags, env: Mapping[str, str]) -> str:
     value = env.get("TTRPC_ADDRESS") or (flags.address + ".ttrpc" if flags.address else "")
     return value.removeprefix("unix://")
@@ -189,7 +207,7 @@ def _parse_stdin(
     data: bytes, flags: Flags
 ) -> tuple[any_pb2.Any | None, bootstrap_pb2.BootstrapParams | None]:
     """Options ``Any`` (pre-2.3) or ``BootstrapParams`` (2.3+; told apart by its instance id
-    and namespace matching our flags, shim-v2.md 8.3)."""
+    and namespace matching our flags: containerd 2.3 sends it, earlier lines an ``Any``)."""
     if not data:
         return None, None
     params = bootstrap_pb2.BootstrapParams()
@@ -215,7 +233,7 @@ def _parse_stdin(
     return options, None
 
 
-def _adjust_oom_score(pid: int, containerd_pid: int) -> None:
+def adjust_oom_score(pid: int, containerd_pid: int) -> None:
     """Daemon's ``oom_score_adj`` = containerd's + 1 (clamped); permission errors ignored."""
     try:
         with open(f"/proc/{containerd_pid}/oom_score_adj") as f:
@@ -241,7 +259,7 @@ def _sched_core_create() -> None:
         raise StartError(f"enable sched core support: {os.strerror(err)}")
 
 
-def _bind(address: str) -> socket.socket | None:
+def bind_socket(address: str) -> socket.socket | None:
     """Bind the address; ``None`` when a live daemon already serves it (reuse)."""
     try:
         return addr.new_socket(address)
@@ -257,17 +275,29 @@ def _bind(address: str) -> socket.socket | None:
         raise StartError(f"try create new shim socket 2x: {exc}") from exc
 
 
-def _start(
-    manager: Manager,
-    flags: Flags,
-    registry: Registry,
-    io: _IO,
-    env: Mapping[str, str],
-    containerd_pid: int,
-    fork: Fork,
-) -> int:
+@dataclass(frozen=True)
+class StartPlan:
+    """What a start computes before it binds: the daemon's identity, its address, the reply."""
+
+    ctx: StartContext
+    address: str
+    reply: bytes
+
+    @property
+    def address_file(self) -> str:
+        return os.path.join(self.ctx.bundle, "address")
+
+    def spec(self) -> ShimSpec:
+        ctx = self.ctx
+        return ShimSpec(ctx.flags, ctx.bundle, ctx.ttrpc_address, self.address)
+
+
+def plan_start(
+    manager: Manager, flags: Flags, stdin: bytes, env: Mapping[str, str], containerd_pid: int
+) -> StartPlan:
+    """Read the options (``stdin``), compute the grouping key, address and reply."""
     bundle = os.path.abspath(flags.bundle or os.getcwd())
-    options, bootstrap = _parse_stdin(io.stdin.read(), flags)
+    options, bootstrap = _parse_stdin(stdin, flags)
     ttrpc_address = _ttrpc_address(flags, env)
     debug = flags.debug
     if bootstrap is not None:
@@ -288,7 +318,6 @@ def _start(
     if bootstrap is not None and bootstrap.HasField("socket_dir") and bootstrap.socket_dir:
         socket_dir = bootstrap.socket_dir
     address = addr.socket_address(flags.address, flags.namespace, key, socket_dir=socket_dir)
-    address_file = os.path.join(bundle, "address")
     # The address file keeps the plain address whatever the reply: 1.6/1.7 read it verbatim
     # on restart, 2.x reads the bootstrap.json it wrote from the reply.
     reply = start_reply(
@@ -299,8 +328,23 @@ def _start(
         containerd_pid=containerd_pid,
         bootstrap=bootstrap is not None,
     )
+    return StartPlan(ctx, address, reply)
 
-    sock = _bind(address)
+
+def _start(
+    manager: Manager,
+    flags: Flags,
+    registry: Registry,
+    io: _IO,
+    env: Mapping[str, str],
+    containerd_pid: int,
+    fork: Fork,
+) -> int:
+    plan = plan_start(manager, flags, io.stdin.read(), env, containerd_pid)
+    ctx, address, address_file, reply = plan.ctx, plan.address, plan.address_file, plan.reply
+    flags, bundle, ttrpc_address = ctx.flags, ctx.bundle, ctx.ttrpc_address
+
+    sock = bind_socket(address)
     if sock is None:
         addr.write_address(address_file, address)
         _write(io.stdout, reply)
@@ -315,17 +359,16 @@ def _start(
         if manager.shared:
             # Served by the runtime's shared process: its placement is that of the start
             # that forked it (no per-daemon shim cgroup), and it is never ours to kill.
-            spec = ShimSpec(flags, bundle, ttrpc_address, address)
-            shared_pid = hand_over(manager, registry, spec, sock)
+            shared_pid = hand_over(manager, registry, plan.spec(), sock)
             sock.close()
-            _adjust_oom_score(shared_pid, containerd_pid)
+            adjust_oom_score(shared_pid, containerd_pid)
         else:
             pid = _fork_daemon(manager, flags, registry, sock, address, bundle, ttrpc_address, fork)
             in_place = pid == os.getpid()
             if not in_place:
                 sock.close()
             manager.after_spawn(ctx, pid)
-            _adjust_oom_score(pid, containerd_pid)
+            adjust_oom_score(pid, containerd_pid)
     except BaseException:
         sock.close()
         addr.remove_socket(address)
@@ -426,23 +469,30 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     if manager.shared:
         remove_stale_control(manager.name, flags.address)
 
-    async def stop() -> StopStatus:
+    async def stop() -> bytes:
         # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT):
             async with open_reaper() as reaper:
-                return await manager.stop(StopContext(flags, bundle, reaper, log))
+                return await delete_bundle(manager, StopContext(flags, bundle, reaper, log))
 
-    status = trio.run(stop)
-    _remove_leaked_socket(bundle)
+    response = trio.run(stop)
+    io.stdout.write(response)
+    io.stdout.flush()
+    return 0
+
+
+async def delete_bundle(manager: Manager, ctx: StopContext) -> bytes:
+    """The delete action's work: the manager's clean-up, then a socket a dead daemon leaked;
+    returns the ``DeleteResponse`` for containerd."""
+    status = await manager.stop(ctx)
+    _remove_leaked_socket(ctx.bundle)
     ns = status.exited_at_ns
     response = shim_pb2.DeleteResponse(
         pid=status.pid,
         exit_status=status.exit_status,
         exited_at=timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000),
     )
-    io.stdout.write(response.SerializeToString())
-    io.stdout.flush()
-    return 0
+    return response.SerializeToString()
 
 
 def _remove_leaked_socket(bundle: str) -> None:

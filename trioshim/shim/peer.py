@@ -1,6 +1,6 @@
 """Which task API the containerd that runs ``start`` speaks, and the start reply that picks it.
 
-containerd reads the start helper's output as the shim's address (shim-v2.md 1.4, 8.1):
+containerd reads the start helper's output as the shim's address, each line in its own way:
 
 - 1.6 takes it verbatim (JSON would be dialled as an abstract socket);
 - 1.7 also accepts JSON ``{"version":2,"address":…,"protocol":"ttrpc"}`` and rejects version 3;

@@ -1,5 +1,5 @@
 """Events to containerd: ``containerd.services.events.ttrpc.v1.Events/Forward`` on
-``$TTRPC_ADDRESS`` (shim-v2.md 5).
+``$TTRPC_ADDRESS``, containerd's ttrpc socket, which it passes to every shim it starts.
 
 One ordered queue, one sender task (:meth:`Publisher.run`, owned by the root nursery).
 :meth:`Publisher.publish` only enqueues, so an RPC handler never waits for containerd. Each

@@ -7,8 +7,10 @@
          ├─ reaper             the process's only one, shared by every daemon (subreaper)
          ├─ signal receiver    SIGTERM/SIGINT -> every daemon shuts down, then the process
          ├─ stack dumps        SIGUSR1 -> the process's task tree into every daemon's log
-         ├─ control socket     "serve" (a socket + ShimSpec from a start helper), "ping"
-         │                     (is the process alive): :mod:`trioshim.shim.sharedclient`
+         ├─ control socket     "start"/"delete" (a helper's action, run here:
+         │                     :mod:`trioshim.shim.sharedactions`), "serve" (a socket +
+         │                     ShimSpec from a start helper), "ping" (is the process alive):
+         │                     :mod:`trioshim.shim.sharedclient`
          └─ one task per daemon: :func:`~trioshim.shim.daemon.serve_daemon`, whose root
             nursery (ttrpc server, publisher, plugins, abandonment watch) is a child of this
             one; its own socket, address file, bundle, identity and log FIFO
@@ -16,8 +18,10 @@
 A daemon ends as a process of its own would (its Shutdown, abandonment): its
 listener and connections close, which containerd takes for the shim's exit; the other
 daemons are untouched. A daemon that crashes is logged in its own log and ends alone
-(``serve_daemon`` never raises for a crash). Once no daemon is left the process takes the
-control lock (no helper is mid-hand-over), removes its control socket and lock file, exits.
+(``serve_daemon`` never raises for a crash). Once no daemon is left and no request is being
+served for ``$TRIOSHIM_SHARED_IDLE`` seconds (default 600, as long as the fork server idles:
+meanwhile the process serves the next start as it would any), the process takes the control
+lock (no helper is mid-hand-over), removes its control socket and lock file, exits.
 The trade-off: a death of the process (SIGKILL, OOM kill) takes every daemon with it;
 containerd then cleans up each as it does after any shim's death.
 """
@@ -34,7 +38,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -44,10 +48,22 @@ from trioshim.shim.log import LOG_NAME, FdHandler, LogrusFormatter, open_log_fif
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
 from trioshim.shim.reaper import Reaper, set_child_subreaper
+from trioshim.shim.sharedactions import ACTIONS, ActionRequest, Declined, run_action
 from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
 from trioshim.shim.stackdump import serve_stack_dumps
 
-__all__ = ["SharedShims", "route_module_logs", "run_shared"]
+__all__ = [
+    "ENV_IDLE",
+    "IDLE_TIMEOUT",
+    "SharedShims",
+    "current_log",
+    "idle_timeout",
+    "route_module_logs",
+    "run_shared",
+]
+
+ENV_IDLE = "TRIOSHIM_SHARED_IDLE"
+IDLE_TIMEOUT = 600.0
 
 _current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("shim_log")
 _CREDENTIALS = struct.Struct("3i")
@@ -72,6 +88,26 @@ def route_module_logs() -> None:
     logger.addHandler(_ToCurrentShim())
     logger.setLevel(logging.DEBUG)  # each daemon's handler applies its own level
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def current_log(log: logging.Logger) -> Iterator[None]:
+    """Module loggers' records written in this task (and the tasks it starts) go to ``log``."""
+    token = _current_log.set(log)
+    try:
+        yield
+    finally:
+        _current_log.reset(token)
+
+
+def idle_timeout(env: Mapping[str, str]) -> float:
+    """``$TRIOSHIM_SHARED_IDLE`` seconds (0: end with the last daemon); the default when it
+    is unset, empty or not a number."""
+    try:
+        value = float(env.get(ENV_IDLE) or IDLE_TIMEOUT)
+    except ValueError:
+        return IDLE_TIMEOUT
+    return value if value >= 0 else IDLE_TIMEOUT
 
 
 @contextlib.contextmanager
@@ -114,6 +150,7 @@ class SharedShims:
         *,
         lock_path: str | None = None,
         handle_signals: bool = True,
+        idle: float = 0.0,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -121,6 +158,8 @@ class SharedShims:
         self.handle_signals = handle_signals
         self.reaper = Reaper()
         self.daemons: dict[str, _Daemon] = {}
+        self.idle = idle  # seconds without daemons or requests before the process ends
+        self._busy = 0  # helpers' requests being served
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._stopping: str | None = None  # shutdown_all's reason, for daemons still starting
@@ -134,7 +173,7 @@ class SharedShims:
         *,
         task_status: trio.TaskStatus[SharedShims] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until no daemon is left (checked each time one ends)."""
+        """Serve until no daemon is left and no request came for ``idle`` seconds."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.reaper.serve)
@@ -147,7 +186,11 @@ class SharedShims:
             while True:
                 await self._changed.wait()
                 self._changed = trio.Event()
-                if not self.daemons and await self._release_control(control_path):
+                if self.daemons or self._busy:
+                    continue
+                with trio.move_on_after(0 if self._stopping else self.idle) as idle:
+                    await self._changed.wait()  # left set: the loop looks again
+                if idle.cancelled_caught and await self._release_control(control_path):
                     break
             nursery.cancel_scope.cancel()
         self._nursery = None
@@ -159,7 +202,7 @@ class SharedShims:
             return True
         fd = await trio.to_thread.run_sync(_lock, self.lock_path, abandon_on_cancel=True)
         try:
-            if self.daemons:
+            if self.daemons or self._busy:
                 return False
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(control_path)
@@ -285,6 +328,14 @@ class SharedShims:
                 nursery.start_soon(self._answer, conn)
 
     async def _answer(self, conn: trio.socket.SocketType) -> None:
+        self._busy += 1
+        try:
+            await self._answer_one(conn)
+        finally:
+            self._busy -= 1
+            self._changed.set()
+
+    async def _answer_one(self, conn: trio.socket.SocketType) -> None:
         with conn:
             fds: list[int] = []
             try:
@@ -310,6 +361,11 @@ class SharedShims:
         op = message.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if op in ACTIONS:
+            try:
+                return await run_action(self, ActionRequest.from_wire(message))
+            except Declined as exc:
+                return {"ok": False, "declined": True, "error": str(exc)}
         if op != "serve":
             raise ValueError(f"unknown request {op!r}")
         spec = ShimSpec.from_wire(message)
@@ -352,7 +408,9 @@ def run_shared(
     route_module_logs()
 
     async def main() -> None:
-        shims = SharedShims(manager, registry, lock_path=control_path + ".lock")
+        shims = SharedShims(
+            manager, registry, lock_path=control_path + ".lock", idle=idle_timeout(os.environ)
+        )
         control.setblocking(False)
         async with trio.open_nursery() as nursery:
             trio_control = trio.socket.from_stdlib_socket(control)

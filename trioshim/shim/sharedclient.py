@@ -30,9 +30,9 @@ from typing import Any
 from trioshim.shim.cmdline import program_path
 from trioshim.shim.flags import Flags, validate_identifier
 from trioshim.shim.forking import fork_process
-from trioshim.shim.forkserver import server_path
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
+from trioshim.shim.sharedlaunch import control_path
 
 __all__ = ["SharedError", "ShimSpec", "ask", "control_path", "hand_over", "remove_stale_control"]
 
@@ -88,11 +88,6 @@ class ShimSpec:
         return cls(
             flags, str(text["bundle"]), str(text["ttrpc_address"]), str(text["socket_address"])
         )
-
-
-def control_path(runtime: str, containerd: str) -> str:
-    """The control socket of the shared process for this runtime, build, uid and containerd."""
-    return server_path("shared:" + runtime, containerd, prefix="shared-")
 
 
 @contextlib.contextmanager

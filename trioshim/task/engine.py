@@ -13,7 +13,9 @@ The protocol of ``run``:
 - watch ``ctx.signals`` for Kill: ``await ctx.signals.receive()``, or ``ctx.signals.last``;
   the kit does not interpret them (a SIGKILL you ignore keeps running);
 - return the exit status (128 + n for death by signal n). An exception after ``started``
-  is logged and reported as exit status 255.
+  is logged and reported as exit status 255;
+- call ``ctx.oom()`` before returning when the workload met the OOM killer: the exit then
+  carries it (``Exit(oom=True)``), and containerd gets TaskOOM just before TaskExit.
 
 Optional: ``async stats(ctx) -> Any | None`` (:class:`EngineStats`) answers the Stats RPC for
 the container whose init ran with ``ctx`` (``None``: an empty reply); without it Stats
@@ -118,6 +120,8 @@ class RunContext:
     host: Host
     signals: Signals = field(default_factory=Signals)
     pid: int | None = None
+    oom_seen: bool = False
+    """Set by :meth:`oom`: the exit is reported as an OOM."""
     _on_started: Callable[[int], object] | None = field(default=None, repr=False)
 
     @property
@@ -132,6 +136,11 @@ class RunContext:
         self.pid = os.getpid() if pid is None else pid
         if self._on_started is not None:
             self._on_started(self.pid)
+
+    def oom(self) -> None:
+        """The workload met the OOM killer during this run: TaskOOM goes out just before its
+        TaskExit (one, however often this is called)."""
+        self.oom_seen = True
 
 
 def _context(
@@ -204,7 +213,7 @@ class EngineInstance:
             status = FAILED_STATUS
         finally:
             await ctx.stdio.aclose()
-        self._finish(Exit(status))
+        self._finish(Exit(status, oom=ctx.oom_seen))
 
     def _finish(self, exit: Exit) -> None:
         if self._exit is None:

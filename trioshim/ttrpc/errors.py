@@ -294,7 +294,7 @@ _ERRNO_CODES: dict[int, Code] = {
 
 
 def status_from_exception(exc: BaseException) -> tuple[int, str, tuple[Any, ...]]:
-    """``(code, message, details)`` for an exception that escaped a handler (spec 3.3).
+    """``(code, message, details)`` for an exception that escaped a handler.
 
     * a :class:`TTRPCError`: its status verbatim;
     * an exception group holding exactly one exception: that exception's status;

@@ -3,7 +3,7 @@
 runc makes a container's cgroup itself; the wasm shim has no runc, so this module does the small
 part of that job a single process needs: the directory named by ``linux.cgroupsPath`` in every
 hierarchy (v1: each mounted controller; v2: the one unified tree), the memory and pids limits of
-``linux.resources``, joining a pid, reading whether the kernel OOM-killed in it, and removal.
+``linux.resources``, joining a pid, counting its OOMs (notifications and kills), and removal.
 
 ``cgroupsPath`` comes in two shapes, as in runc: a plain path (``/default/<id>``, the cgroupfs
 driver) or ``slice:prefix:name`` (the systemd driver). The second is mapped to the directory
@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from trioshim.shim.cgroups.oom import OOMCount
 from trioshim.wasm.errors import CgroupError
 
 __all__ = ["DEFAULT_ROOT", "CgroupLimits", "ContainerCgroup", "cgroup_path"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT: Final = "/sys/fs/cgroup"
 
@@ -37,6 +41,7 @@ class CgroupLimits:
     memory: int | None = None  # bytes; -1 = unlimited
     memory_swap: int | None = None  # memory + swap in bytes (v1 semantics, as OCI defines it)
     pids: int | None = None  # -1 or 0 = unlimited
+    disable_oom_killer: bool = False  # v1 only, as runc: an OOM stalls the module, no kill
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> CgroupLimits:
@@ -47,7 +52,14 @@ class CgroupLimits:
             memory=_int_or_none(memory.get("limit"), "memory.limit"),
             memory_swap=_int_or_none(memory.get("swap"), "memory.swap"),
             pids=_int_or_none(pids.get("limit"), "pids.limit"),
+            disable_oom_killer=_bool(memory.get("disableOOMKiller"), "memory.disableOOMKiller"),
         )
+
+
+def _bool(value: Any, name: str) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise CgroupError(f"linux.resources.{name} must be true or false, not {value!r}")
 
 
 def _int_or_none(value: Any, name: str) -> int | None:
@@ -181,6 +193,8 @@ class ContainerCgroup:
                 _write(memsw, limits.memory_swap)
         if limits.pids is not None:
             _write(self._need("pids.max"), "max" if limits.pids <= 0 else limits.pids)
+        if limits.disable_oom_killer:
+            _write(self._need("memory.oom_control"), 1)
 
     def _apply_v2(self, limits: CgroupLimits) -> None:
         directory = self.directories[0]
@@ -198,6 +212,18 @@ class ContainerCgroup:
         """Move ``pid`` into the cgroup in every hierarchy."""
         for directory in self.directories:
             _write(os.path.join(directory, "cgroup.procs"), pid)
+
+    def count_ooms(self) -> OOMCount | None:
+        """Start counting the cgroup's OOM notifications (see :class:`OOMCount`); None when it
+        has no memory controller or the kernel refuses (then only :meth:`oom_kills` tells)."""
+        control = self._file("memory.events" if self.unified else "memory.oom_control")
+        if control is None:
+            return None
+        try:
+            return OOMCount.open(os.path.dirname(control), unified=self.unified)
+        except OSError as exc:
+            log.warning("cannot count OOMs of %s: %s", os.path.dirname(control), exc)
+            return None
 
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this cgroup (0 if unknown)."""

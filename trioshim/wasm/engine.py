@@ -91,6 +91,7 @@ class EngineContext(Protocol):
     def signals(self) -> SignalSource: ...  # Kill requests, signal numbers
 
     def started(self, pid: int | None = None) -> None: ...  # the workload runs: Start replies
+    def oom(self) -> None: ...  # the run met the OOM killer: TaskOOM before its TaskExit
 
 
 async def run_module(
@@ -153,6 +154,8 @@ async def run_module(
                 nursery.cancel_scope.cancel()
             if process.oom_killed:
                 log.warning("wasm module %s (pid %d) was OOM-killed", request.module, process.pid)
+            elif process.oom:
+                log.warning("wasm module %s (pid %d) had an OOM", request.module, process.pid)
             return status
     finally:
         if cgroup is not None:
@@ -172,7 +175,8 @@ class WasmEngine:
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
     of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
     container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
-    Stats reads the container's cgroup.
+    Stats reads the container's cgroup. A run whose cgroup had an OOM (a notification, or a
+    kill) ends with ``ctx.oom()``, so containerd gets TaskOOM just before TaskExit.
     """
 
     cgroup_root: str = DEFAULT_ROOT
@@ -218,6 +222,8 @@ class WasmEngine:
             python=self.python,
         )
         process = spawned[0]
+        if process.oom:  # the exit carries it: TaskOOM, then TaskExit
+            ctx.oom()
         if not process.running.is_set():
             if status == LOAD_FAILED_STATUS and process.failure is not None:
                 raise WasmLoadError(process.failure)

@@ -34,6 +34,7 @@ from typing import Final, Protocol
 
 import trio
 
+from trioshim.shim.cgroups.oom import OOMCount
 from trioshim.shim.reaper import DEVNULL, Child, Reaper
 from trioshim.wasm import child as child_program
 from trioshim.wasm.cgroup import ContainerCgroup
@@ -73,9 +74,14 @@ class WasmProcess:
     oom_killed: bool = False
     """Whether the kernel OOM-killed in the cgroup during the run (v1 ``oom_kill`` count, v2
     ``memory.events``); known once :meth:`wait` has returned."""
+    oom_events: int = 0
+    """The cgroup's OOM notifications during the run (what runc's shim turns into TaskOOM
+    events: v1 the ``memory.oom_control`` eventfd, v2 ``memory.events`` ``oom``), killing the
+    module or not; known once :meth:`wait` has returned."""
     _reading: bool = False
     _diagnostics_done: trio.Event = field(default_factory=trio.Event)
     _oom_kills_before: int = 0
+    _oom_count: OOMCount | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -118,7 +124,15 @@ class WasmProcess:
         await self.watch()
         if self.cgroup is not None:  # read now: the cgroup goes once the run is over
             self.oom_killed = self.cgroup.oom_kills() > self._oom_kills_before
+        if self._oom_count is not None:
+            self.oom_events += self._oom_count.take()
         return status
+
+    @property
+    def oom(self) -> bool:
+        """Whether the run met the OOM killer: a notification, or a kill the count missed (no
+        notification source on this host); the TaskOOM the exit carries."""
+        return self.oom_events > 0 or self.oom_killed
 
     def _record(self, line: bytes) -> None:
         try:
@@ -182,8 +196,9 @@ async def open_wasm_process(
     config = trio.lowlevel.FdStream(config_write)
     process = WasmProcess(child, request.module, trio.lowlevel.FdStream(diag_read), cgroup)
     try:
-        if cgroup is not None:
+        if cgroup is not None:  # counting starts before the module can use memory
             process._oom_kills_before = cgroup.oom_kills()
+            process._oom_count = cgroup.count_ooms()
             cgroup.add(child.pid)
         with suppress(trio.BrokenResourceError):  # died early: its status says why
             await config.send_all(json.dumps(request.to_json()).encode())
@@ -196,6 +211,8 @@ async def open_wasm_process(
             with trio.CancelScope(shield=True):
                 await child.wait()
         process._diagnostics.close()
+        if process._oom_count is not None:
+            process._oom_count.close()
 
 
 class SignalSource(Protocol):
