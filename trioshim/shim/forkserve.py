@@ -43,6 +43,7 @@ from trioshim.shim.forkserver import (
 from trioshim.shim.manager import Manager
 from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
+from trioshim.shim.procstat import running_since
 from trioshim.ttrpc.server import listen_backlog
 
 __all__ = ["serve"]
@@ -69,7 +70,7 @@ class _Containerd:
     def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self._start_time = _running_since(pid) if pidfd is None and pid > 0 else None
+        self._start_time = running_since(pid) if pidfd is None and pid > 0 else None
 
     def fds(self) -> list[int]:
         return [] if self.pidfd is None else [self.pidfd]
@@ -82,18 +83,8 @@ class _Containerd:
             return self.pidfd in readable
         if self.pid <= 0:
             return False
-        now = _running_since(self.pid)
+        now = running_since(self.pid)
         return now is None or now != self._start_time
-
-
-def _running_since(pid: int) -> int | None:
-    """The start time of ``pid`` if it is running (not a zombie), else ``None``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])  # fields 3 and 22
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _lock(path: str) -> int | None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import trio
 
+from trioshim.shim.procstat import parent_pid, running_since
+
 __all__ = ["POLL_INTERVAL", "Containerd"]
 
 # Without a pidfd the process looks at its containerd this often (it must be gone within a
@@ -41,11 +43,11 @@ class Containerd:
     def parent_of(cls, pid: int) -> Containerd:
         """The parent of the live process ``pid`` (a helper containerd ran, connected to us or
         ourselves); gone already when the helper was reparented (its containerd died)."""
-        parent = _parent(pid)
+        parent = parent_pid(pid)
         if parent is None or parent <= 1:
             return cls(0)
         containerd = cls.of(parent)
-        if _parent(pid) != parent:
+        if parent_pid(pid) != parent:
             # Reparented meanwhile: the pid we opened may name another process by now.
             containerd.close()
             return cls(0)
@@ -54,7 +56,7 @@ class Containerd:
     @classmethod
     def of(cls, pid: int) -> Containerd:
         """The process ``pid``, watched from now on (gone already if it is)."""
-        start = _running_since(pid)
+        start = running_since(pid)
         pidfd = None
         with contextlib.suppress(AttributeError, OSError):  # no pidfds here, or gone already
             pidfd = os.pidfd_open(pid)
@@ -64,7 +66,7 @@ class Containerd:
         """Whether it has exited, as far as polling tells (a pidfd says so sooner)."""
         if self.pid <= 0 or self.start_time is None:
             return True
-        return _running_since(self.pid) != self.start_time
+        return running_since(self.pid) != self.start_time
 
     async def wait_gone(self) -> None:
         """Return once this containerd has exited."""
@@ -81,32 +83,6 @@ class Containerd:
         """Let go of the pidfd (nobody may be waiting on it)."""
         _close(self.pidfd)
         self.pidfd = None
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """``/proc/PID/stat`` after ``pid (comm)``: field N is at index N - 3."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _parent(pid: int) -> int | None:
-    fields = _stat(pid)
-    try:
-        return None if fields is None else int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _running_since(pid: int) -> int | None:
-    """The start time of ``pid`` if it is running (not a zombie), else ``None``."""
-    fields = _stat(pid)
-    try:
-        return None if fields is None or fields[0] in (b"Z", b"X") else int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def _close(fd: int | None) -> None:
