@@ -12,15 +12,18 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from tests.shim.test_shared_control import _init
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import TTRPC_PLUGIN, Flags, Manager, Registration, Registry
-from trioshim.shim.address import new_socket, read_address
+from trioshim.shim.address import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV, new_socket, read_address
+from trioshim.shim.main import plan_start
 from trioshim.shim.manager import StopContext, StopStatus
 from trioshim.shim.shared import SharedShims, idle_timeout, route_module_logs
 from trioshim.shim.sharedclient import ShimSpec, ask
@@ -203,3 +206,18 @@ def test_idle_time_from_the_environment() -> None:
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "2.5"}) == 2.5
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "soon"}) == 600.0
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "-1"}) == 600.0
+
+
+def test_start_puts_the_socket_where_the_helpers_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared process's own environment is that of the helper that forked it: where a
+    later helper's daemon listens is that helper's ``$TRIOSHIM_SOCKET_DIR``, as when it runs
+    ``start`` itself."""
+    monkeypatch.setenv(SOCKET_DIR_ENV, str(tmp_path / "process"))
+    flags = Flags(namespace="default", id="c0", address=CONTAINERD, bundle=str(tmp_path))
+    helper = {SOCKET_DIR_ENV: str(tmp_path / "helper")}
+    plan = plan_start(Manager("m"), flags, b"", helper, os.getpid())
+    assert plan.address.startswith(f"unix://{tmp_path}/helper/")
+    plan = plan_start(Manager("m"), flags, b"", {}, os.getpid())
+    assert plan.address.startswith(f"unix://{DEFAULT_SOCKET_DIR}/")

@@ -314,7 +314,7 @@ def plan_start(
         bootstrap=bootstrap,
     )
     key = manager.grouping_key(ctx)
-    socket_dir = manager.socket_dir
+    socket_dir = manager.socket_dir_in(env)
     if bootstrap is not None and bootstrap.HasField("socket_dir") and bootstrap.socket_dir:
         socket_dir = bootstrap.socket_dir
     address = addr.socket_address(flags.address, flags.namespace, key, socket_dir=socket_dir)
