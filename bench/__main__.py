@@ -139,7 +139,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--ours-binary",
         metavar="PATH",
-        help="use this executable as containerd-shim-trioshim-v2 (default: the one on the PATH)",
+        help="use this executable as containerd-shim-trioshim-v2, and in shared mode the "
+        "containerd-shim-trioshim-shared-v2 beside it (default: the ones on the PATH)",
     )
     p.add_argument(
         "--no-ours", action="store_true", help="measure the reference only (ours shown as skipped)"

@@ -330,18 +330,21 @@ class BenchEnv:
             binary=_which(OURS_BINARY, path),
         )
         if shared:
-            # Shared mode: one process per containerd serves every shim (installed only).
+            # Shared mode: one process per containerd serves every shim (installed only; for a
+            # given build, its shared launcher, installed beside the one given).
             self.ours.label, self.ours.name = "trioshim-shared", SHARED_RUNTIME
             self.ours.binary_name = SHARED_BINARY
-            self.ours.binary = _which(SHARED_BINARY, path)
+            if ours_binary is None:
+                self.ours.binary = _which(SHARED_BINARY, path)
+            else:
+                given = Path(ours_binary).absolute().parent / SHARED_BINARY
+                self.ours.binary = self._link(given) if given.exists() else None
+                path = f"{self.bin_dir}:{path}"
             if self.ours.binary is None:
                 self.ours.unavailable = f"{SHARED_BINARY} not found on {path}"
         elif ours_binary is not None:
             # A given build of ours, under the name containerd looks up.
-            self.bin_dir.mkdir(parents=True, exist_ok=True)
-            link = self.bin_dir / OURS_BINARY
-            link.symlink_to(Path(ours_binary).absolute())
-            self.ours.binary = str(link)
+            self.ours.binary = self._link(Path(ours_binary).absolute(), OURS_BINARY)
             path = f"{self.bin_dir}:{path}"
         if self.reference.binary is None:
             self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
@@ -359,6 +362,13 @@ class BenchEnv:
         )
         self.rootfs: Path | None = None
         self.started = False
+
+    def _link(self, target: Path, name: str | None = None) -> str:
+        """``target`` in our ``bin`` directory (first on containerd's PATH) as ``name``."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        link = self.bin_dir / (name or target.name)
+        link.symlink_to(target)
+        return str(link)
 
     # -- lifecycle --------------------------------------------------------------------------
 
