@@ -64,7 +64,10 @@ async def _answer(shims: SharedShims, conn: trio.socket.SocketType) -> None:
             if uid != os.getuid():
                 raise PermissionError(f"uid {uid} may not use this shared shim process")
             with trio.fail_after(_RECEIVE_TIMEOUT):
-                data, ancdata, _, _ = await conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
+                # Close-on-exec as they arrive: a listener must not leak into what we spawn.
+                data, ancdata, _, _ = await conn.recvmsg(
+                    MAX_MESSAGE, socket.CMSG_SPACE(16), socket.MSG_CMSG_CLOEXEC
+                )
             fds = _received_fds(ancdata)
             reply = await _handle(shims, decode_message(data), fds, pid)
         except Exception as exc:
