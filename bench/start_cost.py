@@ -81,21 +81,27 @@ class Driver:
         )
         return done.stdout
 
-    def server_pid(self) -> int:
+    def serving(self) -> list[int]:
+        """The fork servers that said they serve (their log), as of now."""
         log = self.base / "fs.log"
-        found = wait_until(
-            lambda: log.exists() and re.findall(r"forkserver\[(\d+)\] serving", log.read_text()),
-            timeout=120,
-        )
+        with contextlib.suppress(FileNotFoundError):
+            return [int(p) for p in re.findall(r"forkserver\[(\d+)\] serving", log.read_text())]
+        return []
+
+    def server_pid(self) -> int:
+        found = wait_until(self.serving, timeout=120)
         if not found:
-            raise RuntimeError(f"no fork server serving (see {log})")
-        return int(found[0])
+            raise RuntimeError(f"no fork server serving (see {self.base / 'fs.log'})")
+        return found[0]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            os.kill(self.server_pid(), signal.SIGTERM)
+        """Stop what serves (without waiting for a server that never came) and let go."""
+        for pid in self.serving():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for fd in self.fifos:
             os.close(fd)
+        self.fifos.clear()
 
 
 def connect(address: str, cid: str, *, shutdown: bool) -> int:
