@@ -45,6 +45,11 @@ def _runners() -> dict[str, tuple[str, Runner]]:
     }
 
 
+# How ours runs: one daemon per shim, or one shared process per containerd for every shim.
+MODES = {"isolated": False, "shared": True}
+# Benchmarks that do not involve the shim's mode (run in the first mode only).
+MODELESS = frozenset({"ttrpc", "wasm"})
+
 # Benchmarks other helpers may add as modules of their own (run as `python -m bench.<module>`,
 # output shown verbatim); only run when named on the command line.
 EXTERNAL = {"stdio_bench": "bench/stdio_bench.py", "start_latency": "bench/start_latency.py"}
@@ -123,12 +128,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--shared",
         action="store_true",
         help="measure ours in shared mode (io.containerd.trioshim-shared.v2: one process per "
-        "containerd serves every shim)",
+        "containerd serves every shim); the same as --modes shared",
+    )
+    p.add_argument(
+        "--modes",
+        default="",
+        help="comma-separated modes of ours to measure in this one run, each against the "
+        "reference: isolated (one daemon per shim, the default), shared; e.g. isolated,shared",
     )
     p.add_argument(
         "--ours-binary",
         metavar="PATH",
-        help="use this executable as containerd-shim-trioshim-v2 (default: the one on the PATH)",
+        help="use this executable as containerd-shim-trioshim-v2, and in shared mode the "
+        "containerd-shim-trioshim-shared-v2 beside it (default: the ones on the PATH)",
     )
     p.add_argument(
         "--no-ours", action="store_true", help="measure the reference only (ours shown as skipped)"
@@ -147,6 +159,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.ttrpc_seconds = min(args.ttrpc_seconds, 1.0)
         args.stdout_bytes = min(args.stdout_bytes, 100_000_000)
         args.containers = min(args.containers, 10)
+    modes = [m for m in args.modes.split(",") if m] or ["shared" if args.shared else "isolated"]
+    bad = [m for m in modes if m not in MODES]
+    if bad or len(set(modes)) != len(modes):
+        p.error(f"--modes: each of {sorted(MODES)} at most once, got {args.modes!r}")
+    args.modes = modes
     known = set(runners) | set(_externals())
     unknown = [n for n in args.names if n not in known]
     if unknown:
@@ -274,6 +291,38 @@ def run_external(name: str) -> BenchResult:
     return result
 
 
+def run_mode(
+    env: BenchEnv, args: Any, runners: dict[str, tuple[str, Runner]], names: list[str], mode: str
+) -> list[BenchResult]:
+    """Run ``names`` with ours in ``mode``; with several modes, each row names its mode."""
+    results: list[BenchResult] = []
+    if args.no_ours:
+        env.ours.unavailable = "skipped (--no-ours)"
+    env.start()
+    if any(n in runners and n not in MODELESS for n in names):
+        env.check_ours()
+    for name in names:
+        if name not in runners:
+            results.append(run_external(name))
+            continue
+        result = BenchResult(name)
+        results.append(result)
+        log(f"=== {name}: {runners[name][0]}")
+        bench_guard(result, lambda r=result, n=name: runners[n][1](env, args, r))
+        # Whatever a benchmark left behind (tasks, containers, shims still alive 10 s
+        # after their last container) is removed here and reported.
+        for rt in (env.reference, env.ours):
+            if rt.binary is not None:
+                left = env.reset(rt)
+                if left:
+                    result.notes.append(f"{name}: {rt.key} left behind (removed): {left}")
+        log(f"=== {name}: done in {result.seconds:.1f}s")
+        if len(args.modes) > 1 and name not in MODELESS:
+            for row in result.rows:
+                row.bench = f"{row.bench} [{mode}]"
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     runners = _runners()
@@ -294,39 +343,27 @@ def main(argv: list[str] | None = None) -> int:
     forced: list[str] = []
     interrupted = False
     try:
-        env = BenchEnv(
-            smoke_timeout=args.smoke_timeout, ours_binary=args.ours_binary, shared=args.shared
-        )
-        if args.no_ours:
-            env.ours.unavailable = "skipped (--no-ours)"
-        env.start()
-        if any(n in runners and n != "ttrpc" for n in names):
-            env.check_ours()
-        for name in names:
-            if name not in runners:
-                results.append(run_external(name))
-                continue
-            result = BenchResult(name)
-            results.append(result)
-            log(f"=== {name}: {runners[name][0]}")
-            bench_guard(result, lambda r=result, n=name: runners[n][1](env, args, r))
-            # Whatever a benchmark left behind (tasks, containers, shims still alive 10 s
-            # after their last container) is removed here and reported.
-            for rt in (env.reference, env.ours):
-                if rt.binary is not None:
-                    left = env.reset(rt)
-                    if left:
-                        result.notes.append(f"{name}: {rt.key} left behind (removed): {left}")
-            log(f"=== {name}: done in {result.seconds:.1f}s")
+        for n, mode in enumerate(args.modes):
+            env = None
+            try:
+                env = BenchEnv(
+                    smoke_timeout=args.smoke_timeout,
+                    ours_binary=args.ours_binary,
+                    shared=MODES[mode],
+                )
+                mode_names = [x for x in names if n == 0 or x not in MODELESS]
+                if len(args.modes) > 1:
+                    log(f"##### ours in {mode} mode: {mode_names}")
+                results += run_mode(env, args, runners, mode_names, mode)
+            finally:
+                if env is not None:
+                    log("cleaning up")
+                    forced += env.close()
+                    if forced:
+                        log(f"had to clean up by force: {forced}")
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")
-    finally:
-        if env is not None:
-            log("cleaning up")
-            forced = env.close()
-            if forced:
-                log(f"had to clean up by force: {forced}")
     meta = metadata(env, args)
     meta["loadavg_at_start"] = load_at_start
     rows = [row for r in results for row in r.rows]

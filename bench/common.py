@@ -279,6 +279,18 @@ def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
 # ------------------------------------------------------------------------------- environment
 
 
+def _compile_tree() -> None:
+    """Write the bytecode of this tree's ``trioshim``, as installing a wheel does. An editable
+    install run with ``PYTHONDONTWRITEBYTECODE=1`` (set in some shells, inherited by containerd
+    and so by the shims) never writes it, and every start and delete helper would then compile
+    the modules it imports: about 5 ms each, which an installed shim never pays."""
+    import compileall
+
+    import trioshim
+
+    compileall.compile_dir(Path(trioshim.__file__).parent, quiet=1)
+
+
 def is_shared_process(argv: Sequence[str]) -> bool:
     """A shared-mode process: the shared binary with a containerd address but no shim id."""
     return any(os.path.basename(a) == SHARED_BINARY for a in argv[:3]) and "-id" not in argv
@@ -298,6 +310,7 @@ class BenchEnv:
         self.base = Path(tempfile.mkdtemp(prefix="tsb", dir="/tmp"))
         self.bin_dir = self.base / "bin"
         self.smoke_timeout = smoke_timeout
+        self.shared = shared
         self._n = 0
         path = default_path()
         self.reference = Runtime(
@@ -317,18 +330,21 @@ class BenchEnv:
             binary=_which(OURS_BINARY, path),
         )
         if shared:
-            # Shared mode: one process per containerd serves every shim (installed only).
+            # Shared mode: one process per containerd serves every shim (installed only; for a
+            # given build, its shared launcher, installed beside the one given).
             self.ours.label, self.ours.name = "trioshim-shared", SHARED_RUNTIME
             self.ours.binary_name = SHARED_BINARY
-            self.ours.binary = _which(SHARED_BINARY, path)
+            if ours_binary is None:
+                self.ours.binary = _which(SHARED_BINARY, path)
+            else:
+                given = Path(ours_binary).absolute().parent / SHARED_BINARY
+                self.ours.binary = self._link(given) if given.exists() else None
+                path = f"{self.bin_dir}:{path}"
             if self.ours.binary is None:
                 self.ours.unavailable = f"{SHARED_BINARY} not found on {path}"
         elif ours_binary is not None:
             # A given build of ours, under the name containerd looks up.
-            self.bin_dir.mkdir(parents=True, exist_ok=True)
-            link = self.bin_dir / OURS_BINARY
-            link.symlink_to(Path(ours_binary).absolute())
-            self.ours.binary = str(link)
+            self.ours.binary = self._link(Path(ours_binary).absolute(), OURS_BINARY)
             path = f"{self.bin_dir}:{path}"
         if self.reference.binary is None:
             self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
@@ -347,6 +363,13 @@ class BenchEnv:
         self.rootfs: Path | None = None
         self.started = False
 
+    def _link(self, target: Path, name: str | None = None) -> str:
+        """``target`` in our ``bin`` directory (first on containerd's PATH) as ``name``."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        link = self.bin_dir / (name or target.name)
+        link.symlink_to(target)
+        return str(link)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -362,6 +385,7 @@ class BenchEnv:
         if rt.unavailable:
             log(f"ours unavailable: {rt.unavailable}")
             return
+        _compile_tree()
         cid = self.new_id(rt, "smoke")
         try:
             r = self.containerd.ctr(

@@ -296,10 +296,22 @@ def run(env: BenchEnv, args: Any, result: BenchResult) -> None:
         if forced:
             result.notes.append(f"start: killed by force at the end: {forced}")
     rows = (
-        Row(NAME, "start action -> first Connect, median", "ms", "lower"),
+        Row(
+            NAME,
+            "start action -> first Connect, median",
+            "ms",
+            "lower",
+            aim="<= 1.0x" if env.shared else "<= 2x",
+        ),
         Row(NAME, "start action -> first Connect, p90", "ms", "lower"),
         Row(NAME, "start action -> first Connect, cold (1st)", "ms", "lower"),
-        Row(NAME, "start helper exit (address printed), median", "ms", "lower"),
+        Row(
+            NAME,
+            "start helper exit (address printed), median",
+            "ms",
+            "lower",
+            aim="" if env.shared else "<= 15 ms (ours)",
+        ),
         Row(NAME, "delete action, median", "ms", "lower"),
     )
     for key, ss in samples.items():

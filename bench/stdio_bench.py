@@ -3,7 +3,7 @@ the shim copies pipe -> FIFO, a consumer drains the FIFO (containerd's reader).
 
     .venv/bin/python bench/stdio_bench.py [--mib 1024] [--repeat 3]
 
-Variants: ``pump`` (trioshim.runc.copy.pump: splice, pipes enlarged to 1 MiB),
+Variants: ``pump`` (trioshim.task.copy.pump: splice, pipes enlarged to 1 MiB),
 ``pump-64k`` (splice with the default 64 KiB pipes), ``readwrite-64k`` (the pump's read/write
 fallback) and ``naive-4k`` (a plain 4 KiB read/write loop, what io.CopyBuffer does in
 containerd-shim-runc-v2). Producer and consumer are ``dd`` children spawned through the
@@ -25,9 +25,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trioshim.runc import copy as copymod
-from trioshim.runc.copy import PIPE_SIZE, pump, set_pipe_size
 from trioshim.shim.reaper import DEVNULL, open_reaper
+from trioshim.task import copy as copymod
+from trioshim.task.copy import PIPE_SIZE, pump, set_pipe_size
 
 Copier = Callable[[int, int], Awaitable[None]]
 

@@ -65,6 +65,26 @@ def shared_own(
         yield env
 
 
+# The default idle time, for one containerd only (the tests' containerd sets 0): the process
+# outlives its last shim, so what ends it is its containerd going, or a signal.
+IDLE = {"TRIOSHIM_SHARED_IDLE": "600"}
+
+
+def gone_with_its_files(c: PrivateContainerd) -> bool:
+    return not shared_pids(c) and not c.forkserver_files()
+
+
+@pytest.fixture
+def shared_idling(
+    request: pytest.FixtureRequest,
+    busybox_rootfs: Path,
+    make_containerd: Callable[..., LineContainerd],
+) -> Iterator[E2E]:
+    daemon = make_containerd(env=IDLE)
+    with on_own_containerd(request, daemon, busybox_rootfs, SHARED, short="sh") as env:
+        yield env
+
+
 def test_one_process_serves_many_containers(shared: E2E) -> None:
     e2e = shared
     with ThreadPoolExecutor(4) as pool:  # concurrent starts: still one process
@@ -213,25 +233,74 @@ def test_new_build_gets_a_process_of_its_own(shared: E2E) -> None:
     assert e2e.kill_and_delete(new) == 137
 
 
-def test_idle_process_serves_the_next_start_and_delete_itself(
-    request: pytest.FixtureRequest,
-    busybox_rootfs: Path,
-    make_containerd: Callable[..., LineContainerd],
-) -> None:
-    daemon = make_containerd(env={"TRIOSHIM_SHARED_IDLE": "600"})  # the default idle time
-    with on_own_containerd(request, daemon, busybox_rootfs, SHARED, short="sh") as e2e:
-        c = e2e.containerd
-        r = e2e.run("/bin/echo", "first")  # no process yet: the helper forks one
-        assert (r.returncode, r.stdout) == (0, "first\n"), r.stderr
-        (owner,) = shared_pids(c)  # its last shim is gone; it stays for the next start
-        for n in range(2):
-            r = e2e.run("/bin/sh", "-c", f"echo again-{n}; exit {n + 2}")
-            assert (r.returncode, r.stdout) == (n + 2, f"again-{n}\n"), r.stderr
-            assert shared_pids(c) == [owner]
-        # The shared process, not a fork server, stays warm for the helpers.
-        names = [f.name for f in c.forkserver_files()]
-        assert names and all(n.startswith("shared-") for n in names), names
+def test_idle_process_serves_the_next_start_and_delete_itself(shared_idling: E2E) -> None:
+    e2e = shared_idling
+    c = e2e.containerd
+    r = e2e.run("/bin/echo", "first")  # no process yet: the helper forks one
+    assert (r.returncode, r.stdout) == (0, "first\n"), r.stderr
+    (owner,) = shared_pids(c)  # its last shim is gone; it stays for the next start
+    for n in range(2):
+        r = e2e.run("/bin/sh", "-c", f"echo again-{n}; exit {n + 2}")
+        assert (r.returncode, r.stdout) == (n + 2, f"again-{n}\n"), r.stderr
+        assert shared_pids(c) == [owner]
+    # The shared process, not a fork server, stays warm for the helpers.
+    names = [f.name for f in c.forkserver_files()]
+    assert names and all(n.startswith("shared-") for n in names), names
 
-        os.kill(owner, signal.SIGTERM)  # idle: it just ends
-        wait_for(lambda: not alive(owner), what="the idle shared process to end on SIGTERM")
-        assert c.forkserver_files() == []
+    os.kill(owner, signal.SIGTERM)  # idle: it just ends
+    wait_for(lambda: not alive(owner), what="the idle shared process to end on SIGTERM")
+    assert c.forkserver_files() == []
+
+
+def test_process_ends_when_its_containerd_stops(shared_idling: E2E) -> None:
+    e2e = shared_idling
+    c = e2e.containerd
+    cid = e2e.run_detached("/bin/sleep", "1000")
+    (owner,) = shared_pids(c)
+    assert e2e.kill_and_delete(cid) == 137
+    wait_for(lambda: not e2e.leftovers(), what="the shim to end")
+    assert shared_pids(c) == [owner]  # its containerd is alive: it idles for the next start
+
+    c.halt()
+    wait_for(lambda: gone_with_its_files(c), what="the process and its files to go")
+
+
+def test_process_after_a_containerd_restart_ends_with_its_last_shim(shared_idling: E2E) -> None:
+    e2e = shared_idling
+    c = e2e.containerd
+    cids = [e2e.run_detached("/bin/sleep", "1000") for _ in range(2)]
+    (owner,) = shared_pids(c)
+
+    c.restart()  # the new containerd reconnects to the shims; it starts nothing
+    assert shared_pids(c) == [owner]
+    assert e2e.kill_and_delete(cids[0]) == 137
+    r = e2e.exec(cids[1], "/bin/echo", "served on", exec_id="on")
+    assert (r.returncode, r.stdout) == (0, "served on\n"), r.stderr
+    assert shared_pids(c) == [owner]  # a shim is left: it serves on
+
+    assert e2e.kill_and_delete(cids[1]) == 137
+    # Its containerd has gone: no idle time.
+    wait_for(lambda: gone_with_its_files(c), what="the process and its files to go")
+
+
+def test_restarted_containerd_makes_the_process_its_own_with_its_first_start(
+    shared_idling: E2E,
+) -> None:
+    e2e = shared_idling
+    c = e2e.containerd
+    old = e2e.run_detached("/bin/sleep", "1000")
+    (owner,) = shared_pids(c)
+
+    c.restart()
+    new = e2e.run_detached("/bin/sleep", "1000")  # same address: the same process
+    assert shared_pids(c) == [owner]
+    for cid in (old, new):
+        assert e2e.kill_and_delete(cid) == 137
+    # It is the new containerd's now, idling for its next start (had it ended with its
+    # last shim, this start would fork another process).
+    r = e2e.run("/bin/echo", "still here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    assert shared_pids(c) == [owner]
+
+    c.halt()
+    wait_for(lambda: gone_with_its_files(c), what="the process and its files to go")

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.runc.boundary import Handlers
 from trioshim.runc.service import TaskService
 from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
 from trioshim.shim.shutdown import ShutdownService
@@ -124,7 +125,9 @@ class Harness:
         return await self.call("Create", self.create_request(container_id, bundle, **kwargs))
 
     async def call(self, rpc: str, request: Message) -> Any:
-        return await getattr(self.service, rpc)(api, CTX, request)
+        """``rpc`` as containerd calls it: through the service's boundary (ids checked,
+        domain errors turned into ttrpc statuses)."""
+        return await getattr(Handlers(self.service, api), rpc)(CTX, request)
 
     async def fails(self, rpc: str, request: Message) -> TTRPCError:
         with pytest.raises(TTRPCError) as info:
@@ -186,4 +189,28 @@ def exec_request(container_id: str, exec_id: str, args: Sequence[str]) -> Any:
         id=container_id,
         exec_id=exec_id,
         spec=any_pb2.Any(type_url="x", value=json.dumps(spec).encode()),
+    )
+
+
+async def add_exec(
+    h: Harness, container_id: str, exec_id: str, args: Sequence[str], **kw: Any
+) -> None:
+    """Exec ``args`` in ``container_id`` as ``exec_id`` (``kw``: the request's stdio)."""
+    spec = {
+        "args": list(args),
+        "cwd": "/",
+        "env": ["PATH=/bin:/usr/bin"],
+        "user": {"uid": 0, "gid": 0},
+    }
+    await h.call(
+        "Exec",
+        api.ExecProcessRequest(
+            id=container_id,
+            exec_id=exec_id,
+            spec=any_pb2.Any(
+                type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                value=json.dumps(spec).encode(),
+            ),
+            **kw,
+        ),
     )

@@ -14,11 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from tests.runc.test_stdio import LOGGER, client_reader, read_exactly, read_to_eof, write_all
-from trioshim.runc import copy as copymod
-from trioshim.runc.console import Console, ConsoleError, ConsoleSocket
+from tests.runc.stdio_helpers import client_reader
+from tests.runc.test_stdio_file_binary import LOGGER
+from tests.task.fdio import read_exactly, read_to_eof, write_all
+from trioshim.runc.console import ConsoleError, ConsoleSocket
 from trioshim.runc.stdio import (
-    OUTPUT_FLUSH_TIMEOUT,
     ProcessIO,
     StdioConfig,
     StdioDeadlineExceeded,
@@ -26,6 +26,8 @@ from trioshim.runc.stdio import (
     StdioMode,
 )
 from trioshim.shim.reaper import Child, Reaper, open_reaper
+from trioshim.task import copy as copymod
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 
 
 def send_master(path: str, fds: list[int], name: bytes = b"/dev/pts/99") -> None:
@@ -337,56 +339,3 @@ async def test_terminal_binary_logger(tmp_path: Path) -> None:
     assert info["env"] == ["CONTAINER_ID=c1", "CONTAINER_NAMESPACE=ns"]
     assert (out / "stdout").read_bytes() == b"via logger"
     assert (out / "stderr").read_bytes() == b""
-
-
-async def test_console_copy_direct() -> None:
-    """Console.copy on its own: master -> a pipe, shut down at exit with a final drain."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    r, w = os.pipe()
-    console = Console(master, "/dev/pts/x")
-    got = bytearray()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            ended: list[copymod.PumpEnd] = []
-
-            async def output_done(end: copymod.PumpEnd) -> None:
-                ended.append(end)
-
-            nursery.start_soon(lambda: console.copy(stdin=None, output=w, output_done=output_done))
-            os.write(slave, b"one ")
-            await trio.testing.wait_all_tasks_blocked()
-            os.write(slave, b"two")  # still there when the process exits
-            console.shutdown()
-        os.close(w)
-        got += await read_to_eof(r)
-    os.close(slave)
-    assert ended == [copymod.PumpEnd.STOPPED]
-    assert got == b"one two"
-    assert console.closed
-
-
-async def test_console_exit_while_stdin_blocked_on_full_terminal() -> None:
-    """The process stops reading its terminal and exits: stdin waiting on a full master must
-    not keep the console alive."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    os.set_blocking(in_w, False)
-    console = Console(master)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: console.copy(stdin=in_r, output=out_w))
-            # Feed stdin until the terminal's input queue is full and the copier waits on it.
-            chunk = b"x" * 4096
-            while True:
-                await trio.testing.wait_all_tasks_blocked()
-                try:
-                    os.write(in_w, chunk)
-                except BlockingIOError:
-                    break
-            console.shutdown()  # the process exited
-    assert console.closed
-    for fd in (slave, in_r, in_w, out_r, out_w):
-        os.close(fd)

@@ -16,15 +16,20 @@ import pytest
 import trio
 import trio.testing
 
+from tests.runc.stdio_helpers import client_reader
 from tests.runc.test_console import open_terminal_io, process_wrote
 from tests.runc.test_exits import Box, Events
-from tests.runc.test_stdio import client_reader, read_exactly, read_to_eof
-from trioshim.runc import process as p
-from trioshim.runc.exits import TASK_EXIT_TOPIC, Exits
-from trioshim.runc.process import ExecProcess, InitProcess, Process
+from tests.task.fdio import read_exactly, read_to_eof
+from trioshim.runc import states
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.exits import Exits
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.process import Process
 from trioshim.runc.runc_cli import Runc
-from trioshim.runc.stdio import _FIFO_POLL_MAX, StdioConfig
+from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper
+from trioshim.task.events import TASK_EXIT
+from trioshim.task.fifo import FIFO_POLL_MAX
 
 PID = 4321
 
@@ -37,11 +42,11 @@ def track(exits: Exits, kind: str) -> Process:
     process: Process
     if kind == "init":
         process = box.init
-        process.state = p.InitRunning()
+        process.state = states.InitRunning()
     else:
         exits.exec_starting(box)
         process = ExecProcess("e1", box.init, {"args": ["sh"]}, terminal)
-        process.state = p.ExecRunning()
+        process.state = states.ExecRunning()
     process.pid = PID
     with exits.starting() as starting:
         starting.started(box, process)
@@ -49,7 +54,7 @@ def track(exits: Exits, kind: str) -> Process:
 
 
 def exits_seen(events: Events) -> list[str]:
-    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT_TOPIC]
+    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT]
 
 
 @pytest.mark.parametrize("kind", ["exec", "init"])
@@ -87,7 +92,7 @@ async def test_terminal_exit_reported_once_output_delivered(
             # would lose it if it learned of the exit now.
             assert exits_seen(events) == []
             assert await read_exactly(out, len(data)) == data
-            mock_clock.jump(_FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
+            mock_clock.jump(FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
             await trio.testing.wait_all_tasks_blocked()
             assert exits_seen(events) == [process.id]
             assert process.exit_status == 3

@@ -1,4 +1,5 @@
-"""Exit matching and event order (runc-task.md 3.3/3.4), driven without runc."""
+"""Exit matching and event order (exits held until their start event, the init's exit
+last), driven without runc."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import trio
 import trio.testing
 from google.protobuf.message import Message
 
-from trioshim.runc import process as p
-from trioshim.runc.exits import GO_ZERO_TIME_SECONDS, Exits, timestamp
-from trioshim.runc.process import ExecProcess, InitProcess
+from trioshim.runc import states
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.exits import Exits
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper, open_reaper
-from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.task.errors import TaskError
+from trioshim.task.events import GO_ZERO_TIME_SECONDS, timestamp
+from trioshim.ttrpc.errors import Code
 
 
 @dataclass(eq=False)
@@ -55,7 +59,7 @@ def _box(container_id: str = "c1") -> Box:
 def _exec(box: Box, exec_id: str, pid: int) -> ExecProcess:
     e = ExecProcess(exec_id, box.init, {"args": ["sh"]}, StdioConfig())
     e.pid = pid
-    e.state = p.ExecRunning()
+    e.state = states.ExecRunning()
     return e
 
 
@@ -98,7 +102,7 @@ async def test_exit_during_init_start_is_held(tracker: tuple[Exits, Events]) -> 
     with exits.starting() as starting:
         box.init.pid = 100
         starting.started(box, box.init)
-    box.init.state = p.InitRunning()  # what Start does once runc start returned
+    box.init.state = states.InitRunning()  # what Start does once runc start returned
     with exits.starting(box) as starting:
         exits.on_exit(Exit(100, 0, 1))
         await trio.testing.wait_all_tasks_blocked()
@@ -143,10 +147,10 @@ async def test_init_exit_is_published_after_every_exec_exit(
     await trio.testing.wait_all_tasks_blocked()
     assert events.seen == []  # held: three execs still run
     assert not box.init.has_exited
-    with pytest.raises(TTRPCError) as info:
+    with pytest.raises(TaskError) as info:
         exits.exec_starting(box)
     assert info.value.code == Code.FAILED_PRECONDITION
-    assert info.value.message == "container c1 init process is not running: failed precondition"
+    assert str(info.value) == "container c1 init process is not running: failed precondition"
     for n in (2, 0, 1):
         exits.on_exit(Exit(200 + n, 137, 2))
     await trio.testing.wait_all_tasks_blocked()
@@ -163,7 +167,7 @@ async def test_exec_that_exits_before_its_pid_is_known(tracker: tuple[Exits, Eve
     with exits.starting() as starting:
         exits.on_exit(Exit(300, 0, 9))  # `true` was done before runc wrote the pid file
         e.pid = 300
-        e.state = p.ExecRunning()
+        e.state = states.ExecRunning()
         events.publish("/tasks/exec-started", Message())
         starting.started(box, e)
     await trio.testing.wait_all_tasks_blocked()
@@ -191,7 +195,7 @@ async def test_exit_of_a_deleted_init_publishes_nothing(tracker: tuple[Exits, Ev
     with exits.starting() as starting:
         box.init.pid = 100
         starting.started(box, box.init)
-    box.init.state = p.InitDeleted()  # Delete of a never-started container
+    box.init.state = states.InitDeleted()  # Delete of a never-started container
     exits.forget(box)
     exits.on_exit(Exit(100, 137, 1))
     await trio.testing.wait_all_tasks_blocked()
@@ -307,7 +311,7 @@ async def test_kill_after_reap_never_signals_the_pid_again(tracker: tuple[Exits,
             exits.on_exit(Exit(stranger.pid, 0, 1))
             await trio.testing.wait_all_tasks_blocked()
             assert not e.has_exited  # held until the output is delivered
-            with pytest.raises(TTRPCError) as info:
+            with pytest.raises(TaskError) as info:
                 await e.kill(signal.SIGTERM)
             assert info.value.code == Code.NOT_FOUND
             await trio.testing.wait_all_tasks_blocked()
@@ -315,3 +319,29 @@ async def test_kill_after_reap_never_signals_the_pid_again(tracker: tuple[Exits,
         finally:
             stranger.kill()
             assert await stranger.wait() == 128 + signal.SIGKILL
+
+
+async def test_a_sigkilled_init_hands_off_to_the_oom_check_before_its_exit() -> None:
+    """TaskOOM before TaskExit by an explicit hand-off: the OOM check runs (and publishes)
+    before the SIGKILLed init's exit is published; another exit status does not ask."""
+    events = Events()
+
+    def check_oom(container_id: str) -> None:
+        events.publish("/tasks/oom", Message())
+        events.seen[-1] = ("/tasks/oom", container_id, "", 0)
+
+    async with trio.open_nursery() as nursery:
+        exits = Exits(events.publish, nursery, check_oom)
+        killed, ended = _box("c1"), _box("c2")
+        for pid, box in ((100, killed), (200, ended)):
+            with exits.starting() as starting:
+                box.init.pid = pid
+                starting.started(box, box.init)
+        exits.on_exit(Exit(100, 137, 5))
+        exits.on_exit(Exit(200, 1, 6))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    c1 = [e for e in events.seen if e[1] == "c1"]
+    c2 = [e for e in events.seen if e[1] == "c2"]
+    assert c1 == [("/tasks/oom", "c1", "", 0), ("/tasks/exit", "c1", "", 137)]
+    assert c2 == [("/tasks/exit", "c2", "", 1)]

@@ -61,3 +61,14 @@ def test_without_site_the_helper_side_imports_only_built_ins() -> None:
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_shared_name_linked_to_the_script_runs_the_shared_runtime(tmp_path: Path) -> None:
+    """``launcher/containerd-shim-trioshim-shared-v2`` is a symlink to this script: the name
+    containerd ran, not the file it resolves to, picks the runtime."""
+    link = tmp_path / "containerd-shim-trioshim-shared-v2"
+    link.symlink_to(SCRIPT)
+    out = subprocess.run(
+        [str(link), "-info"], stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=60
+    )
+    assert b"io.containerd.trioshim-shared.v2" in out.stdout

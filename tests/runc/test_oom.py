@@ -1,4 +1,4 @@
-"""OOM watcher (runc-task.md 5): a real OOM kill in a cgroup v1 memory group on this machine,
+"""OOM watcher: a real OOM kill in a cgroup v1 memory group on this machine,
 and the v2 inotify logic driven by writing memory.events/cgroup.events in tmp_path."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import trio
 import trio.testing
 
 from trioshim.runc.oom import open_oom_watcher
-from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified
+from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified, oom
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -99,6 +100,43 @@ async def test_v2_reports_each_increase_once(v2_group: Path) -> None:
             _rewrite(v2_group / "memory.events", _events(4))
             await trio.testing.wait_all_tasks_blocked()
             assert rec.calls == ["c1", "c1"]
+
+
+async def test_v2_poll_reports_a_kill_now_and_once(v2_group: Path) -> None:
+    """poll() is the hand-off before an OOM-killed init's exit: the kill is reported during
+    the call, and the watch task, waking later to the same change, does not repeat it."""
+    rec = Recorder()
+    with trio.fail_after(10):
+        async with open_oom_watcher(rec) as watcher:
+            watcher.add("c1", CgroupV2(str(v2_group)))
+            await trio.testing.wait_all_tasks_blocked()  # the watch waits on inotify
+            watcher.poll("c1")
+            assert rec.calls == []
+            _rewrite(v2_group / "memory.events", _events(1))
+            watcher.poll("c1")
+            assert rec.calls == ["c1"]
+            watcher.poll("c1")
+            _rewrite(v2_group / "cgroup.events", "populated 0\nfrozen 0\n")
+            await watcher.wait_stopped("c1")
+            assert rec.calls == ["c1"]
+            watcher.poll("c1")  # no watch left: nothing to look at
+            assert rec.calls == ["c1"]
+
+
+def test_v1_pending_takes_one_notification_and_leaves_a_removal() -> None:
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        with tempfile.TemporaryDirectory() as group:
+            pending = oom._v1_pending(group, efd)
+            assert not pending()
+            os.eventfd_write(efd, 1)
+            assert pending()
+            assert not pending()
+        os.eventfd_write(efd, 1)  # the group is gone: the watch task must see this signal
+        assert not pending()
+        assert os.eventfd_read(efd) == 1
+    finally:
+        os.close(efd)
 
 
 async def test_v2_kill_before_add_is_reported(v2_group: Path) -> None:

@@ -14,8 +14,9 @@ from google.protobuf.message import Message
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as legacy
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import options as o
-from trioshim.runc.runc_cli import CheckpointOpts
-from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.runc.runc_args import CheckpointOpts
+from trioshim.task.errors import TaskError
+from trioshim.ttrpc.errors import Code
 
 FULL_CREATE = legacy.CreateOptions(
     no_pivot_root=True,
@@ -74,7 +75,7 @@ def test_decode_options() -> None:
     assert o.decode_options(None) == oci_pb2.Options()
     assert o.decode_options(any_pb2.Any()) == oci_pb2.Options()
     assert o.decode_options(any_pb2.Any(type_url="runtimeoptions.v1.Options")) == oci_pb2.Options()
-    with pytest.raises(TTRPCError, match=r"^type with url foo\.Bar: not found$"):
+    with pytest.raises(TaskError, match=r"^type with url foo\.Bar: not found$"):
         o.decode_options(any_pb2.Any(type_url="foo.Bar"))
 
 
@@ -144,7 +145,7 @@ def test_decode_checkpoint_options_of_both_families() -> None:
     assert len(as_dict(decoded)) == len(legacy.CheckpointOptions.DESCRIPTOR.fields)
     assert o.decode_checkpoint_options(pack(decoded)) == decoded
     assert o.decode_checkpoint_options(None) == oci_pb2.CheckpointOptions()
-    with pytest.raises(TTRPCError, match=r"^type with url containerd.runc.v1.Options: not found$"):
+    with pytest.raises(TaskError, match=r"^type with url containerd.runc.v1.Options: not found$"):
         o.decode_checkpoint_options(pack(oci_pb2.Options()))
 
 
@@ -159,7 +160,7 @@ def test_decode_checkpoint_options_of_both_families() -> None:
 def test_garbage_is_a_clear_error(type_url: str) -> None:
     garbage = any_pb2.Any(type_url=type_url, value=b"\xff\xff\xff")
     decode = o.decode_checkpoint_options if "Checkpoint" in type_url else o.decode_options
-    with pytest.raises(TTRPCError) as info:
+    with pytest.raises(TaskError) as info:
         decode(garbage)
     assert info.value.code == Code.UNKNOWN
-    assert info.value.message.startswith(f"failed to unmarshal {type_url}: ")
+    assert str(info.value).startswith(f"failed to unmarshal {type_url}: ")

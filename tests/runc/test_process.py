@@ -1,4 +1,4 @@
-"""The init and exec state machines (runc-task.md 1.3, 1.4), driven without runc."""
+"""The init and exec state machines, driven without runc."""
 
 from __future__ import annotations
 
@@ -6,117 +6,128 @@ import pytest
 import trio
 import trio.testing
 
-from trioshim.runc import process as p
-from trioshim.runc.process import ExecProcess, InitProcess
+from trioshim.runc import init_process, states
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import Code, TTRPCError
+from trioshim.task.errors import TaskError
+from trioshim.ttrpc.errors import Code
 
-OPS = (p.START, p.DELETE, p.KILL, p.PAUSE, p.RESUME, p.UPDATE, p.CHECKPOINT, p.EXEC)
+OPS = (
+    states.START,
+    states.DELETE,
+    states.KILL,
+    states.PAUSE,
+    states.RESUME,
+    states.UPDATE,
+    states.CHECKPOINT,
+    states.EXEC,
+)
 OK = None
 
-# Operation x state, exactly the table of runc-task.md 1.3 (code, message) or OK.
+# Operation x state: the error (code, message) containerd-shim-runc-v2 v1.6 gives, or OK.
 UNK = Code.UNKNOWN
 NF = Code.NOT_FOUND
-INIT_TABLE: dict[type[p.State], dict[str, tuple[int, str] | None]] = {
-    p.InitCreated: {
-        p.START: OK,
-        p.DELETE: OK,
-        p.KILL: OK,
-        p.PAUSE: (UNK, "cannot pause task in created state"),
-        p.RESUME: (UNK, "cannot resume task in created state"),
-        p.UPDATE: OK,
-        p.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
-        p.EXEC: OK,
+INIT_TABLE: dict[type[states.State], dict[str, tuple[int, str] | None]] = {
+    states.InitCreated: {
+        states.START: OK,
+        states.DELETE: OK,
+        states.KILL: OK,
+        states.PAUSE: (UNK, "cannot pause task in created state"),
+        states.RESUME: (UNK, "cannot resume task in created state"),
+        states.UPDATE: OK,
+        states.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
+        states.EXEC: OK,
     },
-    p.InitCreatedCheckpoint: {
-        p.START: OK,
-        p.DELETE: OK,
-        p.KILL: OK,
-        p.PAUSE: (UNK, "cannot pause task in created state"),
-        p.RESUME: (UNK, "cannot resume task in created state"),
-        p.UPDATE: OK,
-        p.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
-        p.EXEC: (UNK, "cannot exec in a created state"),
+    states.InitCreatedCheckpoint: {
+        states.START: OK,
+        states.DELETE: OK,
+        states.KILL: OK,
+        states.PAUSE: (UNK, "cannot pause task in created state"),
+        states.RESUME: (UNK, "cannot resume task in created state"),
+        states.UPDATE: OK,
+        states.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
+        states.EXEC: (UNK, "cannot exec in a created state"),
     },
-    p.InitRunning: {
-        p.START: (UNK, "cannot start a running process"),
-        p.DELETE: (UNK, "cannot delete a running process"),
-        p.KILL: OK,
-        p.PAUSE: OK,
-        p.RESUME: (UNK, "cannot resume a running process"),
-        p.UPDATE: OK,
-        p.CHECKPOINT: OK,
-        p.EXEC: OK,
+    states.InitRunning: {
+        states.START: (UNK, "cannot start a running process"),
+        states.DELETE: (UNK, "cannot delete a running process"),
+        states.KILL: OK,
+        states.PAUSE: OK,
+        states.RESUME: (UNK, "cannot resume a running process"),
+        states.UPDATE: OK,
+        states.CHECKPOINT: OK,
+        states.EXEC: OK,
     },
-    p.InitPaused: {
-        p.START: (UNK, "cannot start a paused process"),
-        p.DELETE: (UNK, "cannot delete a paused process"),
-        p.KILL: OK,
-        p.PAUSE: (UNK, "cannot pause a paused container"),
-        p.RESUME: OK,
-        p.UPDATE: OK,
-        p.CHECKPOINT: OK,
-        p.EXEC: (UNK, "cannot exec in a paused state"),
+    states.InitPaused: {
+        states.START: (UNK, "cannot start a paused process"),
+        states.DELETE: (UNK, "cannot delete a paused process"),
+        states.KILL: OK,
+        states.PAUSE: (UNK, "cannot pause a paused container"),
+        states.RESUME: OK,
+        states.UPDATE: OK,
+        states.CHECKPOINT: OK,
+        states.EXEC: (UNK, "cannot exec in a paused state"),
     },
-    p.InitStopped: {
-        p.START: (UNK, "cannot start a stopped process"),
-        p.DELETE: OK,
-        p.KILL: OK,
-        p.PAUSE: (UNK, "cannot pause a stopped container"),
-        p.RESUME: (UNK, "cannot resume a stopped container"),
-        p.UPDATE: (UNK, "cannot update a stopped container"),
-        p.CHECKPOINT: (UNK, "cannot checkpoint a stopped container"),
-        p.EXEC: (UNK, "cannot exec in a stopped state"),
+    states.InitStopped: {
+        states.START: (UNK, "cannot start a stopped process"),
+        states.DELETE: OK,
+        states.KILL: OK,
+        states.PAUSE: (UNK, "cannot pause a stopped container"),
+        states.RESUME: (UNK, "cannot resume a stopped container"),
+        states.UPDATE: (UNK, "cannot update a stopped container"),
+        states.CHECKPOINT: (UNK, "cannot checkpoint a stopped container"),
+        states.EXEC: (UNK, "cannot exec in a stopped state"),
     },
-    p.InitDeleted: {
-        p.START: (UNK, "cannot start a deleted process"),
-        p.DELETE: (NF, "cannot delete a deleted process: not found"),
-        p.KILL: (NF, "cannot kill a deleted process: not found"),
-        p.PAUSE: (UNK, "cannot pause a deleted process"),
-        p.RESUME: (UNK, "cannot resume a deleted process"),
-        p.UPDATE: (UNK, "cannot update a deleted process"),
-        p.CHECKPOINT: (UNK, "cannot checkpoint a deleted process"),
-        p.EXEC: (UNK, "cannot exec in a deleted state"),
-    },
-}
-
-EXEC_TABLE: dict[type[p.State], dict[str, tuple[int, str] | None]] = {
-    p.ExecCreated: {
-        p.START: OK,
-        p.DELETE: OK,
-        p.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
-        p.RESIZE: OK,
-    },
-    p.ExecRunning: {
-        p.START: (UNK, "cannot start a running process"),
-        p.DELETE: (UNK, "cannot delete a running process"),
-        p.KILL: OK,
-        p.RESIZE: OK,
-    },
-    p.ExecStopped: {
-        p.START: (UNK, "cannot start a stopped process"),
-        p.DELETE: OK,
-        p.KILL: (NF, "process already finished: not found"),
-        p.RESIZE: (UNK, "cannot resize a stopped container"),
-    },
-    p.ExecStartFailed: {
-        p.START: (UNK, "cannot start an exec process whose start failed"),
-        p.DELETE: OK,
-        p.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
-        p.RESIZE: OK,
-    },
-    p.ExecDeleted: {
-        p.START: (UNK, "cannot start a deleted process"),
-        p.DELETE: (NF, "cannot delete a deleted process: not found"),
-        p.KILL: (NF, "cannot kill a deleted process: not found"),
-        p.RESIZE: (UNK, "cannot resize a deleted process"),
+    states.InitDeleted: {
+        states.START: (UNK, "cannot start a deleted process"),
+        states.DELETE: (NF, "cannot delete a deleted process: not found"),
+        states.KILL: (NF, "cannot kill a deleted process: not found"),
+        states.PAUSE: (UNK, "cannot pause a deleted process"),
+        states.RESUME: (UNK, "cannot resume a deleted process"),
+        states.UPDATE: (UNK, "cannot update a deleted process"),
+        states.CHECKPOINT: (UNK, "cannot checkpoint a deleted process"),
+        states.EXEC: (UNK, "cannot exec in a deleted state"),
     },
 }
 
+EXEC_TABLE: dict[type[states.State], dict[str, tuple[int, str] | None]] = {
+    states.ExecCreated: {
+        states.START: OK,
+        states.DELETE: OK,
+        states.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
+        states.RESIZE: OK,
+    },
+    states.ExecRunning: {
+        states.START: (UNK, "cannot start a running process"),
+        states.DELETE: (UNK, "cannot delete a running process"),
+        states.KILL: OK,
+        states.RESIZE: OK,
+    },
+    states.ExecStopped: {
+        states.START: (UNK, "cannot start a stopped process"),
+        states.DELETE: OK,
+        states.KILL: (NF, "process already finished: not found"),
+        states.RESIZE: (UNK, "cannot resize a stopped container"),
+    },
+    states.ExecStartFailed: {
+        states.START: (UNK, "cannot start an exec process whose start failed"),
+        states.DELETE: OK,
+        states.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
+        states.RESIZE: OK,
+    },
+    states.ExecDeleted: {
+        states.START: (UNK, "cannot start a deleted process"),
+        states.DELETE: (NF, "cannot delete a deleted process: not found"),
+        states.KILL: (NF, "cannot kill a deleted process: not found"),
+        states.RESIZE: (UNK, "cannot resize a deleted process"),
+    },
+}
 
-def _check_table(table: dict[type[p.State], dict[str, tuple[int, str] | None]]) -> None:
+
+def _check_table(table: dict[type[states.State], dict[str, tuple[int, str] | None]]) -> None:
     for state_cls, row in table.items():
         state = state_cls()
         for op, expected in row.items():
@@ -124,9 +135,9 @@ def _check_table(table: dict[type[p.State], dict[str, tuple[int, str] | None]]) 
                 state.check(op)
                 assert state.allows(op)
                 continue
-            with pytest.raises(TTRPCError) as info:
+            with pytest.raises(TaskError) as info:
                 state.check(op)
-            assert (info.value.code, info.value.message) == expected, (state_cls, op)
+            assert (info.value.code, str(info.value)) == expected, (state_cls, op)
             assert not state.allows(op)
 
 
@@ -168,20 +179,20 @@ def _exec(init: InitProcess, exec_id: str = "e1") -> ExecProcess:
 @pytest.mark.parametrize(
     ("state", "recorded"),
     [
-        (p.InitCreated, True),
-        (p.InitCreatedCheckpoint, True),
-        (p.InitRunning, True),
-        (p.InitPaused, True),
-        (p.InitStopped, False),
-        (p.InitDeleted, False),
+        (states.InitCreated, True),
+        (states.InitCreatedCheckpoint, True),
+        (states.InitRunning, True),
+        (states.InitPaused, True),
+        (states.InitStopped, False),
+        (states.InitDeleted, False),
     ],
 )
-def test_init_exit_by_state(state: type[p.State], recorded: bool) -> None:
+def test_init_exit_by_state(state: type[states.State], recorded: bool) -> None:
     init = _init()
     init.state = state()
     assert init.set_exited(137, 1_700_000_000_000_000_000) is recorded
     if recorded:
-        assert isinstance(init.state, p.InitStopped)
+        assert isinstance(init.state, states.InitStopped)
         assert (init.exit_status, init.exited_at_ns) == (137, 1_700_000_000_000_000_000)
         assert init.has_exited
     else:
@@ -192,7 +203,7 @@ def test_init_exit_by_state(state: type[p.State], recorded: bool) -> None:
 
 def test_second_exit_is_ignored() -> None:
     init = _init()
-    init.state = p.InitRunning()
+    init.state = states.InitRunning()
     assert init.set_exited(3, 10)
     assert not init.set_exited(9, 20)
     assert (init.exit_status, init.exited_at_ns) == (3, 10)
@@ -200,16 +211,16 @@ def test_second_exit_is_ignored() -> None:
 
 def test_pausing_overrides_status_and_exec_mirrors_parent() -> None:
     init = _init()
-    init.state = p.InitRunning()
+    init.state = states.InitRunning()
     exe = _exec(init)
-    exe.state = p.ExecRunning()
+    exe.state = states.ExecRunning()
     assert (init.status(), exe.status()) == ("running", "running")
     init.pausing = True
     assert (init.status(), exe.status()) == ("pausing", "pausing")
     init.pausing = False
-    init.state = p.InitPaused()
+    init.state = states.InitPaused()
     assert (init.status(), exe.status()) == ("paused", "paused")
-    init.state = p.InitStopped()
+    init.state = states.InitStopped()
     assert exe.status() == "running"
 
 
@@ -226,8 +237,8 @@ def test_exec_exit_by_state() -> None:
     init = _init()
     exe = _exec(init)
     assert exe.set_exited(1, 5)
-    assert isinstance(exe.state, p.ExecStopped)
-    for state in (p.ExecStopped, p.ExecDeleted, p.ExecStartFailed):
+    assert isinstance(exe.state, states.ExecStopped)
+    for state in (states.ExecStopped, states.ExecDeleted, states.ExecStartFailed):
         other = _exec(init)
         other.state = state()
         assert not other.set_exited(1, 5)
@@ -235,7 +246,7 @@ def test_exec_exit_by_state() -> None:
 
 async def test_wait_released_once_for_every_waiter_before_and_after() -> None:
     init = _init()
-    init.state = p.InitRunning()
+    init.state = states.InitRunning()
     released: list[int] = []
 
     async def waiter(n: int) -> None:
@@ -267,21 +278,21 @@ def test_kill_error_mapping() -> None:
         "boom": (UNK, "unknown error after kill: boom"),
     }
     for text, expected in cases.items():
-        err = p.kill_error(text)
-        assert (err.code, err.message) == expected
+        err = init_process.kill_error(text)
+        assert (err.code, str(err)) == expected
 
 
 async def test_exec_kill_guards() -> None:
     init = _init()
     exe = _exec(init)
-    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+    with pytest.raises(TaskError, match="process not created: failed precondition"):
         await exe.kill(9)
-    exe.state = p.ExecRunning()
-    with pytest.raises(TTRPCError, match="process not created: failed precondition"):
+    exe.state = states.ExecRunning()
+    with pytest.raises(TaskError, match="process not created: failed precondition"):
         await exe.kill(9)  # running but pid unknown (0)
     exe.pid = 123456789
     exe.set_exited(0, 1)
-    with pytest.raises(TTRPCError, match="process already finished: not found"):
+    with pytest.raises(TaskError, match="process already finished: not found"):
         await exe.kill(9)
 
 
@@ -289,8 +300,8 @@ async def test_exec_delete_is_immediate_and_removes_pid_file(tmp_path: object) -
     init = _init()
     exe = _exec(init)
     await exe.delete()
-    assert isinstance(exe.state, p.ExecDeleted)
-    with pytest.raises(TTRPCError, match="cannot delete a deleted process: not found"):
+    assert isinstance(exe.state, states.ExecDeleted)
+    with pytest.raises(TaskError, match="cannot delete a deleted process: not found"):
         await exe.delete()
 
 
@@ -299,6 +310,6 @@ def test_resize_without_console_is_a_noop() -> None:
     init.resize(80, 24)
     exe = _exec(init)
     exe.resize(80, 24)
-    exe.state = p.ExecStopped()
-    with pytest.raises(TTRPCError, match="cannot resize a stopped container"):
+    exe.state = states.ExecStopped()
+    with pytest.raises(TaskError, match="cannot resize a stopped container"):
         exe.resize(80, 24)

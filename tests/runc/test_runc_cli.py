@@ -1,4 +1,4 @@
-"""runc command lines (runc-task.md 2.1/2.2) and log.json error surfacing (2.3)."""
+"""runc command lines (as go-runc builds them) and log.json error surfacing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from trioshim.runc import runc_cli
-from trioshim.runc.runc_cli import CheckpointOpts, Runc, RuncError
+from trioshim.runc import runc_args, runc_cli, runc_errors
+from trioshim.runc.runc_args import CheckpointOpts
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.runc_errors import RuncError
 from trioshim.shim.reaper import Reaper, open_reaper
 
 
@@ -66,7 +68,7 @@ def test_environment_drops_notify_socket(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_create_args() -> None:
-    assert runc_cli.create_args("c1", "/b/c1", pid_file="/b/c1/init.pid") == [
+    assert runc_args.create_args("c1", "/b/c1", pid_file="/b/c1/init.pid") == [
         "create",
         "--bundle",
         "/b/c1",
@@ -74,7 +76,7 @@ def test_create_args() -> None:
         "/b/c1/init.pid",
         "c1",
     ]
-    assert runc_cli.create_args(
+    assert runc_args.create_args(
         "c1",
         "/b/c1",
         pid_file="/b/c1/init.pid",
@@ -97,12 +99,14 @@ def test_create_args() -> None:
 
 def test_pid_file_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = runc_cli.create_args("c1", str(tmp_path), pid_file="init.pid")
+    args = runc_args.create_args("c1", str(tmp_path), pid_file="init.pid")
     assert args[args.index("--pid-file") + 1] == str(tmp_path / "init.pid")
 
 
 def test_exec_args() -> None:
-    assert runc_cli.exec_args("c1", process_file="/tmp/runc-process1", pid_file="/b/c1/e1.pid") == [
+    assert runc_args.exec_args(
+        "c1", process_file="/tmp/runc-process1", pid_file="/b/c1/e1.pid"
+    ) == [
         "exec",
         "--process",
         "/tmp/runc-process1",
@@ -111,7 +115,7 @@ def test_exec_args() -> None:
         "/b/c1/e1.pid",
         "c1",
     ]
-    assert runc_cli.exec_args(
+    assert runc_args.exec_args(
         "c1", process_file="/tmp/p", pid_file="/b/e.pid", console_socket="/tmp/s"
     ) == [
         "exec",
@@ -127,19 +131,19 @@ def test_exec_args() -> None:
 
 
 def test_kill_delete_pause_resume_ps_update() -> None:
-    assert runc_cli.kill_args("c1", 15) == ["kill", "c1", "15"]
-    assert runc_cli.kill_args("c1", 9, all=True) == ["kill", "--all", "c1", "9"]
-    assert runc_cli.delete_args("c1") == ["delete", "c1"]
-    assert runc_cli.delete_args("c1", force=True) == ["delete", "--force", "c1"]
-    assert runc_cli.pause_args("c1") == ["pause", "c1"]
-    assert runc_cli.resume_args("c1") == ["resume", "c1"]
-    assert runc_cli.start_args("c1") == ["start", "c1"]
-    assert runc_cli.ps_args("c1") == ["ps", "--format", "json", "c1"]
-    assert runc_cli.update_args("c1") == ["update", "--resources", "-", "c1"]
+    assert runc_args.kill_args("c1", 15) == ["kill", "c1", "15"]
+    assert runc_args.kill_args("c1", 9, all=True) == ["kill", "--all", "c1", "9"]
+    assert runc_args.delete_args("c1") == ["delete", "c1"]
+    assert runc_args.delete_args("c1", force=True) == ["delete", "--force", "c1"]
+    assert runc_args.pause_args("c1") == ["pause", "c1"]
+    assert runc_args.resume_args("c1") == ["resume", "c1"]
+    assert runc_args.start_args("c1") == ["start", "c1"]
+    assert runc_args.ps_args("c1") == ["ps", "--format", "json", "c1"]
+    assert runc_args.update_args("c1") == ["update", "--resources", "-", "c1"]
 
 
 def test_checkpoint_args() -> None:
-    assert runc_cli.checkpoint_args(
+    assert runc_args.checkpoint_args(
         "c1", CheckpointOpts(image_path="/img", work_path="/b/work/criu-work"), leave_running=True
     ) == [
         "checkpoint",
@@ -160,7 +164,7 @@ def test_checkpoint_args() -> None:
         empty_namespaces=("network", "ipc"),
         cgroups_mode="soft",
     )
-    assert runc_cli.checkpoint_args("c1", opts) == [
+    assert runc_args.checkpoint_args("c1", opts) == [
         "checkpoint",
         "--image-path",
         "/img",
@@ -182,7 +186,7 @@ def test_checkpoint_args() -> None:
 
 def test_restore_args() -> None:
     opts = CheckpointOpts(image_path="/img", work_path="/b/work", parent_path="/parent")
-    assert runc_cli.restore_args(
+    assert runc_args.restore_args(
         "c1",
         "/b/c1",
         opts,
@@ -226,19 +230,19 @@ def test_last_runtime_error_picks_last_error(tmp_path: Path) -> None:
         {"level": "error", "msg": "  container does not exist \n", "time": "2023-01-01T00:00:02Z"},
         {"level": "info", "msg": "later", "time": "2023-01-01T00:00:03Z"},
     )
-    assert runc_cli.last_runtime_error(log) == "container does not exist"
+    assert runc_errors.last_runtime_error(log) == "container does not exist"
 
 
 def test_last_runtime_error_stream_without_newlines(tmp_path: Path) -> None:
     log = tmp_path / "log.json"
     log.write_text('{"level":"error","msg":"a"}{"level":"error","msg":"b"}  ')
-    assert runc_cli.last_runtime_error(str(log)) == "b"
+    assert runc_errors.last_runtime_error(str(log)) == "b"
 
 
 def test_last_runtime_error_empty_and_no_error(tmp_path: Path) -> None:
-    assert runc_cli.last_runtime_error(_log(tmp_path / "empty.json")) == ""
+    assert runc_errors.last_runtime_error(_log(tmp_path / "empty.json")) == ""
     log = _log(tmp_path / "info.json", {"level": "info", "msg": "fine"})
-    assert runc_cli.last_runtime_error(log) == ""
+    assert runc_errors.last_runtime_error(log) == ""
 
 
 def test_runtime_error_wrapping(tmp_path: Path) -> None:
@@ -247,22 +251,22 @@ def test_runtime_error_wrapping(tmp_path: Path) -> None:
         tmp_path / "log.json", {"level": "error", "msg": "container with given ID already exists"}
     )
     assert (
-        runc_cli.runtime_error(log, "OCI runtime create failed", err)
+        runc_errors.runtime_error(log, "OCI runtime create failed", err)
         == "OCI runtime create failed: container with given ID already exists"
     )
     quiet = _log(tmp_path / "quiet.json", {"level": "debug", "msg": "x"})
     assert (
-        runc_cli.runtime_error(quiet, "OCI runtime start failed", err)
+        runc_errors.runtime_error(quiet, "OCI runtime start failed", err)
         == "OCI runtime start failed: runc did not terminate successfully: exit status 1"
     )
     missing = str(tmp_path / "missing.json")
-    assert runc_cli.runtime_error(missing, "OCI runtime create failed", err) == (
+    assert runc_errors.runtime_error(missing, "OCI runtime create failed", err) == (
         "OCI runtime create failed: unable to retrieve OCI runtime error "
         f"(open {missing}: no such file or directory): "
         "runc did not terminate successfully: exit status 1"
     )
     broken = _log(tmp_path / "broken.json", {"level": "error", "msg": "x"}, raw="{not json")
-    text = runc_cli.runtime_error(broken, "failed to delete task", err)
+    text = runc_errors.runtime_error(broken, "failed to delete task", err)
     assert text.startswith("failed to delete task: unable to retrieve OCI runtime error (")
     assert text.endswith("): runc did not terminate successfully: exit status 1")
 

@@ -1,8 +1,9 @@
-"""The task service in-process, with real runc and a busybox rootfs (runc-task.md section 8).
+"""The task service in-process, with real runc and a busybox rootfs.
 
 The service runs in the test's Trio run with a real reaper (this process is made a child
 subreaper, so container inits are reaped here) and records the events it publishes. RPC
-handlers are called directly; the ttrpc layer has its own tests.
+handlers are called through the service's boundary, as containerd calls them. Edge cases
+are in test_service_failures.py, stdio in test_service_stdio.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -19,12 +19,11 @@ import trio
 import trio.testing
 from google.protobuf import any_pb2
 
-from tests.runc.service_harness import Harness, exec_request, is_mounted
+from tests.runc.service_harness import Harness, add_exec, exec_request, is_mounted
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
-from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
-from trioshim.runc.exits import GO_ZERO_TIME_SECONDS
+from trioshim.task.events import GO_ZERO_TIME_SECONDS
 from trioshim.ttrpc.errors import Code, TTRPCError
 
 pytestmark = pytest.mark.skipif(
@@ -109,7 +108,7 @@ async def test_exit_codes_by_signal(harness: Harness) -> None:
     # exec killed by SIGTERM (not pid 1, so the default action applies)
     await h.create("k2", ["sleep", "1000"])
     await h.call("Start", api.StartRequest(id="k2"))
-    await _exec(h, "k2", "e1", ["sleep", "1000"])
+    await add_exec(h, "k2", "e1", ["sleep", "1000"])
     await h.call("Start", api.StartRequest(id="k2", exec_id="e1"))
     await h.call("Kill", api.KillRequest(id="k2", exec_id="e1", signal=signal.SIGTERM))
     with trio.fail_after(20):
@@ -125,29 +124,6 @@ async def test_exit_codes_by_signal(harness: Harness) -> None:
     assert (err.code, err.message) == (Code.NOT_FOUND, "process does not exist e1: not found")
 
 
-async def _exec(
-    h: Harness, container_id: str, exec_id: str, args: Sequence[str], **kw: Any
-) -> None:
-    spec = {
-        "args": list(args),
-        "cwd": "/",
-        "env": ["PATH=/bin:/usr/bin"],
-        "user": {"uid": 0, "gid": 0},
-    }
-    await h.call(
-        "Exec",
-        api.ExecProcessRequest(
-            id=container_id,
-            exec_id=exec_id,
-            spec=any_pb2.Any(
-                type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
-                value=json.dumps(spec).encode(),
-            ),
-            **kw,
-        ),
-    )
-
-
 # --- execs ------------------------------------------------------------------------------------
 
 
@@ -155,7 +131,7 @@ async def test_exec_rules(harness: Harness) -> None:
     h = harness
     await h.create("x1", ["sleep", "1000"])
     # allowed while created; an id in use is AlreadyExists; unstarted kill is FailedPrecondition
-    await _exec(h, "x1", "e1", ["sh", "-c", "exit 7"])
+    await add_exec(h, "x1", "e1", ["sh", "-c", "exit 7"])
     err = await h.fails("Exec", exec_request("x1", "e1", ["true"]))
     assert (err.code, err.message) == (Code.ALREADY_EXISTS, "id e1: already exists")
     err = await h.fails("Kill", api.KillRequest(id="x1", exec_id="e1", signal=9))
@@ -183,9 +159,9 @@ async def test_exec_rules(harness: Harness) -> None:
     assert (err.code, err.message) == (Code.UNKNOWN, "cannot delete a running process")
     deleted = await h.call("Delete", api.DeleteRequest(id="x1", exec_id="e1"))
     assert (deleted.pid, deleted.exit_status) == (started.pid, 7)
-    await _exec(h, "x1", "e1", ["true"])  # the id is free again
+    await add_exec(h, "x1", "e1", ["true"])  # the id is free again
     # bad args: runc exec fails, Wait returns at once, a retry is refused
-    await _exec(h, "x1", "bad", ["/no/such/binary"])
+    await add_exec(h, "x1", "bad", ["/no/such/binary"])
     err = await h.fails("Start", api.StartRequest(id="x1", exec_id="bad"))
     assert err.code == Code.UNKNOWN
     assert err.message.startswith("OCI runtime exec failed: exec failed: "), err.message
@@ -195,7 +171,7 @@ async def test_exec_rules(harness: Harness) -> None:
     err = await h.fails("Start", api.StartRequest(id="x1", exec_id="bad"))
     assert err.message == "cannot start an exec process whose start failed"
     # after the init exited: Exec RPC refused by state, a pending exec's Start by bookkeeping
-    await _exec(h, "x1", "late", ["true"])
+    await add_exec(h, "x1", "late", ["true"])
     await h.call("Kill", api.KillRequest(id="x1", signal=9))
     with trio.fail_after(20):
         await h.call("Wait", api.WaitRequest(id="x1"))
@@ -219,7 +195,7 @@ async def test_concurrent_execs_and_init_exit_last(harness: Harness) -> None:
     for i in range(n):
         # mixed: instant exits and long sleepers (those die by the kill-all)
         args = ["true"] if i % 2 else ["sleep", "1000"]
-        await _exec(h, "m1", f"e{i}", args)
+        await add_exec(h, "m1", f"e{i}", args)
     pids: dict[str, int] = {}
 
     async def start(i: int) -> None:
@@ -259,7 +235,7 @@ async def test_pids_pause_resume(harness: Harness) -> None:
     err = await h.fails("Pause", api.PauseRequest(id="p1"))
     assert err.message == "cannot pause task in created state"
     await h.call("Start", api.StartRequest(id="p1"))
-    await _exec(h, "p1", "e1", ["sleep", "1000"])
+    await add_exec(h, "p1", "e1", ["sleep", "1000"])
     exec_pid = (await h.call("Start", api.StartRequest(id="p1", exec_id="e1"))).pid
     pids = await h.call("Pids", api.PidsRequest(id="p1"))
     by_pid = {p.pid: p for p in pids.processes}
@@ -330,102 +306,6 @@ async def test_update_and_stats(harness: Harness) -> None:
     assert err.code == Code.NOT_FOUND
 
 
-# --- odd lifecycles and failures --------------------------------------------------------------
-
-
-async def test_delete_of_never_started_container(harness: Harness) -> None:
-    h = harness
-    await h.create("n1", ["sleep", "1000"])
-    waiter_done = trio.Event()
-
-    async def waiter() -> None:
-        await h.call("Wait", api.WaitRequest(id="n1"))
-        waiter_done.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        deleted = await h.call("Delete", api.DeleteRequest(id="n1"))
-        assert deleted.exit_status == 0
-        assert deleted.exited_at.seconds == GO_ZERO_TIME_SECONDS
-        nursery.cancel_scope.cancel()
-    await trio.testing.wait_all_tasks_blocked()
-    assert h.events.topics("n1") == ["/tasks/create", "/tasks/delete"]
-    assert not is_mounted(h.tmp / "n1" / "rootfs")
-
-
-async def test_quick_exit_still_one_exit_after_start(harness: Harness) -> None:
-    h = harness
-    for n in range(5):
-        waited = await h.run_to_exit(f"q{n}", ["true"])
-        assert waited.exit_status == 0
-        await h.events.wait_for("/tasks/exit", n + 1)
-        assert h.events.topics(f"q{n}") == ["/tasks/create", "/tasks/start", "/tasks/exit"]
-
-
-async def test_create_failures_unmount_and_report(harness: Harness) -> None:
-    h = harness
-    # invalid config.json
-    bundle = await h.bundle("f1", ["true"])
-    (bundle / "config.json").write_text("{not json")
-    err = await h.fails("Create", h.create_request("f1", bundle))
-    assert err.code == Code.UNKNOWN
-    assert err.message.startswith("OCI runtime create failed: "), err.message
-    assert not is_mounted(bundle / "rootfs")
-    assert "f1" not in h.service.containers
-    # runc missing
-    bundle = await h.bundle("f2", ["true"])
-    options = any_pb2.Any(
-        type_url="containerd.runc.v1.Options",
-        value=oci_pb2.Options(binary_name="no-such-runc").SerializeToString(),
-    )
-    err = await h.fails("Create", h.create_request("f2", bundle, options=options))
-    assert err.message.startswith(
-        "OCI runtime create failed: unable to retrieve OCI runtime error ("
-    ), err.message
-    assert err.message.endswith('exec: "no-such-runc": executable file not found in $PATH')
-    assert (bundle / "runtime").read_text() == "no-such-runc"
-    assert not is_mounted(bundle / "rootfs")
-    # a mount that fails
-    bundle = await h.bundle("f3", ["true"])
-    mounts = [
-        mount_pb2.Mount(type="bind", source=str(h.rootfs), options=["rbind", "ro"]),
-        mount_pb2.Mount(type="bind", source=str(h.tmp / "missing"), options=["bind"]),
-    ]
-    err = await h.fails("Create", h.create_request("f3", bundle, rootfs=mounts))
-    assert err.message.startswith("failed to mount rootfs component &{bind "), err.message
-    assert not is_mounted(bundle / "rootfs")
-    # unknown stdout scheme
-    bundle = await h.bundle("f4", ["true"])
-    err = await h.fails("Create", h.create_request("f4", bundle, stdout="http://x/y"))
-    assert err.message == "failed to create init process I/O: unknown STDIO scheme http"
-    assert not is_mounted(bundle / "rootfs")
-    # the service keeps working
-    waited = await h.run_to_exit("ok", ["true"])
-    assert waited.exit_status == 0
-
-
-async def test_duplicate_create_keeps_the_live_container(harness: Harness) -> None:
-    h = harness
-    await h.create("d1", ["sleep", "1000"])
-    bundle = h.tmp / "d1"
-    err = await h.fails("Create", h.create_request("d1", bundle))
-    assert err.code == Code.ALREADY_EXISTS
-    assert is_mounted(bundle / "rootfs")
-    await h.call("Start", api.StartRequest(id="d1"))
-
-
-async def test_file_stdout(harness: Harness) -> None:
-    h = harness
-    log = h.tmp / "logs" / "f.log"
-    uri = f"file://{log}"
-    waited = await h.run_to_exit(
-        "o1", ["sh", "-c", "echo out; echo err >&2"], stdout=uri, stderr=uri
-    )
-    assert waited.exit_status == 0
-    await h.call("Delete", api.DeleteRequest(id="o1"))
-    assert sorted(log.read_text().split()) == ["err", "out"]
-
-
 # --- over ttrpc ---------------------------------------------------------------------------------
 
 
@@ -486,133 +366,3 @@ async def test_over_ttrpc_v2_and_v3(harness: Harness) -> None:
             await v2.Shutdown(api.ShutdownRequest(id="w1"))
             assert h.shutdown.is_shutdown
         nursery.cancel_scope.cancel()
-
-
-# --- stdio through FIFOs, as ctr does it ------------------------------------------------------
-
-
-async def _read_until(fd: int, expected: bytes) -> bytes:
-    data = b""
-    with trio.fail_after(20):
-        while expected not in data:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
-async def test_stdin_needs_closeio_and_writer_gone(harness: Harness) -> None:
-    h = harness
-    fifos = h.tmp / "fifos"
-    fifos.mkdir()
-    stdin, stdout = fifos / "in", fifos / "out"
-    os.mkfifo(stdin)
-    os.mkfifo(stdout)
-    out_r = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)
-    in_w = os.open(stdin, os.O_RDWR | os.O_NONBLOCK)  # a client writer that never blocks
-    try:
-        await h.create("s1", ["cat"], stdin=str(stdin), stdout=str(stdout))
-        await h.call("Start", api.StartRequest(id="s1"))
-        os.write(in_w, b"hello\n")
-        assert await _read_until(out_r, b"hello\n") == b"hello\n"
-        os.close(in_w)
-        in_w = -1
-        # The client's writer is gone but the shim keeps stdin open until CloseIO: its own
-        # writer still holds the FIFO, so a reader finds no end of file there (EAGAIN, not
-        # b""), and a later client's line still reaches cat.
-        probe = os.open(stdin, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            with pytest.raises(BlockingIOError):
-                os.read(probe, 1)
-        finally:
-            os.close(probe)
-        in_w = os.open(stdin, os.O_WRONLY | os.O_NONBLOCK)
-        os.write(in_w, b"again\n")
-        os.close(in_w)
-        in_w = -1
-        assert await _read_until(out_r, b"again\n") == b"again\n"
-        state = await h.call("State", api.StateRequest(id="s1"))
-        assert state.status == task_types.RUNNING
-        assert (state.stdin, state.stdout) == (str(stdin), str(stdout))
-        await h.call("CloseIO", api.CloseIORequest(id="s1", stdin=True))
-        await h.call("CloseIO", api.CloseIORequest(id="s1", stdin=True))  # idempotent
-        with trio.fail_after(20):
-            waited = await h.call("Wait", api.WaitRequest(id="s1"))
-        assert waited.exit_status == 0
-        await h.call("Delete", api.DeleteRequest(id="s1"))
-        assert await _read_until(out_r, b"\0") == b""  # EOF once the shim closed its side
-    finally:
-        os.close(out_r)
-        if in_w >= 0:
-            os.close(in_w)
-
-
-async def test_terminal_and_resize(harness: Harness) -> None:
-    h = harness
-    stdout = h.tmp / "tty-out"
-    os.mkfifo(stdout)
-    out_r = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)
-
-    def tty(spec: dict[str, Any]) -> None:
-        spec["process"]["terminal"] = True
-
-    try:
-        await h.create(
-            "t1", ["sh", "-c", "stty size; exit 6"], terminal=True, stdout=str(stdout), edit=tty
-        )
-        await h.call("ResizePty", api.ResizePtyRequest(id="t1", width=123, height=45))
-        await h.call("Start", api.StartRequest(id="t1"))
-        output = await _read_until(out_r, b"45 123")
-        assert b"45 123" in output
-        with trio.fail_after(20):
-            waited = await h.call("Wait", api.WaitRequest(id="t1"))
-        assert waited.exit_status == 6
-        await h.call("Delete", api.DeleteRequest(id="t1"))
-    finally:
-        os.close(out_r)
-
-
-async def test_exec_with_terminal(harness: Harness) -> None:
-    h = harness
-    stdout = h.tmp / "exec-tty-out"
-    os.mkfifo(stdout)
-    out_r = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        await h.create("t2", ["sleep", "1000"])
-        await h.call("Start", api.StartRequest(id="t2"))
-        await _exec(h, "t2", "e1", ["echo", "hi"], terminal=True, stdout=str(stdout))
-        await h.call("Start", api.StartRequest(id="t2", exec_id="e1"))
-        assert b"hi\r\n" in await _read_until(out_r, b"hi\r\n")  # through a pty
-        with trio.fail_after(20):
-            waited = await h.call("Wait", api.WaitRequest(id="t2", exec_id="e1"))
-        assert waited.exit_status == 0
-        state = await h.call("State", api.StateRequest(id="t2", exec_id="e1"))
-        assert state.terminal
-        await h.call("Delete", api.DeleteRequest(id="t2", exec_id="e1"))
-    finally:
-        os.close(out_r)
-
-
-async def test_stdout_fifo_without_reader_times_out(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from trioshim.runc import process
-
-    monkeypatch.setattr(process, "IO_SETUP_TIMEOUT", 0.5)
-    h = harness
-    stdout = h.tmp / "nobody-reads"
-    os.mkfifo(stdout)
-    bundle = await h.bundle("dl", ["true"])
-    err = await h.fails("Create", h.create_request("dl", bundle, stdout=str(stdout)))
-    assert err.code == Code.DEADLINE_EXCEEDED
-    assert err.message.startswith("failed to start io pipe copy: "), err.message
-    assert err.message.endswith("context deadline exceeded"), err.message
-    assert not is_mounted(bundle / "rootfs")
-    runc_list = await h.reaper.run(["runc", "--root", str(h.runc_root / "testns"), "list", "-q"])
-    assert runc_list.stdout.strip() == b""  # not left behind in runc either
-    assert "dl" not in h.service.containers

@@ -15,7 +15,7 @@ import trio
 from tests.runc.service_harness import Harness, exec_request, is_mounted
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types.task import task_pb2 as task_types
-from trioshim.runc import service
+from trioshim.runc import failpoints
 from trioshim.shim import inject
 from trioshim.shim.failpoint import ANNOTATION_PREFIX, Action, Term
 from trioshim.shim.inject import InjectedPanic
@@ -84,7 +84,7 @@ async def test_create_after_panic_and_cancelled_delay(
             delaying.set()
         await inject.trigger(point, term)
 
-    monkeypatch.setattr(service, "trigger", trigger)
+    monkeypatch.setattr(failpoints, "trigger", trigger)
     bundle = await h.bundle("p1", ["sleep", "1000"], edit=_annotate(Create_after="1*panic(oops)"))
     with pytest.raises(InjectedPanic, match="oops"):
         await h.call("Create", h.create_request("p1", bundle))
@@ -161,7 +161,7 @@ async def test_exec_after_of_a_container_deleted_meanwhile(
             await release.wait()
         await inject.trigger(point, term)
 
-    monkeypatch.setattr(service, "trigger", trigger)
+    monkeypatch.setattr(failpoints, "trigger", trigger)
     await h.create("g1", ["sleep", "1000"], edit=_annotate(Exec_after="1*off"))
     container = h.service.containers["g1"]
     async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from tests.runc.service_harness import Harness
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
-from trioshim.runc.runc_cli import CheckpointOpts
+from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.ttrpc.errors import Code
 
 

@@ -10,7 +10,7 @@ import textwrap
 SCRIPT = textwrap.dedent(
     """
     import fcntl, os
-    from trioshim.shim.forkserve import close_in_next_child
+    from trioshim.shim.forking import close_in_next_child
 
     def is_open(fd):
         try:

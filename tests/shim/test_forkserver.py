@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def test_importing_the_helper_side_is_light() -> None:
     assert modules_loaded_by("trioshim.shim.forkserver, trioshim.shim", heavy) == []
 
 
+def test_without_site_the_helper_side_leaves_os_alone_and_keys_alike() -> None:
+    """Under ``-S`` (how the launcher starts the helper) nothing imports ``os``, and the helper
+    side does not either; the server's socket path is the same before and after ``os`` is
+    imported (by then read from ``os.environ``, which the process may have changed)."""
+    root = str(Path(forkserver.__file__).resolve().parents[2])
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); sys.argv = [{sys.executable!r}]\n"
+        "import trioshim.runc.launcher\n"
+        "from trioshim.shim import forkserver as f\n"
+        "before = 'os' in sys.modules, f.server_path('a:b', f.containerd_address([]))\n"
+        "import os\n"
+        "print(before == (False, f.server_path('a:b', f.containerd_address([]))))\n"
+        "os.environ['TTRPC_ADDRESS'] = '/elsewhere'\n"
+        "print(f.server_path('a:b', f.containerd_address([])) != before[1])\n"
+    )
+    env = {"TRIOSHIM_FORKSERVER_DIR": "/run/x", "TTRPC_ADDRESS": "/c.sock.ttrpc"}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]
+
+
 @pytest.fixture
 def env() -> Iterator[Env]:
     with open_env() as world:
@@ -87,10 +110,12 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
     assert f"for pid {helper_pid}" in env.server_log()
     daemon1, daemon2 = shim_pid(out1.decode()), shim_pid(out2.decode())
     try:
-        # Both daemons, forked in the exec'd helper and in a worker, show Go's daemon argv.
+        # Both daemons, forked by the exec'd helper and become by a worker, show Go's daemon
+        # argv.
         assert cmdline(daemon1) == daemon_cmdline("c1")
         assert cmdline(daemon2) == daemon_cmdline("c2")
-        assert proc_ppid(daemon2) != server_pid  # never the server's child
+        assert proc_ppid(daemon2) == server_pid  # the worker it was
+        assert proc_ppid(daemon1) != server_pid
         assert os.getpgid(daemon2) == daemon2
         for fd in (0, 1):
             assert os.readlink(f"/proc/{daemon2}/fd/{fd}") == "/dev/null"
@@ -99,6 +124,7 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
         shutdown(out1.decode())
         shutdown(out2.decode())
     poll(lambda: not os.path.exists(out2.decode().removeprefix("unix://")), "daemon 2 exit")
+    poll(lambda: not os.path.exists(f"/proc/{daemon2}"), "the server to reap daemon 2")
 
     helper_pid, data = env.run("c2", "delete")
     assert f"for pid {helper_pid}" in env.server_log()

@@ -12,18 +12,22 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from tests.shim.test_shared_control import _init
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import TTRPC_PLUGIN, Flags, Manager, Registration, Registry
-from trioshim.shim.address import new_socket, read_address
+from trioshim.shim.address import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV, new_socket, read_address
+from trioshim.shim.main import plan_start
 from trioshim.shim.manager import StopContext, StopStatus
 from trioshim.shim.shared import SharedShims, idle_timeout, route_module_logs
 from trioshim.shim.sharedclient import ShimSpec, ask
+from trioshim.shim.sharedcontainerd import Containerd
 from trioshim.testing import connect_task, open_fake_containerd
 
 CONTAINERD = "/run/nowhere/containerd.sock"
@@ -47,10 +51,27 @@ class Served:
     ttrpc: str  # the fake containerd's event address
     ended: trio.Event  # serve() returned: the process would exit
 
+    def files(self) -> list[str]:
+        """Which of the control socket and its lock file are there."""
+        return [f for f in (self.path, self.path + ".lock") if os.path.lexists(f)]
+
+    async def add(self, id: str) -> str:
+        """A daemon ``id`` handed over directly; its address."""
+        bundle = os.path.join(self.tmp, id)
+        os.makedirs(bundle)
+        flags = Flags(namespace="default", id=id, address="", bundle=bundle)
+        address = f"unix://{self.tmp}/{id}.sock"
+        spec = ShimSpec(flags, bundle, self.ttrpc, address)
+        assert await self.shims.add(spec, new_socket(address)) is None
+        return address
+
 
 @contextlib.asynccontextmanager
-async def served(idle: float = 600.0) -> AsyncIterator[Served]:
-    """A SharedShims on a control socket, ``idle`` seconds of idle time."""
+async def served(
+    idle: float = 600.0, *, containerd: Containerd | None = None
+) -> AsyncIterator[Served]:
+    """A SharedShims for ``containerd`` on a control socket and lock file (the helper that
+    forked it made both), ``idle`` seconds of idle time."""
     tmp = tempfile.mkdtemp(prefix="sharedact-", dir="/tmp")
     path = os.path.join(tmp, "control")
     control = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -58,19 +79,29 @@ async def served(idle: float = 600.0) -> AsyncIterator[Served]:
     try:
         await control.bind(path)
         control.listen()
+        os.close(os.open(path + ".lock", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         registry = Registry([Registration(TTRPC_PLUGIN, "task", _init)])
-        shims = SharedShims(Cleans(socket_dir=tmp), registry, handle_signals=False, idle=idle)
+        shims = SharedShims(
+            Cleans(socket_dir=tmp),
+            registry,
+            lock_path=path + ".lock",
+            handle_signals=False,
+            idle=idle,
+            containerd=containerd,
+        )
 
         async def serve(task_status: trio.TaskStatus[None]) -> None:
-            await shims.serve(control, task_status=task_status)
+            await shims.serve(control, path, task_status=task_status)
             ended.set()
 
-        async with open_fake_containerd() as containerd, trio.open_nursery() as nursery:
+        async with open_fake_containerd() as events, trio.open_nursery() as nursery:
             await nursery.start(serve)
-            yield Served(shims, path, tmp, containerd.ttrpc_address, ended)
+            yield Served(shims, path, tmp, events.ttrpc_address, ended)
             shims.shutdown_all("test over")
     finally:
         control.close()
+        if containerd is not None:
+            containerd.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -158,19 +189,14 @@ async def test_process_idles_after_its_last_daemon_then_ends(
 ) -> None:
     async with served(idle=30.0) as env:
         for n in range(2):
-            bundle = os.path.join(env.tmp, f"c{n}")
-            os.makedirs(bundle)
-            flags = Flags(namespace="default", id=f"c{n}", address="", bundle=bundle)
-            address = f"unix://{env.tmp}/c{n}.sock"
-            spec = ShimSpec(flags, bundle, env.ttrpc, address)
-            assert await env.shims.add(spec, new_socket(address)) is None
-            assert await env.shims.stop(address, "test")
+            assert await env.shims.stop(await env.add(f"c{n}"), "test")
             with trio.move_on_after(29):
                 await env.ended.wait()
             assert not env.ended.is_set()  # idle, and a new daemon is still taken
         before = trio.current_time()
         await env.ended.wait()
         assert trio.current_time() - before >= 1  # the rest of the 30 s after the last one
+        assert env.files() == []  # control socket and lock file
 
 
 def test_idle_time_from_the_environment() -> None:
@@ -180,3 +206,18 @@ def test_idle_time_from_the_environment() -> None:
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "2.5"}) == 2.5
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "soon"}) == 600.0
     assert idle_timeout({"TRIOSHIM_SHARED_IDLE": "-1"}) == 600.0
+
+
+def test_start_puts_the_socket_where_the_helpers_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared process's own environment is that of the helper that forked it: where a
+    later helper's daemon listens is that helper's ``$TRIOSHIM_SOCKET_DIR``, as when it runs
+    ``start`` itself."""
+    monkeypatch.setenv(SOCKET_DIR_ENV, str(tmp_path / "process"))
+    flags = Flags(namespace="default", id="c0", address=CONTAINERD, bundle=str(tmp_path))
+    helper = {SOCKET_DIR_ENV: str(tmp_path / "helper")}
+    plan = plan_start(Manager("m"), flags, b"", helper, os.getpid())
+    assert plan.address.startswith(f"unix://{tmp_path}/helper/")
+    plan = plan_start(Manager("m"), flags, b"", {}, os.getpid())
+    assert plan.address.startswith(f"unix://{DEFAULT_SOCKET_DIR}/")

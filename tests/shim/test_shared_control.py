@@ -120,3 +120,15 @@ async def test_bad_requests_get_a_clear_error_and_harm_nothing() -> None:
         assert sorted(shims.daemons) == [wire["socket_address"]]  # still serving, alone
         async with connect_task(wire["socket_address"]) as task:
             assert (await task.Connect(shim_pb2.ConnectRequest(id="good"))).shim_pid
+
+
+async def test_a_handed_over_socket_is_not_inherited_by_what_the_process_runs() -> None:
+    """A descriptor received with ``SCM_RIGHTS`` is inheritable unless asked otherwise: the
+    daemon's listener would then stay open in every runc and logger the process spawns."""
+    async with control_served() as (shims, path, tmp, ttrpc):
+        wire = _spec(tmp, ttrpc, "c0")
+        with new_socket(wire["socket_address"]) as listener:
+            assert (await _ask(path, {"op": "serve", **wire}, (listener.fileno(),)))["ok"]
+        served = shims.daemons[wire["socket_address"]].config.listener
+        assert served is not None
+        assert not os.get_inheritable(served.fileno())

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from trioshim.shim.reaper import open_reaper
 from trioshim.task.errors import InvalidArgumentError, UnimplementedError
+from trioshim.task.fifo import FIFO_POLL_MAX, OUTPUT_FLUSH_TIMEOUT
+from trioshim.task.logger import logger_argv
 from trioshim.task.stdio import StdioError, StdioSpec, open_stdio
 
 
@@ -117,3 +121,52 @@ async def test_what_is_not_served_is_refused_before_opening(tmp_path: Path) -> N
                 container_id="c",
                 namespace="n",
             )
+
+
+async def test_close_waits_until_the_client_read_the_output_fifo(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The exit is reported after the stdio closes, and containerd 1.6 stops reading at the
+    exit: closing waits for the client to empty the FIFO (bounded, see the next test)."""
+    spec = StdioSpec("", _fifo(tmp_path / "out"), "")
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        io = await open_stdio(spec, reaper=reaper, container_id="c", namespace="n")
+        reader = os.open(spec.stdout, os.O_RDONLY | os.O_NONBLOCK)
+        os.write(io.stdout, b"the tail")
+        closed = trio.Event()
+
+        async def close() -> None:
+            await io.aclose()
+            closed.set()
+
+        nursery.start_soon(close)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not closed.is_set()  # time stands still: only the read can end the wait
+        assert os.read(reader, 100) == b"the tail"
+        mock_clock.jump(FIFO_POLL_MAX)  # the next look at the FIFO
+        await closed.wait()
+        os.close(reader)
+
+
+async def test_close_gives_up_on_a_client_that_never_reads(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    spec = StdioSpec("", _fifo(tmp_path / "out"), "")
+    async with open_reaper() as reaper:
+        io = await open_stdio(spec, reaper=reaper, container_id="c", namespace="n")
+        os.write(io.stdout, b"never read")
+        start = trio.current_time()
+        await io.aclose()
+        assert trio.current_time() - start >= OUTPUT_FLUSH_TIMEOUT
+
+
+def test_logger_argv() -> None:
+    assert logger_argv("binary:///usr/bin/log%20ger?a=1&b&c=x%2Fy&a=2") == [
+        "/usr/bin/log ger",
+        "a",
+        "1",
+        "b",
+        "",
+        "c",
+        "x/y",
+    ]

@@ -4,6 +4,7 @@ stdout, ResizePty sets the size, stdin is copied in."""
 from __future__ import annotations
 
 import os
+import tty
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import trio.testing
 
 from tests.task.test_examples import load
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
+from trioshim.task.stdio import StdioSpec
+from trioshim.task.terminal import TerminalStdio
 from trioshim.testing.task import open_task_shim
 from trioshim.ttrpc import FailedPrecondition, Unimplemented
 
@@ -55,3 +58,20 @@ async def test_terminal_refusals(mock_clock: trio.testing.MockClock, tmp_path: P
         await kit.create("c2", ["/bin/true"])
         with pytest.raises(FailedPrecondition, match="no terminal"):
             await kit.task.ResizePty(pb.ResizePtyRequest(id="c2", width=1, height=1))
+
+
+async def test_close_drains_the_terminal_without_waiting_for_a_leftover_holder(
+    mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A process the workload left behind may keep the terminal open forever: closing the
+    stdio (the run is over) copies what the master holds and ends, with no time passing."""
+    out = tmp_path / "out"
+    out.touch()
+    async with trio.open_nursery() as nursery:
+        io = TerminalStdio.open(StdioSpec(stdout=str(out), terminal=True), nursery=nursery)
+        leftover = os.dup(io.stdout)  # the slave, still open after the workload is gone
+        tty.setraw(leftover)
+        os.write(leftover, b"last words")
+        await io.aclose()
+        os.close(leftover)
+    assert out.read_bytes() == b"last words"

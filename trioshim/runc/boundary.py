@@ -6,7 +6,8 @@ or ``v3``): every RPC of :data:`RPCS` bound to the one :class:`~trioshim.runc.se
 that serves both. Each request's ids, and a Create's bundle, are checked here, so a value
 containerd would never send (``../x`` as an id, a bundle outside containerd's bundle
 directory) is InvalidArgument before anything is written or run. The check raises the domain
-error :class:`~trioshim.shim.identifiers.InvalidRequest`; it becomes a ttrpc status here and
+error :class:`~trioshim.shim.identifiers.InvalidRequest`; it, and every domain error the
+service raises (:class:`~trioshim.task.errors.TaskError`), becomes a ttrpc status here and
 nowhere else.
 """
 
@@ -14,38 +15,18 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
-from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
-from trioshim.shim.identifiers import InvalidRequest, validate_bundle, validate_identifier
+from trioshim.shim.identifiers import InvalidRequest
+from trioshim.task.boundary import RPCS, check_request
+from trioshim.task.errors import TaskError, to_ttrpc
 from trioshim.ttrpc.errors import InvalidArgument
 from trioshim.ttrpc.server import RequestContext
 
 if TYPE_CHECKING:
     from trioshim.runc.service import TaskService
 
-__all__ = ["RPCS", "Handlers", "check_request"]
-
-RPCS: Final = (
-    "State",
-    "Create",
-    "Start",
-    "Delete",
-    "Pids",
-    "Pause",
-    "Resume",
-    "Checkpoint",
-    "Kill",
-    "Exec",
-    "ResizePty",
-    "CloseIO",
-    "Update",
-    "Wait",
-    "Stats",
-    "Connect",
-    "Shutdown",
-)
+__all__ = ["Handlers"]
 
 
 class _Handlers:
@@ -68,7 +49,9 @@ def Handlers(service: TaskService, api: ModuleType) -> object:
     function, named as the class it replaces, so that the service registers it unchanged.)
 
     This is the service's boundary: each request's ids (and Create's bundle) are checked
-    before the service sees it, and a value containerd would never send is InvalidArgument.
+    before the service sees it (the kit's :func:`~trioshim.task.boundary.check_request`), a
+    value containerd would never send is InvalidArgument, and the service's domain errors
+    (:class:`~trioshim.task.errors.TaskError`) become ttrpc statuses here.
     """
     rpcs = tuple(getattr(type(service), name) for name in RPCS)
     cls = _classes.get((api, rpcs))
@@ -86,21 +69,9 @@ def _checked(rpc: Any, api: ModuleType) -> Any:
             check_request(request, bundle_dir=service.bundle_dir)
         except InvalidRequest as exc:
             raise InvalidArgument(str(exc)) from None
-        return await rpc(service, api, ctx, request)
+        try:
+            return await rpc(service, api, ctx, request)
+        except TaskError as exc:
+            raise to_ttrpc(exc) from None
 
     return functools.update_wrapper(handler, rpc)
-
-
-def check_request(request: Any, *, bundle_dir: str | None = None) -> None:
-    """Raise :class:`InvalidRequest` unless every id of ``request`` is a containerd identifier
-    and a Create's bundle is ``<bundle_dir>/<id>``. An empty ``exec_id`` names the init,
-    except in Exec, which adds an exec and so needs one."""
-    fields = request.DESCRIPTOR.fields_by_name
-    container_id: str = request.id
-    validate_identifier(container_id, "container id")
-    if "exec_id" in fields:
-        exec_id: str = request.exec_id
-        if exec_id or isinstance(request, (task_v2.ExecProcessRequest, task_v3.ExecProcessRequest)):
-            validate_identifier(exec_id, "exec id")
-    if "bundle" in fields:
-        validate_bundle(request.bundle, container_id, bundle_dir=bundle_dir)

@@ -10,27 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Final
 
 import trio
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
+from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.oom import OOMWatcher
 from trioshim.runc.options import decode_options, decode_restore_options, write_bundle_files
-from trioshim.runc.process import (
-    ExecProcess,
-    InitProcess,
-    IOOpener,
-    Process,
-    unknown,
-)
+from trioshim.runc.process import IOOpener, Process
 from trioshim.runc.runc_cli import Runc
+from trioshim.runc.runc_errors import RuncError
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
-from trioshim.shim.cgroups import Cgroup, load_cgroup
+from trioshim.shim.cgroups import Cgroup, CgroupV2, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import NotFound
+from trioshim.task.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+PROCESS_DETAILS_TYPE: Final = "containerd.runc.v1.ProcessDetails"
 
 
 def enable_v2_controllers(path: str, root: str = "/sys/fs/cgroup") -> None:
@@ -175,14 +180,47 @@ class Container:
 
     # -- processes -----------------------------------------------------------------------------
 
+    def watch_oom(self, oom: OOMWatcher | None) -> None:
+        """Have ``oom`` report this container's OOM kills (once its cgroup is known; a
+        failure is logged: the container runs without OOM events, as with the reference)."""
+        if self.cgroup is None or oom is None or self.id in oom.watching:
+            return
+        if isinstance(self.cgroup, CgroupV2):
+            try:
+                enable_v2_controllers(self.cgroup.path)
+            except (OSError, ValueError) as exc:
+                log.warning("failed to enable the cgroup controllers of %s: %s", self.id, exc)
+        try:
+            oom.add(self.id, self.cgroup)
+        except Exception as exc:
+            log.warning("add cgroup of %s to the OOM monitor: %s", self.id, exc)
+
     def process(self, exec_id: str) -> Process:
         """The init for ``""``, else the exec, else NotFound ``process does not exist <id>``."""
         if not exec_id:
             return self.init
         process = self.execs.get(exec_id)
         if process is None:
-            raise NotFound(f"process does not exist {exec_id}")
+            raise NotFoundError.wrapping(f"process does not exist {exec_id}")
         return process
+
+    async def processes(self) -> list[task_types.ProcessInfo]:
+        """Pids: every process ``runc ps`` lists, an exec's tagged with its id (as
+        ``containerd.runc.v1.ProcessDetails``)."""
+        try:
+            pids = await self.init.runc.ps(self.id)
+        except RuncError as exc:
+            raise unknown(str(exc)) from exc
+        processes = []
+        for pid in pids:
+            info = task_types.ProcessInfo(pid=pid)
+            exec_process = self.find_exec_by_pid(pid)
+            if exec_process is not None:
+                details = oci_pb2.ProcessDetails(exec_id=exec_process.id)
+                info.info.type_url = PROCESS_DETAILS_TYPE
+                info.info.value = details.SerializeToString()
+            processes.append(info)
+        return processes
 
     def reserve(self, exec_id: str) -> bool:
         """Claim an exec id (False: in use or being added)."""

@@ -1,6 +1,7 @@
 """Matching reaped exits to processes, and the order of the events they cause.
 
-The bookkeeping of containerd's later shims (runc-task.md 3.4), made explicit:
+The bookkeeping of containerd's later shims (1.7 and 2.x: exits reaped before the start event
+are held, execs counted per container), made explicit:
 
 - ``running``: pid -> the (container, process) pairs started with that pid. An exit is looked
   up there and removed; unknown pids (runc itself, loggers, orphans) are ignored.
@@ -30,29 +31,17 @@ from typing import Protocol
 
 import trio
 import trio.lowlevel
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from trioshim.api.containerd.events import task_pb2 as events
-from trioshim.runc.process import InitPaused, InitProcess, Process
-from trioshim.runc.stdio import OUTPUT_FLUSH_TIMEOUT
-from trioshim.ttrpc.errors import FailedPrecondition
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.process import Process
+from trioshim.runc.states import InitPaused
+from trioshim.task.errors import FailedPreconditionError
+from trioshim.task.events import TaskEvents
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
+from trioshim.task.instance import Exit
 
 log = logging.getLogger(__name__)
-
-TASK_EXIT_TOPIC = "/tasks/exit"
-OOM_SETTLE_PASSES = 3
-
-GO_ZERO_TIME_SECONDS = -62135596800
-"""0001-01-01T00:00:00Z, Go's zero ``time.Time``: what "never exited" looks like on the wire."""
-
-
-def timestamp(ns: int | None) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp for wall-clock ``ns``; ``None`` is Go's zero time, never omitted."""
-    if ns is None:
-        return timestamp_pb2.Timestamp(seconds=GO_ZERO_TIME_SECONDS, nanos=0)
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 class ExitLike(Protocol):
@@ -102,8 +91,16 @@ class Starting:
 class Exits:
     """Exit bookkeeping of one task service. Run :meth:`run` in the service's nursery."""
 
-    def __init__(self, publish: Publish, nursery: trio.Nursery) -> None:
-        self._publish = publish
+    def __init__(
+        self,
+        publish: Publish,
+        nursery: trio.Nursery,
+        check_oom: Callable[[str], None] = lambda container_id: None,
+    ) -> None:
+        """``check_oom(container_id)``: publish an OOM kill of the container not reported
+        yet (the OOM watcher's hand-off, called before a SIGKILLed init's exit)."""
+        self._events = TaskEvents(publish)
+        self._check_oom = check_oom
         self._nursery = nursery
         self._running: dict[int, list[tuple[ContainerLike, Process]]] = {}
         self._buffers: set[Starting] = set()
@@ -176,7 +173,9 @@ class Exits:
     def exec_starting(self, container: ContainerLike) -> None:
         """Count an exec about to start; refused once the container's init has exited."""
         if container in self._init_exited:
-            raise FailedPrecondition(f"container {container.id} init process is not running")
+            raise FailedPreconditionError.wrapping(
+                f"container {container.id} init process is not running"
+            )
         self._running_execs[container] = self._running_execs.get(container, 0) + 1
 
     def exec_start_failed(self, container: ContainerLike) -> None:
@@ -223,10 +222,8 @@ class Exits:
             await event.wait()
         await _output_delivered(init)
         if exit_.status == 128 + 9:
-            # An OOM kill signals the OOM watcher's fd before the process dies; a few passes
-            # through the scheduler (each polls for I/O) let it publish TaskOOM first.
-            for _ in range(OOM_SETTLE_PASSES):
-                await trio.lowlevel.checkpoint()
+            # An OOM kill is recorded before the process dies: TaskOOM goes out first.
+            self._check_oom(container.id)
         self._handle_process_exit(exit_, container, init)
 
     def _report_exit(self, exit_: ExitLike, container: ContainerLike, process: Process) -> None:
@@ -253,15 +250,9 @@ class Exits:
             self._nursery.start_soon(process.on_exit_io)
             if was_paused and isinstance(process, InitProcess):
                 self._nursery.start_soon(self._thaw, process)
-            self._publish(
-                TASK_EXIT_TOPIC,
-                events.TaskExit(
-                    container_id=container.id,
-                    id=process.id,
-                    pid=exit_.pid,
-                    exit_status=exit_.status,
-                    exited_at=timestamp(process.exited_at_ns),
-                ),
+            assert process.exited_at_ns is not None  # set_exited recorded it
+            self._events.exit(
+                container.id, process.id, exit_.pid, Exit(exit_.status, process.exited_at_ns)
             )
         if recorded and not isinstance(process, InitProcess):
             # Only the exit that stopped it ends an exec's count: the same exit may come a
@@ -279,7 +270,7 @@ class Exits:
 async def _output_delivered(process: Process) -> None:
     """Wait (bounded) until the process's output copiers finished, so that a client learning of
     the exit has already been handed every byte: containerd 1.6 closes its FIFO readers as soon
-    as the task stopped (see :data:`~trioshim.runc.stdio.OUTPUT_FLUSH_TIMEOUT`). A pipe still
+    as the task stopped (see :data:`~trioshim.task.fifo.OUTPUT_FLUSH_TIMEOUT`). A pipe still
     held by a background child of the process ends the wait at the bound.
 
     A terminal's output does not end when it hangs up (the process may reopen it), and a

@@ -9,8 +9,6 @@ run in a worker forked from a server that has :func:`app` imported already; ever
 (:mod:`trioshim.shim.sharedlaunch`).
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
@@ -25,7 +23,7 @@ SHARED_APP = "trioshim.runc.launcher:shared_app"
 SHARED_RUNTIME = "io.containerd.trioshim-shared.v2"
 
 
-def app() -> tuple[Manager, Registry]:
+def app() -> "tuple[Manager, Registry]":
     """What the fork server imports and runs: the runc manager and the daemon's plugins."""
     from trioshim.runc.main import registry
     from trioshim.runc.manager import RuncManager
@@ -33,7 +31,7 @@ def app() -> tuple[Manager, Registry]:
     return RuncManager(), registry()
 
 
-def shared_app() -> tuple[Manager, Registry]:
+def shared_app() -> "tuple[Manager, Registry]":
     """The shared-mode runtime: the same plugins, one process serving every daemon."""
     from trioshim.runc.main import registry
     from trioshim.runc.manager import SharedRuncManager
@@ -41,13 +39,13 @@ def shared_app() -> tuple[Manager, Registry]:
     return SharedRuncManager(), registry()
 
 
-def main() -> NoReturn:
+def main() -> "NoReturn":
     from trioshim.shim.forkserver import main as forkserver_main
 
     forkserver_main(APP)
 
 
-def shared_main() -> NoReturn:
+def shared_main() -> "NoReturn":
     from trioshim.shim.sharedlaunch import main as shared_launch
 
     shared_launch(SHARED_APP, SHARED_RUNTIME)

@@ -1,11 +1,13 @@
 """How ``containerd-shim-trioshim-v2`` describes itself to the shim framework.
 
-- grouping key (shim-v2.md 2, step 1): annotation ``io.containerd.trioshim.v2.group``, then
+- grouping key (the first thing the start action computes: containers with the same key share
+  one shim daemon): annotation ``io.containerd.trioshim.v2.group``, then
   ``io.kubernetes.cri.sandbox-id``, else the container id;
 - ``shim_cgroup`` from the runtime options on the start helper's stdin (containerd.runc.v1.Options
   or the legacy containerd.linux.runc.CreateOptions, see trioshim.runc.options): the new daemon
   is moved into that cgroup;
-- the ``delete`` action (shim-v2.md 3): ``runc delete --force`` with the bundle's runtime and
+- the ``delete`` action (containerd runs it when the daemon is gone, to clean up after it):
+  ``runc delete --force`` with the bundle's runtime and
   root, the rootfs unmounted, the pid from ``init.pid``; every file may be missing (a second run
   must still succeed);
 - ``-info``: ``RuntimeInfo{name: io.containerd.trioshim.v2}``.
@@ -19,7 +21,8 @@ from typing import Final
 
 from trioshim.runc import runc_cli
 from trioshim.runc.options import read_options, read_runtime, runc_options
-from trioshim.runc.runc_cli import Runc, RuncError
+from trioshim.runc.runc_cli import Runc
+from trioshim.runc.runc_errors import RuncError
 from trioshim.shim.cgroups import is_unified
 from trioshim.shim.manager import Manager, StartContext, StopContext, StopStatus
 from trioshim.shim.mounts import unmount_all

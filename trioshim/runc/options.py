@@ -16,7 +16,8 @@ external_unix_sockets, terminal, file_locks, empty_namespaces, cgroups_mode) hav
 Create carries a checkpoint (containerd's own v1 shim ignored them). ``CheckpointOptions`` of
 either family carries the same fields under the same names.
 
-Bundle files (runc-task.md 1.2): ``options.json`` (the ``Options`` in effect, snake_case,
+Bundle files, written at Create so the ``delete`` action can work without the daemon:
+``options.json`` (the ``Options`` in effect, snake_case,
 zero fields omitted, mode 0600) and ``runtime`` (``binary_name`` verbatim, mode 0600); the
 ``delete`` action reads both back.
 """
@@ -32,8 +33,8 @@ from google.protobuf.message import Message
 
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as legacy
 from trioshim.api.containerd.types.runc.options import oci_pb2
-from trioshim.runc.process import unknown
-from trioshim.runc.runc_cli import CheckpointOpts
+from trioshim.runc.runc_args import CheckpointOpts
+from trioshim.runc.states import unknown
 
 OPTIONS_FILE: Final = "options.json"
 RUNTIME_FILE: Final = "runtime"
@@ -142,6 +143,18 @@ def decode_checkpoint_options(options: any_pb2.Any | None) -> oci_pb2.Checkpoint
     if name == LEGACY_CHECKPOINT_OPTIONS_TYPE:
         return from_legacy_checkpoint(_unpack(options, legacy.CheckpointOptions()))
     raise _not_found(options)
+
+
+def checkpoint_flags(opts: oci_pb2.CheckpointOptions) -> CheckpointOpts:
+    """The flags of ``runc checkpoint`` for a Checkpoint's options (its path comes apart)."""
+    return CheckpointOpts(
+        work_path=opts.work_path,
+        tcp_established=opts.open_tcp,
+        ext_unix_sk=opts.external_unix_sockets,
+        shell_job=opts.terminal,
+        file_locks=opts.file_locks,
+        empty_namespaces=tuple(opts.empty_namespaces),
+    )
 
 
 # --- bundle files -------------------------------------------------------------------------------

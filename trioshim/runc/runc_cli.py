@@ -1,9 +1,9 @@
-"""Driving the runc binary: command lines, running them through the reaper, runc's errors.
+"""Running the runc binary through the reaper.
 
 Every call is ``<binary> --root <root>/<ns> --log <bundle>/log.json --log-format json
-[--criu <path>] [--systemd-cgroup] <subcommand> <args>`` (runc-task.md 2.1, 2.2). The argv
-builders are pure functions of their inputs (``*_args``), so the command lines are testable
-without runc; :class:`Runc` runs them.
+[--criu <path>] [--systemd-cgroup] <subcommand> <args>`` (as go-runc builds them): the
+subcommands' own arguments come from :mod:`trioshim.runc.runc_args`, the error texts from
+:mod:`trioshim.runc.runc_errors`; :class:`Runc` adds the global flags and runs them.
 
 Children are spawned through the shim's reaper only (it is the one waiter of children in the
 process); an awaiting caller that is cancelled SIGKILLs its runc child (the RPC went away).
@@ -13,7 +13,8 @@ Error text follows go-runc, because containerd users see it verbatim:
   ``<binary> did not terminate successfully: exit status <N>: <stdout+stderr>``;
 - stdio given to runc: ``<binary> did not terminate successfully: exit status <N>``;
 - binary missing: ``exec: "<binary>": executable file not found in $PATH``.
-:func:`runtime_error` then prefers the last ``error`` entry of ``log.json`` (runc-task.md 2.3).
+:func:`~trioshim.runc.runc_errors.runtime_error` then prefers the last ``error`` entry of
+``log.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trioshim.runc.runc_args import (
+    CheckpointOpts,
+    checkpoint_args,
+    create_args,
+    delete_args,
+    exec_args,
+    kill_args,
+    pause_args,
+    ps_args,
+    restore_args,
+    resume_args,
+    start_args,
+    update_args,
+)
+from trioshim.runc.runc_errors import RuncError, go_errno_text, runtime_error
 from trioshim.shim.reaper import DEVNULL, PIPE, Reaper
 
 DEFAULT_ROOT = "/run/containerd/runc"
@@ -35,211 +51,6 @@ DEFAULT_ROOT = "/run/containerd/runc"
 
 INIT_PID_FILE = "init.pid"
 LOG_FILE = "log.json"
-
-
-class RuncError(Exception):
-    """A runc invocation failed; ``str(err)`` is the go-runc style text."""
-
-    def __init__(self, message: str, *, status: int | None = None, output: bytes = b"") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.output = output
-
-    def __str__(self) -> str:
-        return self.message
-
-
-# --- go-style OS error text -----------------------------------------------------------------
-
-
-def go_errno_text(err: int) -> str:
-    """Go's spelling of an errno ("no such file or directory")."""
-    text = os.strerror(err)
-    return text[:1].lower() + text[1:]
-
-
-def go_os_error(op: str, exc: OSError) -> str:
-    """Go's ``*PathError`` text: ``open /x: no such file or directory``."""
-    what = go_errno_text(exc.errno) if exc.errno is not None else str(exc)
-    if exc.filename is not None:
-        return f"{op} {os.fsdecode(exc.filename)}: {what}"
-    return f"{op}: {what}"
-
-
-# --- log.json ---------------------------------------------------------------------------------
-
-
-def last_runtime_error(log_path: str) -> str:
-    """The trimmed ``msg`` of the last ``"level": "error"`` entry of runc's JSON log.
-
-    The whole file is one stream of JSON objects (it is appended to by every runc call of the
-    container). Returns "" when there is no error entry. Raises :class:`OSError` when the file
-    cannot be read and :class:`ValueError` when it is not a stream of JSON objects.
-    """
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        data = f.read()
-    decoder = json.JSONDecoder()
-    message = ""
-    level = ""
-    pos = 0
-    end = len(data)
-    while True:
-        while pos < end and data[pos] in " \t\r\n":
-            pos += 1
-        if pos >= end:
-            return message
-        try:
-            entry, pos = decoder.raw_decode(data, pos)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"invalid character in log at offset {exc.pos}: {exc.msg}") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"json: cannot unmarshal {type(entry).__name__} into a log entry")
-        # Go decodes every entry into the same struct, so a missing key keeps the previous value.
-        if isinstance(entry.get("level"), str):
-            level = entry["level"]
-        if level == "error":
-            msg = entry.get("msg", "")
-            message = msg.strip() if isinstance(msg, str) else ""
-
-
-def runtime_error(log_path: str | None, prefix: str, err: BaseException) -> str:
-    """Text of a failed create/start/exec/... as containerd's runc shim words it."""
-    if not log_path:
-        return f"{prefix}: {err}"
-    try:
-        message = last_runtime_error(log_path)
-    except OSError as exc:
-        return f"{prefix}: unable to retrieve OCI runtime error ({go_os_error('open', exc)}): {err}"
-    except ValueError as exc:
-        return f"{prefix}: unable to retrieve OCI runtime error ({exc}): {err}"
-    if not message:
-        return f"{prefix}: {err}"
-    return f"{prefix}: {message}"
-
-
-# --- command lines ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointOpts:
-    """Options of ``runc checkpoint`` / ``runc restore`` (go-runc ``CheckpointOpts`` order)."""
-
-    image_path: str = ""
-    work_path: str = ""
-    parent_path: str = ""
-    tcp_established: bool = False
-    ext_unix_sk: bool = False
-    shell_job: bool = False
-    file_locks: bool = False
-    empty_namespaces: tuple[str, ...] = ()
-    cgroups_mode: str = ""  # --manage-cgroups-mode: soft, full, strict or ignore
-
-    def args(self) -> list[str]:
-        out: list[str] = []
-        if self.image_path:
-            out += ["--image-path", self.image_path]
-        if self.work_path:
-            out += ["--work-path", self.work_path]
-        if self.parent_path:
-            out += ["--parent-path", self.parent_path]
-        if self.tcp_established:
-            out.append("--tcp-established")
-        if self.ext_unix_sk:
-            out.append("--ext-unix-sk")
-        if self.shell_job:
-            out.append("--shell-job")
-        if self.file_locks:
-            out.append("--file-locks")
-        if self.cgroups_mode:
-            out += ["--manage-cgroups-mode", self.cgroups_mode]
-        for ns in self.empty_namespaces:
-            out += ["--empty-ns", ns]
-        return out
-
-
-def create_args(
-    container_id: str,
-    bundle: str,
-    *,
-    pid_file: str,
-    console_socket: str | None = None,
-    no_pivot: bool = False,
-    no_new_keyring: bool = False,
-) -> list[str]:
-    args = ["create", "--bundle", bundle, "--pid-file", os.path.abspath(pid_file)]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    if no_pivot:
-        args.append("--no-pivot")
-    if no_new_keyring:
-        args.append("--no-new-keyring")
-    return [*args, container_id]
-
-
-def start_args(container_id: str) -> list[str]:
-    return ["start", container_id]
-
-
-def exec_args(
-    container_id: str, *, process_file: str, pid_file: str, console_socket: str | None = None
-) -> list[str]:
-    args = ["exec", "--process", process_file]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    return [*args, "--detach", "--pid-file", os.path.abspath(pid_file), container_id]
-
-
-def kill_args(container_id: str, sig: int, *, all: bool = False) -> list[str]:
-    return ["kill", *(["--all"] if all else []), container_id, str(sig)]
-
-
-def delete_args(container_id: str, *, force: bool = False) -> list[str]:
-    return ["delete", *(["--force"] if force else []), container_id]
-
-
-def pause_args(container_id: str) -> list[str]:
-    return ["pause", container_id]
-
-
-def resume_args(container_id: str) -> list[str]:
-    return ["resume", container_id]
-
-
-def ps_args(container_id: str) -> list[str]:
-    return ["ps", "--format", "json", container_id]
-
-
-def update_args(container_id: str) -> list[str]:
-    return ["update", "--resources", "-", container_id]
-
-
-def checkpoint_args(
-    container_id: str, opts: CheckpointOpts, *, leave_running: bool = False
-) -> list[str]:
-    args = ["checkpoint", *opts.args()]
-    if leave_running:
-        args.append("--leave-running")
-    return [*args, container_id]
-
-
-def restore_args(
-    container_id: str,
-    bundle: str,
-    opts: CheckpointOpts,
-    *,
-    pid_file: str,
-    console_socket: str | None = None,
-    no_pivot: bool = False,
-) -> list[str]:
-    args = ["restore", *opts.args(), "--detach", "--pid-file", os.path.abspath(pid_file)]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    if no_pivot:
-        args.append("--no-pivot")
-    # Single dash, exactly as go-runc spells it; runc's flag parser accepts both forms.
-    args.append("-no-subreaper")
-    return [*args, "--bundle", bundle, container_id]
 
 
 # --- running ----------------------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """The task service: the 17 RPCs of ``containerd.task.v2.Task`` (and ``.v3``) over runc.
 
 One :class:`TaskService` per shim daemon serves every container grouped into it. It is one
-plugin of the shim framework (:data:`REGISTRATION`): it gets the reaper, the event publisher
-and the shutdown service from the framework, and hands the ttrpc server one implementation per
-API version (the v2 and v3 messages are field-identical, only their package differs).
+plugin of the shim framework (:data:`trioshim.runc.main.REGISTRATION`): it gets the reaper,
+the event publisher and the shutdown service from the framework, and hands the ttrpc server one
+implementation per API version (the v2 and v3 messages are field-identical, only their package
+differs).
 
-Error codes follow containerd-shim-runc-v2 v1.6.20 (runc-task.md section 2): an unknown
+Error codes follow containerd-shim-runc-v2 v1.6.20: an unknown
 container is NotFound ``container not created``, an unknown exec NotFound ``process does not
 exist <id>``, state refusals are bare Unknown texts, runc failures carry runc's own message.
-Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better:
+Inside, every refusal is a domain error of the task kit (:mod:`trioshim.task.errors`, with Go's
+text: ``NotFoundError.wrapping("container not created")``); :mod:`trioshim.runc.boundary`
+turns it into the ttrpc status, once.
+Where the reference has bugs (its exec state machine, its exit ordering, its Create and Delete
+edge cases) this service does better:
 - the init's TaskExit is always its container's last (execs first), an exec Start after the
   init exited is FailedPrecondition, and a retried exec Start after a failed ``runc exec`` is
   refused instead of crashing;
@@ -19,12 +24,7 @@ Where the reference has bugs (runc-task.md 1.4, 3.4, 8) this service does better
   ``<containerd's bundle directory>/<id>`` are InvalidArgument before anything is written or
   run (the reference writes ``options.json`` and friends wherever the bundle points).
 
-Failpoints (docs/failpoints.md): a container whose spec annotates
-``io.containerd.runtime.v2.shim.failpoint.<point>`` has the RPCs naming it fail, stall or raise
-at :data:`FAILPOINTS`; ``<Method>`` before the RPC does anything (as containerd's failpoint
-shim), ``<Method>.after`` once its work is done, before the reply. Without the annotation the
-only cost is a look for the prefix in ``config.json`` on Create and a ``None`` test in the
-RPCs that have points.
+Failpoints (:mod:`trioshim.runc.failpoints`) let tests make the RPCs fail, stall or raise.
 """
 
 from __future__ import annotations
@@ -41,55 +41,37 @@ from google.protobuf import empty_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from trioshim.api.containerd.events import task_pb2 as events
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.runc.boundary import Handlers
-from trioshim.runc.container import Container, enable_v2_controllers
-from trioshim.runc.exits import Exits, timestamp
+from trioshim.runc.container import Container
+from trioshim.runc.exec_process import ExecProcess
+from trioshim.runc.exits import Exits
+from trioshim.runc.failpoints import hit, read_failpoints
+from trioshim.runc.init_process import InitProcess
 from trioshim.runc.oom import OOMWatcher, open_oom_watcher
-from trioshim.runc.options import decode_checkpoint_options, decode_options
-from trioshim.runc.process import ExecProcess, InitProcess, IOOpener, Process, unknown
-from trioshim.runc.runc_cli import CheckpointOpts, RuncError
-from trioshim.runc.stdio import ProcessIO, StdioConfig
-from trioshim.shim.cgroups import Cgroup, CgroupV2
-from trioshim.shim.failpoint import Failpoints, FailpointSyntaxError
-from trioshim.shim.inject import InjectedError, bundle_failpoints, trigger
-from trioshim.shim.plugin import (
-    EVENT_PLUGIN,
-    INTERNAL_PLUGIN,
-    REAPER_PLUGIN,
-    TTRPC_PLUGIN,
-    InitContext,
-    Registration,
-)
+from trioshim.runc.options import checkpoint_flags, decode_checkpoint_options, decode_options
+from trioshim.runc.process import IOOpener, io_opener
+from trioshim.runc.states import unknown
+from trioshim.runc.stdio import StdioConfig
+from trioshim.shim.cgroups import Cgroup
 from trioshim.shim.reaper import Reaper
-from trioshim.ttrpc.errors import AlreadyExists, InvalidArgument, NotFound, TTRPCError
+from trioshim.task.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    TaskError,
+)
+from trioshim.task.events import TaskEvents, timestamp
+from trioshim.task.instance import Exit
+from trioshim.task.stdio import StdioSpec
 from trioshim.ttrpc.server import RequestContext, nonblocking
 
 log = logging.getLogger(__name__)
 
 EMPTY: Final = empty_pb2.Empty()
-PROCESS_DETAILS_TYPE: Final = "containerd.runc.v1.ProcessDetails"
-
-TASK_CREATE: Final = "/tasks/create"
-TASK_START: Final = "/tasks/start"
-TASK_DELETE: Final = "/tasks/delete"
-TASK_EXEC_ADDED: Final = "/tasks/exec-added"
-TASK_EXEC_STARTED: Final = "/tasks/exec-started"
-TASK_PAUSED: Final = "/tasks/paused"
-TASK_RESUMED: Final = "/tasks/resumed"
-TASK_OOM: Final = "/tasks/oom"
-
-FAILPOINTS: Final = frozenset(
-    {"Create", "Create.after", "Start", "Start.after", "Exec", "Exec.after", "Kill", "Delete"}
-)
-"""The failpoints of this service. The ``.after`` points sit where undoing is hardest: Create
-after ``runc create`` (rootfs mounted, stdio open: all of it is undone), Exec with the exec
-built but not yet added (its id is released), Start after the process runs and its event is
-out (it keeps running: the caller cleans up, as after a lost reply)."""
 
 _STATUS: Final = {
     "created": task_types.CREATED,
@@ -112,7 +94,8 @@ class TaskService:
     """The runc task service of one shim daemon (every container grouped into it).
 
     ``await nursery.start(service.run)`` before serving it: the exit subscription and the OOM
-    watcher must be in place before the first RPC (:func:`init_plugin` does that).
+    watcher must be in place before the first RPC (:func:`trioshim.runc.main.init_plugin`
+    does that).
     """
 
     def __init__(
@@ -135,7 +118,8 @@ class TaskService:
         self.nursery = nursery
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
-        self.exits = Exits(self._publish, nursery)
+        self.events = TaskEvents(self._publish)
+        self.exits = Exits(self._publish, nursery, self._check_oom)
         self.oom: OOMWatcher | None = None
 
     # -- running ---------------------------------------------------------------------------
@@ -165,69 +149,40 @@ class TaskService:
         except Exception:
             log.exception("failed to queue event %s", topic)
 
-    def _on_oom(self, container_id: str) -> None:
-        self._publish(TASK_OOM, events.TaskOOM(container_id=container_id))
+    def _check_oom(self, container_id: str) -> None:
+        if self.oom is not None:
+            self.oom.poll(container_id)
 
-    def _watch_oom(self, container: Container) -> None:
-        if container.cgroup is None or self.oom is None or container.id in self.oom.watching:
-            return
-        if isinstance(container.cgroup, CgroupV2):
-            try:
-                enable_v2_controllers(container.cgroup.path)
-            except (OSError, ValueError) as exc:
-                log.warning("failed to enable the cgroup controllers of %s: %s", container.id, exc)
-        try:
-            self.oom.add(container.id, container.cgroup)
-        except Exception as exc:
-            log.warning("add cgroup of %s to the OOM monitor: %s", container.id, exc)
+    def _on_oom(self, container_id: str) -> None:
+        self.events.oom(container_id)
 
     def container(self, container_id: str) -> Container:
         container = self.containers.get(container_id)
         if container is None:
-            raise NotFound("container not created")
+            raise NotFoundError.wrapping("container not created")
         return container
 
     def _io_opener(self, options: oci_pb2.Options) -> IOOpener:
-        async def open_io(process: Process) -> ProcessIO:
-            return await ProcessIO.open(
-                StdioConfig(
-                    process.stdio.stdin,
-                    process.stdio.stdout,
-                    process.stdio.stderr,
-                    process.stdio.terminal,
-                ),
-                nursery=self.nursery,
-                reaper=self.reaper,
-                container_id=process.container_id,
-                process_id=process.id,
-                namespace=self.namespace,
-                io_uid=options.io_uid,
-                io_gid=options.io_gid,
-            )
-
-        return open_io
+        return io_opener(self.nursery, self.reaper, self.namespace, options)
 
     # -- the RPCs (api: the shim_pb2 module of the caller's API version) -------------------
 
     async def Create(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container_id = request.id
         if container_id in self.containers or container_id in self._creating:
-            raise AlreadyExists(f"container {container_id}")
+            raise AlreadyExistsError.wrapping(f"container {container_id}")
         namespace = self.namespace or ctx.namespace
         if not namespace:
-            raise InvalidArgument("create namespace: namespace is required")
+            raise InvalidArgumentError.wrapping("create namespace: namespace is required")
         log.debug(
             "create",
             extra={"fields": {"id": container_id, "service": f"{api.DESCRIPTOR.package}.Task"}},
         )
         self._creating.add(container_id)
         try:
-            try:
-                failpoints = bundle_failpoints(request.bundle, FAILPOINTS)
-            except FailpointSyntaxError as exc:
-                raise InvalidArgument(str(exc)) from exc
+            failpoints = read_failpoints(request.bundle)
             if failpoints is not None:
-                await _failpoint(failpoints, "Create")
+                await hit(failpoints, "Create")
             with self.exits.starting() as starting:
                 options = decode_options(request.options if request.HasField("options") else None)
                 container = await Container.create(
@@ -240,29 +195,21 @@ class TaskService:
                 if failpoints is not None:
                     container.failpoints = failpoints
                     try:
-                        await _failpoint(failpoints, "Create.after")
+                        await hit(failpoints, "Create.after")
                     except BaseException:
                         # The init's exit (runc kills it) stays in `starting`: never published.
                         await container.abandon()
                         raise
                 self.containers[container_id] = container
-                self._publish(
-                    TASK_CREATE,
-                    events.TaskCreate(
-                        container_id=container_id,
-                        bundle=request.bundle,
-                        rootfs=list(request.rootfs),
-                        io=events.TaskIO(
-                            stdin=request.stdin,
-                            stdout=request.stdout,
-                            stderr=request.stderr,
-                            terminal=request.terminal,
-                        ),
-                        checkpoint=request.checkpoint,
-                        pid=container.init.pid,
-                    ),
+                self.events.create(
+                    container_id,
+                    request.bundle,
+                    StdioSpec(request.stdin, request.stdout, request.stderr, request.terminal),
+                    container.init.pid,
+                    rootfs=request.rootfs,
+                    checkpoint=request.checkpoint,
                 )
-                self._watch_oom(container)
+                container.watch_oom(self.oom)
                 starting.started(container, container.init)
         finally:
             self._creating.discard(container_id)
@@ -271,7 +218,7 @@ class TaskService:
     async def Start(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if container.failpoints is not None:
-            await _failpoint(container.failpoints, "Start")
+            await hit(container.failpoints, "Start")
         process = container.process(request.exec_id)
         if isinstance(process, InitProcess):
             with self.exits.starting(container) as starting:
@@ -282,10 +229,8 @@ class TaskService:
                     raise
                 if container.cgroup is None and process.pid > 0:
                     container.load_cgroup(process.pid)
-                self._watch_oom(container)
-                self._publish(
-                    TASK_START, events.TaskStart(container_id=container.id, pid=process.pid)
-                )
+                container.watch_oom(self.oom)
+                self.events.start(container.id, process.pid)
                 starting.started(container, process)
         else:
             assert isinstance(process, ExecProcess)
@@ -297,21 +242,16 @@ class TaskService:
                     self.exits.exec_start_failed(container)
                     starting.started(container, process)
                     raise
-                self._publish(
-                    TASK_EXEC_STARTED,
-                    events.TaskExecStarted(
-                        container_id=container.id, exec_id=process.id, pid=process.pid
-                    ),
-                )
+                self.events.exec_started(container.id, process.id, process.pid)
                 starting.started(container, process)
         if container.failpoints is not None:
-            await _failpoint(container.failpoints, "Start.after")
+            await hit(container.failpoints, "Start.after")
         return api.StartResponse(pid=process.pid)
 
     async def Delete(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if container.failpoints is not None:
-            await _failpoint(container.failpoints, "Delete")
+            await hit(container.failpoints, "Delete")
         process = container.process(request.exec_id)
         if isinstance(process, ExecProcess):
             await process.delete()
@@ -333,15 +273,9 @@ class TaskService:
                 self.oom.discard(container.id)
             for exec_process in list(container.execs.values()):
                 await exec_process.release_io()
-            self._publish(
-                TASK_DELETE,
-                events.TaskDelete(
-                    container_id=container.id,
-                    pid=process.pid,
-                    exit_status=process.exit_status,
-                    exited_at=timestamp(process.exited_at_ns),
-                ),
-            )
+            exited_at = process.exited_at_ns
+            exit = None if exited_at is None else Exit(process.exit_status, exited_at)
+            self.events.delete(container.id, process.pid, exit)
         return api.DeleteResponse(
             pid=process.pid,
             exit_status=process.exit_status,
@@ -351,10 +285,10 @@ class TaskService:
     async def Exec(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if container.failpoints is not None:
-            await _failpoint(container.failpoints, "Exec")
+            await hit(container.failpoints, "Exec")
         exec_id = request.exec_id
         if not container.reserve(exec_id):
-            raise AlreadyExists(f"id {exec_id}")
+            raise AlreadyExistsError.wrapping(f"id {exec_id}")
         try:
             container.init.check_exec()
             try:
@@ -371,16 +305,14 @@ class TaskService:
                 StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal),
             )
             if container.failpoints is not None:
-                await _failpoint(container.failpoints, "Exec.after")
+                await hit(container.failpoints, "Exec.after")
                 if self.containers.get(container.id) is not container:  # deleted meanwhile
-                    raise NotFound("container not created")
+                    raise NotFoundError.wrapping("container not created")
         except BaseException:
             container.release(exec_id)
             raise
         container.add_exec(process)
-        self._publish(
-            TASK_EXEC_ADDED, events.TaskExecAdded(container_id=container.id, exec_id=exec_id)
-        )
+        self.events.exec_added(container.id, exec_id)
         return EMPTY
 
     async def ResizePty(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
@@ -410,19 +342,19 @@ class TaskService:
     async def Pause(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         await container.init.pause()
-        self._publish(TASK_PAUSED, events.TaskPaused(container_id=container.id))
+        self.events.paused(container.id)
         return EMPTY
 
     async def Resume(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         await container.init.resume()
-        self._publish(TASK_RESUMED, events.TaskResumed(container_id=container.id))
+        self.events.resumed(container.id)
         return EMPTY
 
     async def Kill(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if container.failpoints is not None:
-            await _failpoint(container.failpoints, "Kill")
+            await hit(container.failpoints, "Kill")
         process = container.process(request.exec_id)
         if isinstance(process, InitProcess):
             await process.kill(request.signal, all=request.all)
@@ -433,27 +365,14 @@ class TaskService:
 
     async def Pids(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
-        try:
-            pids = await container.init.runc.ps(container.id)
-        except RuncError as exc:
-            raise unknown(str(exc)) from exc
-        processes = []
-        for pid in pids:
-            info = task_types.ProcessInfo(pid=pid)
-            exec_process = container.find_exec_by_pid(pid)
-            if exec_process is not None:
-                details = oci_pb2.ProcessDetails(exec_id=exec_process.id)
-                info.info.type_url = PROCESS_DETAILS_TYPE
-                info.info.value = details.SerializeToString()
-            processes.append(info)
-        return api.PidsResponse(processes=processes)
+        return api.PidsResponse(processes=await container.processes())
 
     async def CloseIO(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         try:
             process = container.process(request.exec_id)
-        except TTRPCError as exc:
-            raise unknown(exc.message) from exc  # the reference skips ToGRPC here
+        except TaskError as exc:
+            raise unknown(str(exc)) from exc  # the reference skips ToGRPC here
         try:
             await process.close_stdin()
         except OSError as exc:
@@ -463,24 +382,13 @@ class TaskService:
     async def Checkpoint(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         opts = decode_checkpoint_options(request.options if request.HasField("options") else None)
-        await container.init.checkpoint(
-            request.path,
-            CheckpointOpts(
-                work_path=opts.work_path,
-                tcp_established=opts.open_tcp,
-                ext_unix_sk=opts.external_unix_sockets,
-                shell_job=opts.terminal,
-                file_locks=opts.file_locks,
-                empty_namespaces=tuple(opts.empty_namespaces),
-            ),
-            exit=opts.exit,
-        )
+        await container.init.checkpoint(request.path, checkpoint_flags(opts), exit=opts.exit)
         return EMPTY
 
     async def Update(self, api: ModuleType, ctx: RequestContext, request: Any) -> Any:
         container = self.container(request.id)
         if not request.HasField("resources"):
-            raise InvalidArgument("resources are required")
+            raise InvalidArgumentError.wrapping("resources are required")
         await container.init.update(request.resources.value)
         return EMPTY
 
@@ -496,7 +404,7 @@ class TaskService:
         container = self.container(request.id)
         cgroup: Cgroup | None = container.cgroup
         if cgroup is None:
-            raise NotFound("cgroup does not exist")
+            raise NotFoundError.wrapping("cgroup does not exist")
         return api.StatsResponse(stats=cgroup.metrics())
 
     @nonblocking
@@ -511,38 +419,3 @@ class TaskService:
             return EMPTY
         self.shutdown.shutdown("no containers left")
         return EMPTY
-
-
-async def _failpoint(failpoints: Failpoints, point: str) -> None:
-    """Hit ``point``: an injected error is a bare-text error like any runc failure; a panic
-    escapes as the unexpected exception it stands for (the ttrpc server answers Unknown)."""
-    try:
-        await trigger(point, failpoints.evaluate(point))
-    except InjectedError as exc:
-        raise unknown(exc.message) from exc
-
-
-# --- the plugin ---------------------------------------------------------------------------------
-
-
-async def init_plugin(ctx: InitContext) -> TaskService:
-    """Plugin init: the service over the framework's reaper, publisher and shutdown service."""
-    service = TaskService(
-        namespace=ctx.namespace,
-        reaper=ctx.get(REAPER_PLUGIN),
-        publisher=ctx.get(EVENT_PLUGIN),
-        shutdown=ctx.get(INTERNAL_PLUGIN, "shutdown"),
-        nursery=ctx.nursery,
-        bundle_dir=os.path.dirname(ctx.bundle),
-    )
-    await ctx.nursery.start(service.run)
-    return service
-
-
-REGISTRATION: Final = Registration(
-    type=TTRPC_PLUGIN,
-    id="task",
-    init=init_plugin,
-    requires=(EVENT_PLUGIN, INTERNAL_PLUGIN, REAPER_PLUGIN),
-)
-"""The runc task service as a plugin of :func:`trioshim.shim.run`."""

@@ -8,8 +8,6 @@ Names are imported lazily (PEP 562), so ``import trioshim.shim.forkserver`` stay
 the standard library: the start helper must not pay for Trio and protobuf.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
@@ -106,7 +104,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'trioshim.shim' has no attribute {name!r}")

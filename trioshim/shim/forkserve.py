@@ -6,8 +6,12 @@ worker per request until its containerd exits, it idles out, or SIGTERM; then it
 socket and the lock file. A worker puts itself where the helper that asked is
 (:mod:`trioshim.shim.placement`; if it cannot, it answers ``b"L"`` and the helper runs the
 action itself), becomes that helper (its stdin/stdout/stderr, cwd, environment, argv as seen
-in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run`,
-sends ``b"S" + status`` back and exits; the daemon it forks is never the server's child.
+in ``/proc/<pid>/cmdline``, its own process group), runs :func:`trioshim.shim.main.run` and
+sends ``b"S" + status`` back. After a ``start`` that made a daemon, the worker then becomes
+that daemon itself (one fork of a server-sized process less before the address is printed,
+and the helper's output ends as soon as the status is sent); after anything else it exits.
+A daemon is therefore the server's child: the server reaps it (``SIGCHLD`` wakes its loop),
+and when the server goes the daemon is re-parented like any orphan and goes on serving.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from trioshim.shim.cmdline import prime as prime_cmdline
 from trioshim.shim.cmdline import set_cmdline
-from trioshim.shim.forking import detach_stdio
+from trioshim.shim.forking import DeferredDaemon, close_in_next_child, detach_stdio
 from trioshim.shim.forkserver import (
     _MAX_REQUEST,
     _REQUEST_TIMEOUT,
@@ -38,9 +43,10 @@ from trioshim.shim.forkserver import (
 from trioshim.shim.manager import Manager
 from trioshim.shim.placement import Placement, PlacementError
 from trioshim.shim.plugin import Registry
+from trioshim.shim.procstat import running_since
 from trioshim.ttrpc.server import listen_backlog
 
-__all__ = ["close_in_next_child", "serve"]
+__all__ = ["serve"]
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
@@ -64,7 +70,7 @@ class _Containerd:
     def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self._start_time = _running_since(pid) if pidfd is None and pid > 0 else None
+        self._start_time = running_since(pid) if pidfd is None and pid > 0 else None
 
     def fds(self) -> list[int]:
         return [] if self.pidfd is None else [self.pidfd]
@@ -77,18 +83,8 @@ class _Containerd:
             return self.pidfd in readable
         if self.pid <= 0:
             return False
-        now = _running_since(self.pid)
+        now = running_since(self.pid)
         return now is None or now != self._start_time
-
-
-def _running_since(pid: int) -> int | None:
-    """The start time of ``pid`` if it is running (not a zombie), else ``None``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])  # fields 3 and 22
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _lock(path: str) -> int | None:
@@ -138,6 +134,7 @@ def serve(
         return 0
     listener: socket.socket | None = None
     inode = None
+    wake_fds: list[int] = []  # the SIGCHLD wake-up pipe (read end first)
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -153,9 +150,17 @@ def serve(
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        prime_cmdline()  # for the workers' and daemons' set_cmdline (before the heap is frozen)
         problem = prepare_heap(manager, registry)  # see prefork.py
         if problem:
             _log(f"heap preparation incomplete (daemons will take more memory): {problem}")
+        # Daemons are our children (workers become them): reap them as they exit, not at the
+        # next request or timeout. The handler does nothing; the wake-up fd ends the select.
+        # Set after the warm-up, whose trio.run sets (and restores) a wake-up fd of its own.
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_fds.extend((wake_read, wake_write))
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         _log(f"serving {app} on {path} for containerd {containerd_pid}")
 
         def fork_worker(conn: socket.socket) -> None:
@@ -178,19 +183,22 @@ def serve(
                     _decline(conn, f"cannot fork a worker for pid {peer_pid}: {exc}")
                     return
                 if pid == 0:
-                    server_fds = (listener.fileno(), lock, *containerd.fds())
-                    _worker(conn, server_fds, manager, registry, argv0, shim_run, mask)
+                    fds = (listener.fileno(), lock, *containerd.fds(), *wake_fds)
+                    _worker(conn, fds, manager, registry, argv0, shim_run, mask)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
         last = time.monotonic()
         while True:
-            _reap_workers()
+            _reap_children()
             left = idle_timeout - (time.monotonic() - last)
             if left <= 0:
                 _log("idle, exiting")
                 break
             timeout = min(left, containerd.poll_interval() or 5.0)
-            ready, _, _ = select.select([listener.fileno(), *containerd.fds()], [], [], timeout)
+            waited = [listener.fileno(), *containerd.fds(), *wake_fds[:1]]
+            ready, _, _ = select.select(waited, [], [], timeout)
+            if wake_fds and wake_fds[0] in ready:
+                _drain(wake_fds[0])
             if containerd.gone(ready):
                 _log(f"containerd {containerd_pid} exited, exiting")
                 break
@@ -213,6 +221,16 @@ def serve(
         os.close(lock)
         if containerd_pidfd is not None:
             _close(containerd_pidfd)
+        if wake_fds:
+            signal.set_wakeup_fd(-1)
+            for fd in wake_fds:
+                _close(fd)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _unlink_socket(path: str, inode: int | None) -> None:
@@ -242,7 +260,8 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
     return int(pid), int(uid)
 
 
-def _reap_workers() -> None:
+def _reap_children() -> None:
+    """Workers that exited, and daemons (workers that became one) that did."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -272,19 +291,6 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return request, fds
 
 
-def close_in_next_child(fd: int) -> None:
-    """Close ``fd`` in the child of the next fork only. At-fork hooks are inherited by every
-    later fork, and in the grandchildren the number is in use again (the reaper's exec pipes,
-    say): closing it there would break them."""
-    pending = [fd]
-
-    def close_once() -> None:
-        if pending:
-            _close(pending.pop())
-
-    os.register_at_fork(after_in_child=close_once)
-
-
 def _worker(
     conn: socket.socket,
     server_fds: tuple[int, ...],
@@ -297,9 +303,12 @@ def _worker(
     """Become the helper that asked, run the action, report the status (never returns).
     ``mask`` is the signal mask to restore once the server's handlers are replaced."""
     status = 1
+    daemon = DeferredDaemon()
     try:
         for fd in server_fds:
             _close(fd)
+        signal.set_wakeup_fd(-1)  # the daemon's Trio sets its own
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -310,8 +319,9 @@ def _worker(
         except PlacementError as exc:
             _log(f"worker for pid {_peer(conn)[0]}: {exc}; the helper runs it itself")
             _exit(conn, b"L", 0)
-        # The daemon must not keep the helper's connection (or anything else of ours) open.
-        close_in_next_child(conn.fileno())
+        # A daemon forked from here (shared mode's process) must not keep the helper's
+        # connection (or anything else of ours) open.
+        closing = close_in_next_child(conn.fileno())
         os.setpgid(0, 0)  # like the helper, which containerd puts in its own group
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -325,11 +335,22 @@ def _worker(
         # Like the helper this worker stands for (the daemon forked from here rewrites it to
         # its own argv); room left for that, so no exact trim.
         set_cmdline(sys.argv)
-        status = run(manager, request["argv"], registry, containerd_pid=int(request["ppid"]))
+        status = run(
+            manager,
+            request["argv"],
+            registry,
+            containerd_pid=int(request["ppid"]),
+            fork=daemon,
+        )
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"trioshim fork server worker: {exc!r}\n".encode())
-    _exit(conn, b"S", status)
+    if status != 0 or daemon.pending is None:
+        _exit(conn, b"S", status)
+    _report(conn, b"S", status)
+    closing.clear()  # nothing was forked; the daemon's own children must keep that number
+    conn.close()
+    daemon.become()
 
 
 def _decline(conn: socket.socket, why: str) -> None:
@@ -346,14 +367,18 @@ def _decline(conn: socket.socket, why: str) -> None:
 
 
 def _exit(conn: socket.socket, tag: bytes, status: int) -> NoReturn:
+    _report(conn, tag, status)
+    os._exit(0)
+
+
+def _report(conn: socket.socket, tag: bytes, status: int) -> None:
     with contextlib.suppress(BaseException):
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        # containerd reads the helper's output to EOF: our copies of its pipes go now, not
-        # when this process's teardown is done.
+        # containerd reads the helper's output to EOF: our copies of its pipes go before the
+        # helper learns the status, not when this process's teardown is done.
         detach_stdio()
         conn.sendall(status_message(tag, status))
-    os._exit(0)
 
 
 def _close(fd: int) -> None:

@@ -16,10 +16,12 @@ containerd:
   forks one **worker** per request; the worker first puts itself where the helper is (cgroups,
   resource limits, umask, ``oom_score_adj``: :mod:`trioshim.shim.placement`; when it cannot,
   the helper runs the action itself), then becomes the helper (descriptors, cwd, environment,
-  its own process group) and runs :func:`trioshim.shim.main.run`, which forks the daemon as
-  usual. The worker then exits, so a daemon is never the server's child: a server crash or
-  exit touches no container, and each daemon is still one process per container (group),
-  sharing the server's pages copy-on-write;
+  its own process group) and runs :func:`trioshim.shim.main.run`. Where an exec'd helper
+  forks the daemon, a worker, once the helper has its status, becomes the daemon itself (a
+  fork less before the address is printed); after ``delete`` it exits. So a daemon is the
+  server's child, reaped by it, but nothing more: a server crash or exit touches no container
+  (the daemon is re-parented like any orphan), and each daemon is still one process per
+  container (group), sharing the server's pages copy-on-write;
 - **no server yet** (the first start after boot, upgrade or containerd start, or a server
   that idled out): the helper runs the action in-process (the cold path costs what the plain
   entry costs) and then spawns a server, detached (own session, stdio on ``/dev/null``), for
@@ -35,19 +37,20 @@ uid (``SO_PEERCRED``) and lives in a 0700 directory with a 0600 socket.
 ``TRIOSHIM_FORKSERVER=0`` disables delegation. This module must stay import-light.
 """
 
-from __future__ import annotations
-
 # The helper side imports only modules built into the interpreter (no typing, socket, enum,
-# json, re, hashlib): every millisecond here is on containerd's critical path.
+# json, re, hashlib, not even os: its import runs _collections_abc, over 1 ms of a helper
+# started with -S, which does not import os otherwise): every millisecond here is on
+# containerd's critical path. The cold path and the server import os where they need it.
 import _socket
 import marshal
-import os
+import posix
 import sys
 
 import trioshim
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import NoReturn
 
     from trioshim.shim.manager import Manager
@@ -84,13 +87,13 @@ _SOL_SOCKET = 1
 # helper side (interpreter built-ins only)
 
 
-def main(app: str, argv: list[str] | None = None) -> NoReturn:
+def main(app: str, argv: list[str] | None = None) -> "NoReturn":
     """Console-script entry of a fast shim: ``sys.exit(launch(app))``."""
     status, ran_here = _launch(app, argv)
     if not ran_here:
         # A worker did it all: nothing buffered, no exit handlers; the interpreter's teardown
         # would only delay our exit, which containerd waits for.
-        os._exit(status)
+        posix._exit(status)
     sys.exit(status)
 
 
@@ -102,7 +105,7 @@ def launch(app: str, argv: list[str] | None = None) -> int:
 def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if action(args) not in _DELEGATED or os.environ.get(ENV_DISABLE) == "0":
+    if action(args) not in _DELEGATED or _environ().get(ENV_DISABLE) == "0":
         return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
@@ -142,11 +145,30 @@ def action(args: list[str]) -> str:
     return _scan(args)[0]
 
 
+_posix_environ: "dict[str, str] | None" = None
+
+
+def _environ() -> "Mapping[str, str]":
+    """``os.environ`` once ``os`` is imported (whoever imported it may have changed it);
+    before that, the environment the process started with, decoded as ``os`` decodes it."""
+    global _posix_environ
+    os = sys.modules.get("os")
+    if os is not None:
+        return os.environ  # type: ignore[no-any-return]
+    if _posix_environ is None:
+        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+        _posix_environ = {
+            key.decode(encoding, errors): value.decode(encoding, errors)
+            for key, value in posix.environ.items()
+        }
+    return _posix_environ
+
+
 def containerd_address(args: list[str]) -> str:
     """The containerd this invocation is for: ``-address``, else what 1.7+ put in the
     environment (the same fallback as the shim's own flag handling)."""
     address = _scan(args)[1].get("address", "")
-    env = os.environ
+    env = _environ()
     return (
         address
         or env.get("GRPC_ADDRESS", "").removeprefix("unix://")
@@ -168,16 +190,31 @@ def _sha256_hex(data: bytes) -> str:
 def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
     """The fork server's socket for this app, interpreter, shim build, user and containerd
     (``prefix`` names another per-containerd process of the build, e.g. shared mode's)."""
-    exe = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    try:
-        mtime = os.stat(exe).st_mtime_ns if exe else 0
-    except OSError:
-        mtime = 0
+    exe, mtime = _resolved(sys.argv[0] if sys.argv else "")
     key = repr(
-        (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, os.getuid(), address)
+        (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, posix.getuid(), address)
     )
-    directory = os.environ.get(ENV_DIR) or DEFAULT_DIR
-    return os.path.join(directory, prefix + _sha256_hex(key.encode())[:24])
+    directory = _environ().get(ENV_DIR) or DEFAULT_DIR
+    name = prefix + _sha256_hex(key.encode())[:24]
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
+
+
+def _resolved(path: str) -> tuple[str, int]:
+    """The canonical path of the file ``path`` names (symlinks resolved, as the kernel names
+    it: ``os.path.realpath`` without ``os``) and its mtime; ``path`` and 0 when it cannot be
+    opened."""
+    if not path:
+        return "", 0
+    try:
+        fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
+    except OSError:
+        return path, 0
+    try:
+        return posix.readlink(f"/proc/self/fd/{fd}"), posix.fstat(fd).st_mtime_ns
+    except OSError:
+        return path, 0
+    finally:
+        posix.close(fd)
 
 
 def _delegate(path: str, args: list[str]) -> int | None:
@@ -194,9 +231,9 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "protocol": PROTOCOL,
                 "argv0": sys.argv[0] if sys.argv else "",
                 "argv": args,
-                "env": dict(os.environ),
-                "cwd": os.getcwd(),
-                "ppid": os.getppid(),
+                "env": dict(_environ()),
+                "cwd": posix.getcwd(),
+                "ppid": posix.getppid(),
                 "placement": _placement(),
             }
         )
@@ -224,7 +261,7 @@ def _delegate(path: str, args: list[str]) -> int | None:
             return int(status)
         if tag == b"L":
             return _DECLINED
-    os.write(2, b"trioshim: the fork server's worker died without a status\n")
+    posix.write(2, b"trioshim: the fork server's worker died without a status\n")
     return 1
 
 
@@ -236,8 +273,8 @@ def status_message(tag: bytes, status: int) -> bytes:
 def _placement() -> dict[str, object]:
     """What puts a process where we are, as the kernel shows it (the worker parses it: only
     reads and two ``umask`` calls here, no ``resource`` import)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = posix.umask(0o022)
+    posix.umask(umask)
     place: dict[str, object] = {"umask": umask}
     for name in ("cgroup", "limits", "oom_score_adj"):
         place[name] = _read_proc("/proc/self/" + name)
@@ -247,22 +284,24 @@ def _placement() -> dict[str, object]:
 def _read_proc(path: str) -> bytes | None:
     """A small /proc file, without a file object's cost; ``None`` if it cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
         data = b""
-        while chunk := os.read(fd, 65536):
+        while chunk := posix.read(fd, 65536):
             data += chunk
         return data
     except OSError:
         return None
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _spawn_server(app: str, path: str) -> None:
     """Start a fork server in the background, detached from us and from containerd's pipe."""
+    import os
+
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     log = os.environ.get(ENV_LOG) or os.devnull
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
@@ -322,7 +361,7 @@ def _complete_sys_path() -> None:
         site.main()
 
 
-def load_app(app: str) -> tuple[Manager, Registry]:
+def load_app(app: str) -> "tuple[Manager, Registry]":
     """``module:function`` or ``/path/file.py:function``; the function returns
     ``(manager, registry)``."""
     import importlib
@@ -348,6 +387,8 @@ def load_app(app: str) -> tuple[Manager, Registry]:
 
 
 if __name__ == "__main__":
+    import os
+
     # serve APP SOCKET ARGV0 CONTAINERD_PID HAS_PIDFD [ROOM]
     if len(sys.argv) >= 7 and sys.argv[1] == "serve" and sys.argv[5].isdigit():
         has_pidfd = sys.argv[6] == "1"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -101,7 +102,12 @@ class Manager:
     def socket_dir(self) -> str:
         """Where sockets go: the constructor's, else ``$TRIOSHIM_SOCKET_DIR``, else
         ``/run/containerd/s``."""
-        return self._socket_dir or os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR
+        return self.socket_dir_in(os.environ)
+
+    def socket_dir_in(self, env: Mapping[str, str]) -> str:
+        """:attr:`socket_dir` for a start whose environment is ``env`` (shared mode's process
+        runs starts whose environment is not its own)."""
+        return self._socket_dir or env.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR
 
     def grouping_key(self, ctx: StartContext) -> str:
         """The key hashed into the socket address. Default: the first of

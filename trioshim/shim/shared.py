@@ -7,9 +7,12 @@
          ├─ reaper             the process's only one, shared by every daemon (subreaper)
          ├─ signal receiver    SIGTERM/SIGINT -> every daemon shuts down, then the process
          ├─ stack dumps        SIGUSR1 -> the process's task tree into every daemon's log
+         ├─ containerd watch   its containerd gone: the process ends with its last daemon
+         │                     (:mod:`trioshim.shim.sharedcontainerd`)
          ├─ control socket     "start"/"delete" (a helper's action, run here:
          │                     :mod:`trioshim.shim.sharedactions`), "serve" (a socket +
          │                     ShimSpec from a start helper), "ping" (is the process alive):
+         │                     :mod:`trioshim.shim.sharedcontrol`,
          │                     :mod:`trioshim.shim.sharedclient`
          └─ one task per daemon: :func:`~trioshim.shim.daemon.serve_daemon`, whose root
             nursery (ttrpc server, publisher, plugins, abandonment watch) is a child of this
@@ -19,9 +22,12 @@ A daemon ends as a process of its own would (its Shutdown, abandonment): its
 listener and connections close, which containerd takes for the shim's exit; the other
 daemons are untouched. A daemon that crashes is logged in its own log and ends alone
 (``serve_daemon`` never raises for a crash). Once no daemon is left and no request is being
-served for ``$TRIOSHIM_SHARED_IDLE`` seconds (default 600, as long as the fork server idles:
-meanwhile the process serves the next start as it would any), the process takes the control
-lock (no helper is mid-hand-over), removes its control socket and lock file, exits.
+served, the process ends: at once when its containerd has gone (a pidfd or polling:
+:mod:`trioshim.shim.sharedcontainerd`; a containerd restarted at the same address makes the
+process its own with its first start), else after ``$TRIOSHIM_SHARED_IDLE`` seconds (default
+600, as long as the fork server idles: meanwhile it serves the next start as it would any). It
+takes the control lock (no helper is mid-hand-over), removes its control socket and lock file,
+exits. While daemons are left it serves them, whether or not its containerd is alive.
 The trade-off: a death of the process (SIGKILL, OOM kill) takes every daemon with it;
 containerd then cleans up each as it does after any shim's death.
 """
@@ -30,14 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import errno
 import fcntl
 import logging
-import marshal
 import os
 import signal
 import socket
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -48,8 +51,9 @@ from trioshim.shim.log import LOG_NAME, FdHandler, LogrusFormatter, open_log_fif
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
 from trioshim.shim.reaper import Reaper, set_child_subreaper
-from trioshim.shim.sharedactions import ACTIONS, ActionRequest, Declined, run_action
-from trioshim.shim.sharedclient import MAX_MESSAGE, ShimSpec, decode_message
+from trioshim.shim.sharedclient import ShimSpec
+from trioshim.shim.sharedcontainerd import Containerd
+from trioshim.shim.sharedcontrol import serve_control
 from trioshim.shim.stackdump import serve_stack_dumps
 
 __all__ = [
@@ -66,9 +70,6 @@ ENV_IDLE = "TRIOSHIM_SHARED_IDLE"
 IDLE_TIMEOUT = 600.0
 
 _current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("shim_log")
-_CREDENTIALS = struct.Struct("3i")
-_ACCEPT_RESOURCE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_ACCEPT_RETRY = 0.1
 
 
 class _ToCurrentShim(logging.Handler):
@@ -151,6 +152,7 @@ class SharedShims:
         lock_path: str | None = None,
         handle_signals: bool = True,
         idle: float = 0.0,
+        containerd: Containerd | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -163,6 +165,9 @@ class SharedShims:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._stopping: str | None = None  # shutdown_all's reason, for daemons still starting
+        # Whose daemons these are (None: nobody watched); orphaned once it has gone.
+        self.containerd = containerd
+        self.orphaned = False
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -173,27 +178,59 @@ class SharedShims:
         *,
         task_status: trio.TaskStatus[SharedShims] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until no daemon is left and no request came for ``idle`` seconds."""
+        """Serve until no daemon is left and, unless our containerd has gone, no request
+        came for ``idle`` seconds."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.reaper.serve)
+            if self.containerd is not None:
+                nursery.start_soon(self._watch_containerd, self.containerd)
             if self.handle_signals:
                 await nursery.start(self._watch_signals)
                 await nursery.start(serve_stack_dumps, self._every_log())
             if control is not None:
-                nursery.start_soon(self._accept, control)
+                nursery.start_soon(serve_control, self, control)
             task_status.started(self)
             while True:
                 await self._changed.wait()
                 self._changed = trio.Event()
                 if self.daemons or self._busy:
                     continue
-                with trio.move_on_after(0 if self._stopping else self.idle) as idle:
+                linger = 0 if self._stopping or self.orphaned else self.idle
+                with trio.move_on_after(linger) as idle:
                     await self._changed.wait()  # left set: the loop looks again
                 if idle.cancelled_caught and await self._release_control(control_path):
                     break
             nursery.cancel_scope.cancel()
         self._nursery = None
+
+    async def _watch_containerd(self, containerd: Containerd) -> None:
+        try:
+            await containerd.wait_gone()
+        finally:
+            containerd.close()
+        self.orphaned = True
+        self._changed.set()
+
+    def adopt(self, helper_pid: int) -> None:
+        """A start from the live helper ``helper_pid``: when our containerd has gone, the
+        helper's (a containerd restarted at the same address) is ours from now on."""
+        if not self.orphaned or self._nursery is None:
+            return
+        containerd = Containerd.parent_of(helper_pid)
+        if containerd.pid > 0:
+            self.containerd, self.orphaned = containerd, False
+            self._nursery.start_soon(self._watch_containerd, containerd)
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """A helper's request is being served: the process does not end meanwhile."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._changed.set()
 
     async def _release_control(self, control_path: str | None) -> bool:
         """Whether still no daemon is left once no helper can be mid-hand-over (the control
@@ -311,81 +348,6 @@ class SharedShims:
             async for signum in signals:
                 self.shutdown_all(f"signal {signal.Signals(signum).name}")
 
-    # -- the control socket ----------------------------------------------------------------
-
-    async def _accept(self, control: trio.socket.SocketType) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    conn, _ = await control.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
-                        raise
-                    # Out of descriptors or memory: the daemons must not die of it; retry
-                    # once some are freed (what trio's own listeners do).
-                    await trio.sleep(_ACCEPT_RETRY)
-                    continue
-                nursery.start_soon(self._answer, conn)
-
-    async def _answer(self, conn: trio.socket.SocketType) -> None:
-        self._busy += 1
-        try:
-            await self._answer_one(conn)
-        finally:
-            self._busy -= 1
-            self._changed.set()
-
-    async def _answer_one(self, conn: trio.socket.SocketType) -> None:
-        with conn:
-            fds: list[int] = []
-            try:
-                uid = _CREDENTIALS.unpack(
-                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-                )[1]
-                if uid != os.getuid():
-                    raise PermissionError(f"uid {uid} may not use this shared shim process")
-                with trio.fail_after(10):
-                    data, ancdata, _, _ = await conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(16))
-                fds = _received_fds(ancdata)
-                reply = await self._handle(decode_message(data), fds)
-            except Exception as exc:
-                reply = {"ok": False, "error": str(exc) or type(exc).__name__}
-            finally:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            with contextlib.suppress(OSError):
-                await conn.send(marshal.dumps(reply))
-
-    async def _handle(self, message: dict[str, object], fds: list[int]) -> dict[str, object]:
-        op = message.get("op")
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op in ACTIONS:
-            try:
-                return await run_action(self, ActionRequest.from_wire(message))
-            except Declined as exc:
-                return {"ok": False, "declined": True, "error": str(exc)}
-        if op != "serve":
-            raise ValueError(f"unknown request {op!r}")
-        spec = ShimSpec.from_wire(message)
-        if len(fds) != 1:
-            raise ValueError("a serve request carries exactly one socket")
-        listener = socket.socket(fileno=fds.pop())
-        status = await self.add(spec, listener)
-        if status is not None:
-            return {"ok": False, "error": f"shim {spec.flags.id} failed to start (see its log)"}
-        return {"ok": True, "pid": os.getpid()}
-
-
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-    return fds
-
 
 def _lock(path: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -400,16 +362,22 @@ def run_shared(
     control_path: str,
     *,
     first: tuple[ShimSpec, socket.socket],
+    containerd: Containerd,
 ) -> int:
     """The shared process (forked by a start helper, which holds the control lock): serve
-    ``first`` and what the control socket brings, until no daemon is left."""
+    ``first`` and what the control socket brings for ``containerd`` (the helper's), until no
+    daemon is left and either it has gone or the idle time is over."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     set_child_subreaper()
     route_module_logs()
 
     async def main() -> None:
         shims = SharedShims(
-            manager, registry, lock_path=control_path + ".lock", idle=idle_timeout(os.environ)
+            manager,
+            registry,
+            lock_path=control_path + ".lock",
+            idle=idle_timeout(os.environ),
+            containerd=containerd,
         )
         control.setblocking(False)
         async with trio.open_nursery() as nursery:

@@ -6,8 +6,9 @@ writes its ``address`` file; then, instead of forking a daemon, it hands the lis
 and the daemon's identity (:class:`ShimSpec`) to that process over its control socket
 (``<dir>/shared-<hash>``, ``<dir>`` as for the fork server, keyed like it by runtime, shim
 build, uid and containerd). With no process there yet it forks one, already serving this
-first daemon. ``delete`` cleans up as it does for any shim and leaves a live process alone;
-a dead one's control socket and lock file it removes.
+first daemon, which watches the helper's parent (its containerd) to end with it. ``delete``
+cleans up as it does for any shim and leaves a live process alone; a dead one's control
+socket and lock file it removes.
 
 The exchange is one ``SOCK_SEQPACKET`` message each way (a ``marshal`` dict, the socket as
 ``SCM_RIGHTS``), under an exclusive ``flock`` on ``<control>.lock``: the process takes the
@@ -32,6 +33,7 @@ from trioshim.shim.flags import Flags, validate_identifier
 from trioshim.shim.forking import fork_process
 from trioshim.shim.manager import Manager
 from trioshim.shim.plugin import Registry
+from trioshim.shim.sharedcontainerd import Containerd
 from trioshim.shim.sharedlaunch import control_path
 
 __all__ = ["SharedError", "ShimSpec", "ask", "control_path", "hand_over", "remove_stale_control"]
@@ -191,13 +193,19 @@ def _fork_shared(
     sock: socket.socket,
     lock_fd: int,
 ) -> int:
-    """Fork the shared process, already serving ``spec``; the helper keeps the lock (the
-    child's copy is closed) until it has let go of the control socket."""
+    """Fork the shared process, already serving ``spec``, for our containerd (our parent:
+    containerd execs the helper); the helper keeps the lock (the child's copy is closed)
+    until it has let go of the control socket."""
+    containerd = Containerd.parent_of(os.getpid())
 
     def body() -> int:
         from trioshim.shim.shared import run_shared
 
-        return run_shared(manager, registry, control, path, first=(spec, sock))
+        first = (spec, sock)
+        return run_shared(manager, registry, control, path, first=first, containerd=containerd)
 
     argv = [program_path() or manager.name, "-address", spec.flags.address]
-    return fork_process(argv, "/", body, close_fds=(lock_fd,))
+    try:
+        return fork_process(argv, "/", body, close_fds=(lock_fd,))
+    finally:
+        containerd.close()  # the child's copy of the pidfd is its own

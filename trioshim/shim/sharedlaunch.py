@@ -37,8 +37,11 @@ _ACTIONS = ("start", "delete")
 
 
 def control_path(runtime: str, containerd: str) -> str:
-    """The control socket of the shared process for this runtime, build, uid and containerd."""
-    return server_path("shared:" + runtime, containerd, prefix="shared-")
+    """The control socket of the shared process for this runtime, build, uid and containerd
+    (its address; empty: the one the environment names, so that a helper's flags, checked
+    or not, lead to the same process)."""
+    address = containerd or containerd_address([])
+    return server_path("shared:" + runtime, address, prefix="shared-")
 
 
 def main(app: str, runtime: str) -> NoReturn:

@@ -7,9 +7,8 @@ are converted to their field-identical v2 twins and back, and a domain error
 (:class:`~trioshim.task.errors.TaskError`, or an invalid id) becomes a ttrpc status here and
 nowhere else.
 
-:func:`check_request` is :func:`trioshim.runc.boundary.check_request` without the runc
-import (this package must not import ``trioshim.runc``); once runc is rebuilt on the kit, its
-copy goes.
+:func:`check_request` is also what runc's shim checks its requests with
+(:mod:`trioshim.runc.boundary`).
 """
 
 from __future__ import annotations

@@ -7,17 +7,19 @@ boundary imports ttrpc's status classes.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from trioshim.ttrpc.errors import Code, TTRPCError
 
 __all__ = [
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
     "TaskError",
     "UnimplementedError",
+    "UnknownError",
     "to_ttrpc",
 ]
 
@@ -26,6 +28,20 @@ class TaskError(Exception):
     """A request refused for a reason containerd has a code for."""
 
     code: ClassVar[Code] = Code.UNKNOWN
+
+    @classmethod
+    def wrapping(cls, message: str) -> Self:
+        """``<message>: <containerd's text for the code>`` (``process already finished: not
+        found``): what Go's ``fmt.Errorf("...: %w", errdefs.ErrNotFound)`` prints, the form
+        containerd's own shims send."""
+        text = type(TTRPCError.from_status(cls.code, "")).class_text
+        if not text or message == text or message.endswith(": " + text):
+            return cls(message)
+        return cls(f"{message}: {text}" if message else text)
+
+
+class UnknownError(TaskError):
+    """A failure with no better code (a runtime's own error, verbatim)."""
 
 
 class NotFoundError(TaskError):
@@ -52,6 +68,12 @@ class InvalidArgumentError(TaskError):
     code = Code.INVALID_ARGUMENT
 
 
+class DeadlineExceededError(TaskError):
+    """Something the request waits for did not happen in time (a FIFO reader, a pty)."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
 class UnimplementedError(TaskError):
     """The backend has no such operation; the message names the RPC."""
 
@@ -60,4 +82,4 @@ class UnimplementedError(TaskError):
 
 def to_ttrpc(exc: TaskError) -> TTRPCError:
     """The ttrpc status reply for ``exc`` (the boundary's only conversion)."""
-    return TTRPCError(exc.code, str(exc))
+    return TTRPCError.from_status(exc.code, str(exc))

@@ -257,7 +257,7 @@ class TaskService:
         exit = process.exit
         if process.is_init:
             del self.containers[req.id]
-            self.events.delete(req.id, process.pid, exit)
+            self.events.delete(req.id, process.pid, exit, process_id=req.id)
         else:
             del container.execs[req.exec_id]
         return pb.DeleteResponse(

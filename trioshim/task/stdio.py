@@ -20,9 +20,15 @@ workload (a child process, a wasm runtime) gets :attr:`Stdio.stdin`, :attr:`Stdi
   (:class:`~trioshim.task.terminal.TerminalStdio`); with ``file://`` or ``binary://``,
   :class:`UnimplementedError` for now.
 
-The FIFO and file rules are those of :mod:`trioshim.runc.stdio`, which copies through pipes
-instead; the two should later share these classes (runc keeps its copy for the io uid/gid and
-the terminal).
+Closing waits, at most :data:`~trioshim.task.fifo.OUTPUT_FLUSH_TIMEOUT`, until the client has
+read every output FIFO (the exit is reported after the close, and containerd 1.6 stops reading
+at the exit: see :mod:`trioshim.task.fifo`).
+
+runc's shim (:mod:`trioshim.runc.stdio`) cannot hand containerd's FIFOs to the container
+directly: runc's ends must belong to the io uid/gid and the shim must know when the output is
+complete, so it copies through pipes; it shares the parts beneath (the terminal copier
+:mod:`trioshim.task.console`, the pumps :mod:`trioshim.task.copy`, the FIFO hand-off
+:mod:`trioshim.task.fifo`, the ``binary://`` rules of :mod:`trioshim.task.logger`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from trioshim.task.errors import (
     TaskError,
     UnimplementedError,
 )
+from trioshim.task.fifo import wait_fifo_read
+from trioshim.task.uri import UriError, stdout_scheme
 
 if TYPE_CHECKING:
     from trioshim.shim.reaper import Reaper
@@ -78,9 +86,12 @@ class StdioSpec:
 
 
 def scheme(uri: str) -> str:
-    """``fifo`` for a bare path, else the URI's scheme (``file``, ``binary``...)."""
-    parsed = urllib.parse.urlsplit(uri)
-    return parsed.scheme or "fifo"
+    """``fifo`` for a bare path, else the URI's scheme (``file``, ``binary``...);
+    InvalidArgument for what Go's ``url.Parse`` would refuse."""
+    try:
+        return stdout_scheme(uri) or "fifo"
+    except UriError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 @dataclass(eq=False)
@@ -92,10 +103,13 @@ class Stdio:
     stderr: int
     _owned: list[int] = field(default_factory=list, repr=False)
     _stdin_keeper: int | None = field(default=None, repr=False)
+    _fifo_outputs: list[int] = field(default_factory=list, repr=False)
 
     def close_one(self, fd: int) -> None:
         """Close one owned descriptor now."""
         self._owned.remove(fd)
+        if fd in self._fifo_outputs:
+            self._fifo_outputs.remove(fd)
         os.close(fd)
 
     def resize(self, width: int, height: int) -> None:
@@ -109,8 +123,12 @@ class Stdio:
             self._stdin_keeper = None
 
     async def aclose(self) -> None:
-        """Close every descriptor this owns (idempotent)."""
+        """Close every descriptor this owns once the client read the output FIFOs
+        (idempotent)."""
         self.close_stdin()
+        outputs, self._fifo_outputs = self._fifo_outputs, []
+        for fd in outputs:
+            await wait_fifo_read(fd)
         owned, self._owned = self._owned, []
         for fd in owned:
             os.close(fd)
@@ -135,7 +153,9 @@ def open_output(io: Stdio, path: str, what: str) -> int:
     file for appending (never created)."""
     try:
         if stat.S_ISFIFO(os.stat(path).st_mode):
-            return io.own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            fd = io.own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            io._fifo_outputs.append(fd)
+            return fd
         return io.own(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
     except OSError as exc:
         raise _os_error(what, path, exc) from None
@@ -229,6 +249,7 @@ def close_all(io: Stdio) -> None:
     for fd in io._owned:
         os.close(fd)
     io._owned.clear()
+    io._fifo_outputs.clear()
 
 
 def check_supported(spec: StdioSpec) -> None:

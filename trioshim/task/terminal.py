@@ -1,110 +1,71 @@
 """Terminal stdio: the workload gets a pseudo-terminal; the shim copies between it and
 containerd's FIFOs.
 
-The workload's 0, 1 and 2 are the pty's slave side. Two copiers run in the service's nursery:
-the master's output to the stdout FIFO (stderr is the same stream on a terminal and is not
-used), and the stdin FIFO to the master. :meth:`TerminalStdio.aclose` closes the shim's own
-slave descriptor and lets the output copier drain what the workload wrote until the terminal
-hangs up (every slave descriptor closed), at most :data:`DRAIN_TIMEOUT` seconds, since a
-process the workload left behind can hold the terminal open; then everything is closed.
-ResizePty sets the window size on the master.
-
-runc's shim does the same through runc's console socket (:mod:`trioshim.runc.console`); the
-copy loops could later be shared.
+The workload's 0, 1 and 2 are the pty's slave side. The master is a
+:class:`~trioshim.task.console.Console`, the same copier runc's shim uses for the master runc
+sends it: stdin FIFO -> master, master -> stdout FIFO (stderr is the same stream on a terminal
+and is not used), one task in the service's nursery. A workload that closes its terminal and
+reopens it later loses nothing: the copier keeps waiting for the master until
+:meth:`TerminalStdio.aclose` (the workload's run is over) shuts the console down; the copier
+then drains what the master holds into the FIFO, and the stdio closes as every mode does
+(once the client has read the FIFO, see :class:`~trioshim.task.stdio.Stdio`). ResizePty
+sets the window size on the master.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import struct
-import termios
 from dataclasses import dataclass, field
-from typing import Final
 
 import trio
 
+from trioshim.task.console import Console
 from trioshim.task.stdio import Stdio, StdioSpec, close_all, open_devnull, open_output, open_stdin
 
-__all__ = ["DRAIN_TIMEOUT", "TerminalStdio"]
-
-DRAIN_TIMEOUT: Final = 2.0
-_CHUNK: Final = 65536
+__all__ = ["TerminalStdio"]
 
 
 @dataclass(eq=False)
 class TerminalStdio(Stdio):
-    master: int = -1
-    _copiers: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
-    _hung_up: trio.Event = field(default_factory=trio.Event, repr=False)
+    console: Console | None = None
     _done: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @classmethod
     def open(cls, spec: StdioSpec, *, nursery: trio.Nursery) -> TerminalStdio:
         io = cls(-1, -1, -1)
         try:
-            io.master, slave = (io.own(fd) for fd in os.openpty())
-            os.set_inheritable(io.master, False)
+            master, slave = os.openpty()
+            io.console = Console(master)  # owns the master from here on
+            io.stdin = io.stdout = io.stderr = io.own(slave)
             os.set_inheritable(slave, False)
-            io.stdin = io.stdout = io.stderr = slave
             out = open_output(io, spec.stdout, "stdout") if spec.stdout else open_devnull(io)
             src = open_stdin(io, spec.stdin) if spec.stdin else None
-            for fd in (io.master, out, *((src,) if src is not None else ())):
+            for fd in (out, *((src,) if src is not None else ())):
                 os.set_blocking(fd, False)  # ours alone: the workload has the slave
         except BaseException:
             close_all(io)
+            if io.console is not None:
+                io.console.close()
             raise
-        nursery.start_soon(io._copy, out, src)
+        nursery.start_soon(io._copy, io.console, out, src)
         return io
 
     def resize(self, width: int, height: int) -> None:
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        assert self.console is not None
+        self.console.resize(width, height)
 
-    async def _copy(self, out: int, src: int | None) -> None:
+    async def _copy(self, console: Console, out: int, src: int | None) -> None:
         try:
-            with self._copiers:
-                async with trio.open_nursery() as nursery:
-                    if src is not None:
-                        nursery.start_soon(_pump, src, self.master)
-                    await _pump(self.master, out)  # ends at hang-up
-                    self._hung_up.set()
-                    nursery.cancel_scope.cancel()
+            await console.copy(stdin=src, output=out)
         finally:
-            self._hung_up.set()
             self._done.set()
 
     async def aclose(self) -> None:
-        if self.master < 0:
+        console, self.console = self.console, None
+        if console is None:
             return
-        self.close_one(self.stdin)  # our slave: hang-up once the workload's are gone too
-        with trio.move_on_after(DRAIN_TIMEOUT) as drain:
-            drain.shield = True
-            await self._hung_up.wait()
-        self._copiers.cancel()
+        self.close_one(self.stdin)  # our slave: the workload's run is over
+        console.shutdown()  # drain what the master holds, then finish
         with trio.CancelScope(shield=True):
             await self._done.wait()
-        self.master = -1
         await super().aclose()
-
-
-async def _pump(src: int, dst: int) -> None:
-    """Copy until end of file (or a hung-up terminal, EIO) on ``src``."""
-    while True:
-        try:
-            data = os.read(src, _CHUNK)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(src)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EIO:  # the slave side is closed
-                return
-            raise
-        if not data:
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(dst, view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(dst)

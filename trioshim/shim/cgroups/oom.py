@@ -20,12 +20,19 @@ the service publishes `TaskOOM` from it.
 Each watch is a task in the watcher's nursery that waits on its fd with
 `trio.lowlevel.wait_readable`; leaving the `async with` cancels them all and closes
 every fd.
+
+`poll(container_id)` is the explicit hand-off that orders TaskOOM before the init's
+TaskExit: the kernel records an OOM kill (v1: signals the eventfd, v2: counts it in
+`memory.events`) before the killed process dies, so by the time its exit is reaped the
+kill can be seen without waiting; exit handling calls `poll` before it publishes the
+exit, and whatever the watch task would have reported later is reported now (once).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 from collections import Counter
@@ -138,6 +145,43 @@ def _is_gone(exc: OSError) -> bool:
     return exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR)
 
 
+def _v1_pending(memory_path: str, efd: int) -> Callable[[], bool]:
+    """`poll`'s look at a v1 watch: an OOM notification pending on the eventfd (consumed)?"""
+
+    def pending() -> bool:
+        # A removed group's signal is left for the watch task: it ends the watch.
+        if _cgroup_removed(memory_path):
+            return False
+        try:
+            os.eventfd_read(efd)
+        except BlockingIOError:
+            return False
+        return True
+
+    return pending
+
+
+class _V2Counter:
+    """The `oom_kill` count of a v2 group's `memory.events`, shared by its watch and `poll`."""
+
+    def __init__(self, path: str) -> None:
+        self.memory_events = os.path.join(path, "memory.events")
+        self._last = 0
+
+    def grew(self) -> bool:
+        """Did `oom_kill` grow past the last value seen? OSError: unreadable."""
+        oom_kill = _read_kv(self.memory_events).get("oom_kill", 0)
+        grew = oom_kill > self._last
+        self._last = max(self._last, oom_kill)
+        return grew
+
+    def pending(self) -> bool:
+        try:
+            return self.grew()
+        except OSError:
+            return False  # the watch task sees it too, and ends
+
+
 class OOMWatcher:
     """Watches containers' cgroups for OOM kills; made by `open_oom_watcher`."""
 
@@ -146,6 +190,7 @@ class OOMWatcher:
         self._on_oom = on_oom
         self._active: Counter[str] = Counter()
         self._scopes: dict[str, list[trio.CancelScope]] = {}
+        self._checks: dict[trio.CancelScope, Callable[[], bool]] = {}
         self._closed = False
         self._changed = trio.Event()
 
@@ -172,12 +217,22 @@ class OOMWatcher:
             if memory_path is None:
                 raise OSError(errno.ENOENT, "cgroups: memory cgroup not supported on this system")
             fd = _register_v1(memory_path)
-            self._start(container_id, self._watch_v1, memory_path, fd)
+            watch_v1 = functools.partial(self._watch_v1, container_id, memory_path, fd)
+            self._start(container_id, watch_v1, fd, _v1_pending(memory_path, fd))
         elif isinstance(cgroup, CgroupV2):
             fd = _register_v2(cgroup.path)
-            self._start(container_id, self._watch_v2, cgroup.path, fd)
+            counter = _V2Counter(cgroup.path)
+            watch_v2 = functools.partial(self._watch_v2, container_id, cgroup.path, fd, counter)
+            self._start(container_id, watch_v2, fd, counter.pending)
         else:
             raise TypeError(f"unsupported cgroup type {type(cgroup).__name__}")
+
+    def poll(self, container_id: str) -> None:
+        """Report now an OOM kill of `container_id` its watches have not reported yet."""
+        for scope in self._scopes.get(container_id, []):
+            check = self._checks.get(scope)
+            if check is not None and check():
+                self._notify(container_id)
 
     def discard(self, container_id: str) -> None:
         """Stop the watches of `container_id`, if any (a no-op otherwise)."""
@@ -193,16 +248,19 @@ class OOMWatcher:
     def _start(
         self,
         container_id: str,
-        watch: Callable[[str, str, int], Awaitable[None]],
-        path: str,
+        watch: Callable[[], Awaitable[None]],
         fd: int,
+        pending: Callable[[], bool],
     ) -> None:
+        """Run ``watch`` (which waits on ``fd``) as a task; ``pending`` is `poll`'s look."""
         scope = trio.CancelScope()
         self._scopes.setdefault(container_id, []).append(scope)
+        self._checks[scope] = pending
         self._active[container_id] += 1
         try:
-            self._nursery.start_soon(self._run, container_id, scope, watch, path, fd)
+            self._nursery.start_soon(self._run, container_id, scope, watch, fd)
         except BaseException:
+            self._checks.pop(scope, None)
             self._finish(container_id, scope)
             os.close(fd)
             raise
@@ -211,16 +269,16 @@ class OOMWatcher:
         self,
         container_id: str,
         scope: trio.CancelScope,
-        watch: Callable[[str, str, int], Awaitable[None]],
-        path: str,
+        watch: Callable[[], Awaitable[None]],
         fd: int,
     ) -> None:
         try:
             with scope:
-                await watch(container_id, path, fd)
+                await watch()
         except Exception:
-            log.exception("OOM watch of container %s (%s) failed", container_id, path)
+            log.exception("OOM watch of container %s failed", container_id)
         finally:
+            self._checks.pop(scope, None)
             os.close(fd)
             self._finish(container_id, scope)
 
@@ -248,7 +306,7 @@ class OOMWatcher:
             try:
                 os.eventfd_read(efd)
             except BlockingIOError:
-                continue
+                continue  # poll() took it
             if _cgroup_removed(memory_path):
                 log.debug(
                     "memory cgroup %s removed: OOM watch of %s ends", memory_path, container_id
@@ -256,23 +314,17 @@ class OOMWatcher:
                 return
             self._notify(container_id)
 
-    async def _watch_v2(self, container_id: str, path: str, fd: int) -> None:
-        last = 0
-        memory_events = os.path.join(path, "memory.events")
+    async def _watch_v2(self, container_id: str, path: str, fd: int, counter: _V2Counter) -> None:
         cgroup_events = os.path.join(path, "cgroup.events")
         while True:
             try:
-                oom_kill = _read_kv(memory_events).get("oom_kill", 0)
+                if counter.grew():
+                    self._notify(container_id)
             except OSError as exc:
                 if not _is_gone(exc):
-                    log.warning(
-                        "reading %s: %s: OOM watch of %s ends", memory_events, exc, container_id
-                    )
+                    where = counter.memory_events
+                    log.warning("reading %s: %s: OOM watch of %s ends", where, exc, container_id)
                 return
-            if oom_kill > last:
-                self._notify(container_id)
-            if oom_kill > 0:
-                last = oom_kill
             try:
                 if _read_kv(cgroup_events).get("populated") == 0:
                     return

@@ -12,9 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.runc.test_stdio import read_exactly
-from trioshim.runc import copy as copymod
-from trioshim.runc.copy import (
+from tests.task.fdio import read_exactly, read_to_eof, write_all
+from trioshim.shim.reaper import open_reaper
+from trioshim.task import copy as copymod
+from trioshim.task.copy import (
     PumpEnd,
     PumpResult,
     StopSignal,
@@ -23,7 +24,6 @@ from trioshim.runc.copy import (
     pump,
     set_pipe_size,
 )
-from trioshim.shim.reaper import open_reaper
 
 MiB = 1 << 20
 
@@ -37,37 +37,14 @@ def pipes() -> Iterator[list[int]]:
             os.close(fd)
 
 
+async def write_all_closed(fd: int, data: bytes) -> None:
+    await write_all(fd, data, close=True)
+
+
 def _pipe(opened: list[int]) -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
     opened += [r, w]
     return r, w
-
-
-async def _write_all(fd: int, data: bytes, close: bool = True) -> None:
-    os.set_blocking(fd, False)
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(fd)
-            continue
-        view = view[n:]
-    if close:
-        os.close(fd)
-
-
-async def _read_all(fd: int, sink: bytearray) -> None:
-    os.set_blocking(fd, False)
-    while True:
-        try:
-            chunk = os.read(fd, MiB)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        if not chunk:
-            return
-        sink += chunk
 
 
 async def test_splice_pipe_to_pipe_intact(pipes: list[int]) -> None:
@@ -77,8 +54,8 @@ async def test_splice_pipe_to_pipe_intact(pipes: list[int]) -> None:
     got = bytearray()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_all, a_w, data)
-            nursery.start_soon(_read_all, b_r, got)
+            nursery.start_soon(write_all_closed, a_w, data)
+            nursery.start_soon(read_to_eof, b_r, got, False)
             result = await pump(a_r, b_w)
             os.close(b_w)
     assert result.end is PumpEnd.EOF
@@ -98,8 +75,8 @@ async def test_splice_to_fifo(tmp_path: os.PathLike[str], pipes: list[int]) -> N
     got = bytearray()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_all, src_w, data)
-            nursery.start_soon(_read_all, reader, got)
+            nursery.start_soon(write_all_closed, src_w, data)
+            nursery.start_soon(read_to_eof, reader, got, False)
             result = await pump(src_r, writer)
             os.close(writer)
     assert result == (PumpEnd.EOF, len(data))
@@ -115,7 +92,7 @@ async def test_fallback_to_append_file(tmp_path: Path, pipes: list[int]) -> None
     data = os.urandom(MiB + 7)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_all, src_w, data)
+            nursery.start_soon(write_all_closed, src_w, data)
             result = await pump(src_r, fd)
     assert result == (PumpEnd.EOF, len(data))
     assert path.read_bytes() == b"before\n" + data
@@ -139,7 +116,7 @@ async def test_destination_full_then_drained(pipes: list[int]) -> None:
     got = bytearray()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_all, a_w, data)
+            nursery.start_soon(write_all_closed, a_w, data)
 
             async def run() -> None:
                 await pump(a_r, b_w)
@@ -148,7 +125,7 @@ async def test_destination_full_then_drained(pipes: list[int]) -> None:
             nursery.start_soon(run)
             # Everything is stuck on full pipes: all tasks block (a spinning pump never would).
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(_read_all, b_r, got)
+            nursery.start_soon(read_to_eof, b_r, got, False)
     assert got == data
 
 
@@ -171,7 +148,7 @@ async def test_stop_signal_drains_and_returns(pipes: list[int]) -> None:
             await trio.testing.wait_all_tasks_blocked()
             os.write(a_w, b"world!")  # still in the pipe when the signal comes
             stop.set()
-            nursery.start_soon(_read_all, b_r, got)
+            nursery.start_soon(read_to_eof, b_r, got, False)
     # The writer is still open: no EOF, a stop after draining what was there.
     assert got == b"hello world!"
 
@@ -272,10 +249,10 @@ async def test_cat_roundtrip_with_real_child(pipes: list[int]) -> None:
                 assert (await pump(out_r, dst_w)).end is PumpEnd.EOF
                 os.close(dst_w)
 
-            nursery.start_soon(_write_all, src_w, data)
+            nursery.start_soon(write_all_closed, src_w, data)
             nursery.start_soon(feed)
             nursery.start_soon(drain)
-            nursery.start_soon(_read_all, dst_r, got)
+            nursery.start_soon(read_to_eof, dst_r, got, False)
             assert await child.wait() == 0
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
 

@@ -1,0 +1,119 @@
+"""An exec: an additional process run in a container with ``runc exec --detach``."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Any
+
+from trioshim.runc import runc_errors
+from trioshim.runc.init_process import InitProcess
+from trioshim.runc.process import (
+    DELETE_DRAIN_TIMEOUT,
+    IOOpener,
+    Process,
+    read_pid_file,
+    runc_stdio,
+)
+from trioshim.runc.runc_errors import RuncError
+from trioshim.runc.states import (
+    DELETE,
+    KILL,
+    START,
+    ExecCreated,
+    ExecDeleted,
+    ExecRunning,
+    ExecStartFailed,
+    ExecStopped,
+    State,
+    unknown,
+)
+from trioshim.runc.stdio import StdioConfig
+from trioshim.task.errors import (
+    FailedPreconditionError,
+    NotFoundError,
+)
+
+
+class ExecProcess(Process):
+    """An additional process run in a container with ``runc exec --detach``."""
+
+    def __init__(
+        self,
+        exec_id: str,
+        init: InitProcess,
+        spec: dict[str, Any],
+        stdio: StdioConfig,
+    ) -> None:
+        super().__init__(exec_id, init.id, stdio, ExecCreated())
+        self.init = init
+        self.spec = dict(spec)
+        self.spec["terminal"] = stdio.terminal
+
+    def _stopped_state(self) -> State:
+        return ExecStopped()
+
+    @property
+    def pid_file(self) -> str:
+        return os.path.join(self.init.bundle, f"{self.id}.pid")
+
+    def status(self) -> str:
+        parent = self.init.status()
+        if parent in ("paused", "pausing"):
+            return parent
+        return self.state.status
+
+    async def start(self, open_io: IOOpener) -> None:
+        async with self.lock:
+            state = self.state
+            state.check(START)
+            self.io = await self._open_io(open_io, "failed to create runc console socket")
+            try:
+                try:
+                    await self.init.runc.exec(
+                        self.init.id,
+                        self.spec,
+                        pid_file=self.pid_file,
+                        stdio=runc_stdio(self.io),
+                        console_socket=self.io.console_socket,
+                    )
+                except RuncError as exc:
+                    # Wait returns at once (status 0, no exit time); the exec cannot be retried.
+                    self.state = ExecStartFailed()
+                    self._exited.set()
+                    raise self.init.runtime_error("OCI runtime exec failed", exc) from exc
+                await self._start_io(self.io, bounded=True)
+                self.pid = read_pid_file(self.pid_file, "failed to retrieve OCI runtime exec pid")
+            except BaseException:
+                await self._close_io()
+                raise
+            self._move(state, ExecRunning())
+
+    async def kill(self, sig: int) -> None:
+        async with self.lock:
+            self.state.check(KILL)
+            if self.pid == 0:
+                raise FailedPreconditionError.wrapping("process not created")
+            if self.has_exited or self.reaped:
+                raise NotFoundError.wrapping("process already finished")
+            try:
+                os.kill(self.pid, sig)
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:
+                    raise NotFoundError.wrapping(
+                        "exec kill error: process already finished"
+                    ) from exc
+                text = runc_errors.go_errno_text(exc.errno or errno.EINVAL)
+                raise unknown(f"exec kill error: unknown error after kill: {text}") from exc
+
+    async def delete(self) -> None:
+        async with self.lock:
+            state = self.state
+            state.check(DELETE)
+            if self.io is not None:
+                await self.io.wait_drained(DELETE_DRAIN_TIMEOUT)
+            await self._close_io()
+            with contextlib.suppress(OSError):
+                os.remove(self.pid_file)
+            self._move(state, ExecDeleted())
