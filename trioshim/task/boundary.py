@@ -13,8 +13,6 @@ nowhere else.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, Final, Protocol
 
@@ -27,6 +25,7 @@ from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as v3
 from trioshim.shim.identifiers import InvalidRequest, validate_bundle, validate_identifier
 from trioshim.task.errors import TaskError, to_ttrpc
 from trioshim.ttrpc.errors import InvalidArgument
+from trioshim.ttrpc.registry import Handler, Intercepted
 from trioshim.ttrpc.server import RequestContext
 
 __all__ = ["RPCS", "TaskAPI", "check_request", "task_services"]
@@ -63,41 +62,43 @@ class TaskAPI(Protocol):
     async def Shutdown(self, ctx: RequestContext, req: v2.ShutdownRequest) -> empty_pb2.Empty: ...
 
 
-Handler = Callable[[RequestContext, Any], Awaitable[Message]]
+class _Boundary:
+    """What every request of one API version goes through: one per registration, however many
+    RPCs (a shim in a shared process then costs a few hundred bytes here, not a closure per
+    RPC and version)."""
 
+    __slots__ = ("api", "bundle_dir")
 
-class _Handlers:
-    """The ttrpc implementation of one API version (attributes set per RPC)."""
+    def __init__(self, api: ModuleType, bundle_dir: str | None) -> None:
+        self.api, self.bundle_dir = api, bundle_dir
+
+    async def intercept(self, ctx: RequestContext, request: Any, handler: Handler) -> Any:
+        try:
+            check_request(request, bundle_dir=self.bundle_dir)
+        except InvalidRequest as exc:
+            raise InvalidArgument(str(exc)) from None
+        api = self.api
+        if api is not v2:
+            request = _convert(request, v2)
+        try:
+            reply = await handler(ctx, request)
+        except TaskError as exc:
+            raise to_ttrpc(exc) from None
+        return reply if api is v2 else _convert(reply, api)
 
 
 def task_services(
     service: TaskAPI, *, bundle_dir: str | None = None
 ) -> list[tuple[ServiceDescriptor, object]]:
-    """``(descriptor, implementation)`` for v2 and v3, both served by ``service``."""
-    out: list[tuple[ServiceDescriptor, object]] = []
-    for api in (v2, v3):
-        handlers = _Handlers()
-        for name in RPCS:
-            setattr(handlers, name, _bound(getattr(service, name), api, bundle_dir))
-        out.append((api.DESCRIPTOR.services_by_name["Task"], handlers))
-    return out
-
-
-def _bound(rpc: Handler, api: ModuleType, bundle_dir: str | None) -> Handler:
-    async def handler(ctx: RequestContext, request: Any) -> Message:
-        try:
-            check_request(request, bundle_dir=bundle_dir)
-        except InvalidRequest as exc:
-            raise InvalidArgument(str(exc)) from None
-        if api is not v2:
-            request = _convert(request, v2)
-        try:
-            reply = await rpc(ctx, request)
-        except TaskError as exc:
-            raise to_ttrpc(exc) from None
-        return reply if api is v2 else _convert(reply, api)
-
-    return functools.update_wrapper(handler, rpc)
+    """``(descriptor, implementation)`` for v2 and v3, both served by ``service`` through the
+    boundary (its RPC table is its class's, shared by every shim of the process)."""
+    return [
+        (
+            api.DESCRIPTOR.services_by_name["Task"],
+            Intercepted(service, _Boundary(api, bundle_dir).intercept),
+        )
+        for api in (v2, v3)
+    ]
 
 
 def _convert(message: Message, api: ModuleType) -> Message:
