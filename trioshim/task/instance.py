@@ -15,7 +15,7 @@ kit's job, not the instance's.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -31,6 +31,7 @@ __all__ = [
     "CreateRequest",
     "ExecRequest",
     "Exit",
+    "HasCreatedPid",
     "Host",
     "Instance",
     "ProcessInfo",
@@ -55,6 +56,10 @@ class Host:
     """Start every child through it (one reaper per shim process)."""
     nursery: trio.Nursery
     """Owned by the task service: tasks an instance starts live here and end at shutdown."""
+    report_oom: Callable[[str], None] = field(default=lambda container_id: None)
+    """Publish TaskOOM for a container now: an OOM kill that did not end its init (containerd's
+    runc shim reports those as they happen). One that ends it goes with the exit instead
+    (:attr:`Exit.oom`), which orders the two."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class CreateRequest:
     """containerd's ``rootfs`` mounts (``containerd.types.Mount``), unmounted."""
     options: any_pb2.Any | None = None
     checkpoint: str = ""
+    """A checkpoint image to restore the container from (at Start) instead of starting it."""
+    parent_checkpoint: str = ""
 
     async def open_stdio(self) -> Stdio:
         """Open :attr:`stdio` as containerd asked (the caller owns the result)."""
@@ -138,6 +145,15 @@ class Instance(Protocol):
 
     async def delete(self) -> None:
         """Release everything it holds; it has exited, or was never started."""
+
+
+@runtime_checkable
+class HasCreatedPid(Protocol):
+    """An instance whose process exists from Create on (``runc create`` made it): Create's
+    reply, its event and State carry this pid before Start."""
+
+    @property
+    def created_pid(self) -> int: ...
 
 
 @runtime_checkable

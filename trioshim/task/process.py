@@ -10,33 +10,25 @@ States::
        +--exit (killed before start)--> STOPPED
        +--delete------------------------------------------> DELETED
 
-Each transition checks its starting state and raises :class:`FailedPreconditionError`
-otherwise, so the order of the backend's calls is the kit's guarantee, not the backend's
-burden. The exit is recorded once (:meth:`Process.exited`); :meth:`Process.wait` releases
-every waiter, before or after Start, exactly when the exit is recorded (after its TaskExit
-is queued).
+Each transition checks its starting state and raises the refusal for it otherwise
+(:mod:`trioshim.task.states`: FailedPrecondition, or the backend's own words), so the order
+of the backend's calls is the kit's guarantee, not the backend's burden. The exit is
+recorded once (:meth:`Process.exited`); :meth:`Process.wait` releases every waiter, before or
+after Start, exactly when the exit is recorded (after its TaskExit is queued).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import trio
 
 from trioshim.task.errors import FailedPreconditionError, NotFoundError
 from trioshim.task.instance import Exit, Instance
+from trioshim.task.states import KIT_REFUSALS, Action, Refusals, State
 from trioshim.task.stdio import StdioSpec
 
-__all__ = ["Process", "State"]
-
-
-class State(enum.Enum):
-    CREATED = "created"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-    DELETED = "deleted"
+__all__ = ["Action", "Process", "State"]
 
 
 @dataclass(eq=False)
@@ -51,6 +43,7 @@ class Process:
     exit: Exit | None = None
     watched: bool = False
     """The kit waits for its exit (started, or killed before Start)."""
+    refusals: Refusals = KIT_REFUSALS
     _exited: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
@@ -61,16 +54,12 @@ class Process:
     def name(self) -> str:
         return f"{self.container_id}/{self.exec_id}" if self.exec_id else self.container_id
 
-    def _require(self, action: str, *allowed: State) -> None:
-        if self.state is State.DELETED:
-            raise NotFoundError(f"process {self.name} does not exist")
+    def _require(self, action: Action, *allowed: State) -> None:
         if self.state not in allowed:
-            raise FailedPreconditionError(
-                f"cannot {action} a {self.state.value} process {self.name}"
-            )
+            raise self.refusals.refuse(action, self)
 
     def check_start(self) -> None:
-        self._require("start", State.CREATED)
+        self._require(Action.START, State.CREATED)
         if self.watched:
             raise FailedPreconditionError(f"process {self.name} was killed before it started")
 
@@ -79,25 +68,23 @@ class Process:
         self.state, self.pid, self.watched = State.RUNNING, pid, True
 
     def check_kill(self) -> None:
-        if self.state is State.STOPPED:
-            raise NotFoundError(f"process {self.name} already finished")
-        self._require("kill", State.CREATED, State.RUNNING, State.PAUSED)
+        self._require(Action.KILL, State.CREATED, State.RUNNING, State.PAUSED)
 
     def check_pause(self) -> None:
-        self._require("pause", State.RUNNING)
+        self._require(Action.PAUSE, State.RUNNING)
 
     def paused(self) -> None:
-        self._require("pause", State.RUNNING)
+        self._require(Action.PAUSE, State.RUNNING)
         self.state = State.PAUSED
 
     def check_resume(self) -> None:
-        self._require("resume", State.PAUSED)
+        self._require(Action.RESUME, State.PAUSED)
 
     def resumed(self) -> None:
-        self._require("resume", State.PAUSED)
+        self._require(Action.RESUME, State.PAUSED)
         self.state = State.RUNNING
 
-    def check_running(self, action: str) -> None:
+    def check_running(self, action: Action) -> None:
         self._require(action, State.RUNNING, State.PAUSED)
 
     def exited(self, exit: Exit) -> None:
@@ -110,7 +97,7 @@ class Process:
         self._exited.set()
 
     def check_delete(self) -> None:
-        self._require("delete", State.CREATED, State.STOPPED)
+        self._require(Action.DELETE, State.CREATED, State.STOPPED)
         if self.state is State.CREATED and self.watched:
             raise FailedPreconditionError(f"process {self.name} is exiting")
 

@@ -19,11 +19,11 @@ Requests and replies are the ``containerd.task.v2`` messages; the boundary conve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -35,27 +35,22 @@ from trioshim.task.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
-    UnimplementedError,
 )
 from trioshim.task.events import Publish, TaskEvents, timestamp
+from trioshim.task.failpoints import hit, read_failpoints
 from trioshim.task.instance import (
     Backend,
     CreateRequest,
     ExecRequest,
     Exit,
+    HasCreatedPid,
     Host,
-    SupportsCheckpoint,
-    SupportsCloseStdin,
+    Instance,
     SupportsExec,
-    SupportsPause,
-    SupportsPids,
-    SupportsResize,
-    SupportsResume,
-    SupportsStats,
-    SupportsUpdate,
 )
-from trioshim.task.process import Process, State
+from trioshim.task.optional import Container, OptionalRPCs, unimplemented
+from trioshim.task.process import Action, Process, State
+from trioshim.task.states import KIT_REFUSALS, HasRefusals
 from trioshim.task.stdio import StdioSpec, check_supported
 from trioshim.ttrpc.server import RequestContext
 
@@ -74,15 +69,7 @@ _SIGKILL = 9
 _FAILED_WAIT_STATUS = 255
 
 
-@dataclass(eq=False)
-class Container:
-    id: str
-    bundle: str
-    init: Process
-    execs: dict[str, Process] = field(default_factory=dict)
-
-
-class TaskService:
+class TaskService(OptionalRPCs):
     """Every container of one shim daemon, served over ``backend``."""
 
     def __init__(
@@ -94,29 +81,13 @@ class TaskService:
         shutdown: Callable[[str], None],
     ) -> None:
         self.backend = backend
-        self.host = host
+        self.refusals = backend.refusals if isinstance(backend, HasRefusals) else KIT_REFUSALS
         self.events = TaskEvents(publish)
+        self.host = dataclasses.replace(host, report_oom=self.events.oom)
         self._shutdown = shutdown
         self.containers: dict[str, Container] = {}
         self._reserved: set[tuple[str, str]] = set()  # ids being created or exec'd
         self._busy: set[Process] = set()  # a Start or Delete in progress
-
-    # -- lookups ---------------------------------------------------------------------------
-
-    def container(self, container_id: str) -> Container:
-        container = self.containers.get(container_id)
-        if container is None:
-            raise NotFoundError(f"container {container_id} not created")
-        return container
-
-    def process(self, container_id: str, exec_id: str) -> Process:
-        container = self.container(container_id)
-        if not exec_id:
-            return container.init
-        process = container.execs.get(exec_id)
-        if process is None:
-            raise NotFoundError(f"exec {exec_id} does not exist in container {container_id}")
-        return process
 
     def _claim(self, process: Process) -> None:
         if process in self._busy:
@@ -134,6 +105,8 @@ class TaskService:
         self._reserved.add(key)
         try:
             spec = await _read_spec(req.bundle)
+            failpoints = read_failpoints(req.bundle)
+            await hit(failpoints, "Create")
             instance = await self.backend.create(
                 CreateRequest(
                     id=req.id,
@@ -144,24 +117,30 @@ class TaskService:
                     rootfs_mounts=tuple(req.rootfs),
                     options=req.options if req.HasField("options") else None,
                     checkpoint=req.checkpoint,
+                    parent_checkpoint=req.parent_checkpoint,
                 )
             )
-            init = Process(req.id, "", instance, stdio)
-            self.containers[req.id] = Container(req.id, req.bundle, init)
+            await _undo_on_failure(instance, hit(failpoints, "Create.after"))
+            init = Process(req.id, "", instance, stdio, refusals=self.refusals)
+            init.pid = instance.created_pid if isinstance(instance, HasCreatedPid) else 0
+            self.containers[req.id] = Container(req.id, req.bundle, init, failpoints=failpoints)
         finally:
             self._reserved.discard(key)
-        self.events.create(req.id, req.bundle, stdio, 0)
-        return pb.CreateTaskResponse()
+        self.events.create(
+            req.id, req.bundle, stdio, init.pid, rootfs=req.rootfs, checkpoint=req.checkpoint
+        )
+        return pb.CreateTaskResponse(pid=init.pid)
 
     async def Exec(self, ctx: RequestContext, req: pb.ExecProcessRequest) -> empty_pb2.Empty:
         container = self.container(req.id)
+        await hit(container.failpoints, "Exec")
         key = (req.id, req.exec_id)
         if req.exec_id in container.execs or key in self._reserved:
             raise AlreadyExistsError(f"id {req.exec_id}: already exists")
-        container.init.check_running("exec in")
+        container.init.check_running(Action.EXEC)
         init = container.init.instance
         if not isinstance(init, SupportsExec):
-            raise _unimplemented("Exec")
+            raise unimplemented("Exec")
         stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
         check_supported(stdio)
         try:
@@ -173,7 +152,12 @@ class TaskService:
             instance = await init.exec(
                 ExecRequest(req.id, req.exec_id, stdio, self.host, process_spec)
             )
-            container.execs[req.exec_id] = Process(req.id, req.exec_id, instance, stdio)
+            await _undo_on_failure(instance, hit(container.failpoints, "Exec.after"))
+            if self.containers.get(req.id) is not container:  # deleted meanwhile
+                await _undo_on_failure(instance, _raise(self.refusals.no_container(req.id)))
+            container.execs[req.exec_id] = Process(
+                req.id, req.exec_id, instance, stdio, refusals=self.refusals
+            )
         finally:
             self._reserved.discard(key)
         self.events.exec_added(req.id, req.exec_id)
@@ -183,10 +167,11 @@ class TaskService:
 
     async def Start(self, ctx: RequestContext, req: pb.StartRequest) -> pb.StartResponse:
         container = self.container(req.id)
+        await hit(container.failpoints, "Start")
         process = self.process(req.id, req.exec_id)
         process.check_start()
         if not process.is_init:
-            container.init.check_running("start an exec in")
+            container.init.check_running(Action.START_EXEC)
         self._claim(process)
         try:
             pid = await process.instance.start()
@@ -198,6 +183,7 @@ class TaskService:
         else:
             self.events.exec_started(req.id, req.exec_id, pid)
         self.host.nursery.start_soon(self._watch, container, process)
+        await hit(container.failpoints, "Start.after")
         return pb.StartResponse(pid=pid)
 
     async def _watch(self, container: Container, process: Process) -> None:
@@ -226,6 +212,7 @@ class TaskService:
 
     async def Kill(self, ctx: RequestContext, req: pb.KillRequest) -> empty_pb2.Empty:
         container = self.container(req.id)
+        await hit(container.failpoints, "Kill")
         process = self.process(req.id, req.exec_id)
         process.check_kill()
         never_started = process.state is State.CREATED and process not in self._busy
@@ -242,6 +229,7 @@ class TaskService:
 
     async def Delete(self, ctx: RequestContext, req: pb.DeleteRequest) -> pb.DeleteResponse:
         container = self.container(req.id)
+        await hit(container.failpoints, "Delete")
         process = self.process(req.id, req.exec_id)
         process.check_delete()
         self._claim(process)
@@ -286,92 +274,11 @@ class TaskService:
             exec_id=req.exec_id,
         )
 
-    async def Pids(self, ctx: RequestContext, req: pb.PidsRequest) -> pb.PidsResponse:
-        init = self.container(req.id).init.instance
-        if not isinstance(init, SupportsPids):
-            raise _unimplemented("Pids")
-        infos = await init.pids()
-        return pb.PidsResponse(
-            processes=[
-                task_types.ProcessInfo(pid=i.pid, info=i.info)
-                if i.info
-                else task_types.ProcessInfo(pid=i.pid)
-                for i in infos
-            ]
-        )
-
-    async def Stats(self, ctx: RequestContext, req: pb.StatsRequest) -> pb.StatsResponse:
-        instance = self.container(req.id).init.instance
-        if not isinstance(instance, SupportsStats):
-            raise _unimplemented("Stats")
-        stats = await instance.stats()
-        return pb.StatsResponse(stats=stats) if stats is not None else pb.StatsResponse()
-
     async def Connect(self, ctx: RequestContext, req: pb.ConnectRequest) -> pb.ConnectResponse:
         container = self.containers.get(req.id)
         return pb.ConnectResponse(
             shim_pid=os.getpid(), task_pid=container.init.pid if container else 0
         )
-
-    # -- changing ------------------------------------------------------------------------
-
-    async def Pause(self, ctx: RequestContext, req: pb.PauseRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsPause):
-            raise _unimplemented("Pause")
-        init.check_pause()
-        await instance.pause()
-        init.paused()
-        self.events.paused(req.id)
-        return empty_pb2.Empty()
-
-    async def Resume(self, ctx: RequestContext, req: pb.ResumeRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsResume):
-            raise _unimplemented("Resume")
-        init.check_resume()
-        await instance.resume()
-        init.resumed()
-        self.events.resumed(req.id)
-        return empty_pb2.Empty()
-
-    async def Update(self, ctx: RequestContext, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsUpdate):
-            raise _unimplemented("Update")
-        init.check_running("update")
-        await instance.update(req.resources, dict(req.annotations))
-        return empty_pb2.Empty()
-
-    async def ResizePty(self, ctx: RequestContext, req: pb.ResizePtyRequest) -> empty_pb2.Empty:
-        process = self.process(req.id, req.exec_id)
-        instance = process.instance
-        if not isinstance(instance, SupportsResize):
-            raise _unimplemented("ResizePty")
-        await instance.resize(req.width, req.height)
-        return empty_pb2.Empty()
-
-    async def CloseIO(self, ctx: RequestContext, req: pb.CloseIORequest) -> empty_pb2.Empty:
-        process = self.process(req.id, req.exec_id)
-        if req.stdin:
-            instance = process.instance
-            if not isinstance(instance, SupportsCloseStdin):
-                raise _unimplemented("CloseIO")
-            await instance.close_stdin()
-        return empty_pb2.Empty()
-
-    async def Checkpoint(
-        self, ctx: RequestContext, req: pb.CheckpointTaskRequest
-    ) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsCheckpoint):
-            raise _unimplemented("Checkpoint")
-        await instance.checkpoint(req.path, req.options if req.HasField("options") else None)
-        return empty_pb2.Empty()
 
     async def Shutdown(self, ctx: RequestContext, req: pb.ShutdownRequest) -> empty_pb2.Empty:
         if not self.containers and not self._reserved:
@@ -379,9 +286,21 @@ class TaskService:
         return empty_pb2.Empty()
 
 
-def _unimplemented(rpc: str) -> UnimplementedError:
-    """An optional operation (:data:`~trioshim.task.instance.OPTIONAL`) the backend lacks."""
-    return UnimplementedError(f"{rpc} is not implemented by this shim")
+async def _undo_on_failure(instance: Instance, step: Awaitable[None]) -> None:
+    """Run ``step``; if it fails, the instance (made, not yet the service's) is deleted."""
+    try:
+        await step
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await instance.delete()
+            except Exception:
+                log.exception("deleting an instance whose request failed")
+        raise
+
+
+async def _raise(error: Exception) -> None:
+    raise error
 
 
 async def _read_spec(bundle: str) -> dict[str, Any]:
