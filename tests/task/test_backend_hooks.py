@@ -16,6 +16,7 @@ from tests.task.scripted import Scripted, ScriptedBackend, ScriptedInit
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
 from trioshim.shim.failpoint import ANNOTATION_PREFIX
 from trioshim.task.errors import NotFoundError, TaskError, UnknownError
+from trioshim.task.events import GO_ZERO_TIME_SECONDS
 from trioshim.task.process import Action, Process, State
 from trioshim.task.states import KIT_REFUSALS
 from trioshim.testing.task import TaskShim, open_task_shim
@@ -152,3 +153,37 @@ async def test_rpc_failpoints(autojump_clock: trio.testing.MockClock) -> None:
         await kit.task.Delete(pb.DeleteRequest(id="c1"))
         assert trio.current_time() - before >= 1.0  # the delay ran first, in virtual time
     assert isinstance(backend.inits["c1"].execs["e1"], Scripted)
+
+
+@dataclass(eq=False)
+class FailingExecInit(ScriptedInit):
+    async def exec(self, request: task.ExecRequest) -> task.Instance:
+        return FailingStart(request.exec_id, self.calls)
+
+
+@dataclass(eq=False)
+class FailingStart(Scripted):
+    async def start(self) -> int:
+        raise UnknownError("OCI runtime exec failed")
+
+
+@dataclass(eq=False)
+class FailingExecBackend(ScriptedBackend):
+    async def create(self, request: task.CreateRequest) -> task.Instance:
+        return FailingExecInit(request.id, self.calls)
+
+
+async def test_an_exec_whose_start_failed_never_runs(mock_clock: trio.testing.MockClock) -> None:
+    async with open_task_shim(FailingExecBackend()) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=EXEC_SPEC))
+        with pytest.raises(Unknown, match="OCI runtime exec failed"):
+            await kit.task.Start(pb.StartRequest(id="c1", exec_id="e1"))
+        waited = await kit.task.Wait(pb.WaitRequest(id="c1", exec_id="e1"))  # at once
+        assert (waited.exit_status, waited.exited_at.seconds) == (0, GO_ZERO_TIME_SECONDS)
+        state = await kit.task.State(pb.StateRequest(id="c1", exec_id="e1"))
+        assert state.status == 1  # CREATED
+        await kit.task.Delete(pb.DeleteRequest(id="c1", exec_id="e1"))
+        await kit.wait_for_events(3)
+    assert kit.topics("c1") == ["/tasks/create", "/tasks/start", "/tasks/exec-added"]

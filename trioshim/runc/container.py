@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -32,6 +32,7 @@ from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import NotFoundError
+from trioshim.task.instance import CreateRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Container:
     @classmethod
     async def create(
         cls,
-        request: Any,
+        request: CreateRequest,
         *,
         namespace: str,
         reaper: Reaper,
@@ -121,15 +122,13 @@ class Container:
     ) -> Container:
         """Write the bundle files, mount the rootfs, ``runc create``; undo the mounts on error.
 
-        ``request`` is a ``CreateTaskRequest`` (task API v2 or v3); ``options`` its decoded
-        runtime options (decoded here when not given).
+        ``options``: the request's decoded runtime options (decoded here when not given).
         """
-        packed = request.options if request.HasField("options") else None
-        opts = options
-        if opts is None:
-            opts = decode_options(packed)
+        opts = options if options is not None else decode_options(request.options)
         bundle = request.bundle
-        mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
+        mounts = [
+            Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs_mounts
+        ]
         rootfs = ""
         if mounts:
             rootfs = os.path.join(bundle, "rootfs")
@@ -145,15 +144,16 @@ class Container:
             criu=opts.criu_path,
             systemd_cgroup=opts.systemd_cgroup,
         )
+        stdio = request.stdio
         init = InitProcess(
             request.id,
             bundle,
             runc,
-            StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal),
+            StdioConfig(stdio.stdin, stdio.stdout, stdio.stderr, stdio.terminal),
             no_pivot=opts.no_pivot_root,
             no_new_keyring=opts.no_new_keyring,
             criu_work_path=opts.criu_work_path,
-            restore=decode_restore_options(packed),
+            restore=decode_restore_options(request.options),
         )
         container = cls(request.id, bundle, init, namespace=namespace, options=opts, rootfs=rootfs)
         try:

@@ -29,6 +29,7 @@ from trioshim.task.errors import (
     DeadlineExceededError,
     TaskError,
 )
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 
 IO_SETUP_TIMEOUT = 30.0
 """Seconds the stdio setup after runc create/exec may take (a FIFO reader must appear)."""
@@ -158,6 +159,23 @@ class Process:
         except (StdioError, OSError) as exc:
             what = console_what if self.stdio.terminal else "failed to create init process I/O"
             raise unknown(f"{what}: {exc}") from exc
+
+
+async def output_delivered(process: Process) -> None:
+    """Wait (bounded) until the process's output copiers finished, so that a client learning of
+    the exit has already been handed every byte: containerd 1.6 closes its FIFO readers as soon
+    as the task stopped (see :data:`~trioshim.task.fifo.OUTPUT_FLUSH_TIMEOUT`). A pipe still
+    held by a background child of the process ends the wait at the bound.
+
+    A terminal's output does not end when it hangs up (the process may reopen it), and a
+    background child may keep it open: the exit shuts the console down first (as the reference
+    shim does at exit), so its copier drains what the process wrote and finishes without waiting
+    for the bound (pipe modes have nothing to do at the exit; telling the stdio again once the exit
+    is recorded changes nothing)."""
+    io = process.io
+    if io is not None and not io.drained:
+        await io.process_exited()
+        await io.wait_drained(OUTPUT_FLUSH_TIMEOUT)
 
 
 def read_pid_file(path: str, what: str) -> int:

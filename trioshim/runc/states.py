@@ -23,7 +23,7 @@ Status strings are containerd's: ``created running paused pausing stopped``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from trioshim.task.errors import (
     FailedPreconditionError,
@@ -31,6 +31,11 @@ from trioshim.task.errors import (
     TaskError,
     UnknownError,
 )
+from trioshim.task.states import KIT_REFUSALS, Action
+from trioshim.task.states import State as KitState
+
+if TYPE_CHECKING:
+    from trioshim.task.process import Process as KitProcess
 
 
 def unknown(message: str) -> UnknownError:
@@ -200,3 +205,51 @@ class ExecDeleted(State):
         KILL: _not_found("cannot kill a deleted process"),
         RESIZE: _bare("cannot resize a deleted process"),
     }
+
+
+# --- the kit's refusals in these words --------------------------------------------------------
+
+_OPERATION: Final = {
+    Action.START: START,
+    Action.DELETE: DELETE,
+    Action.KILL: KILL,
+    Action.PAUSE: PAUSE,
+    Action.RESUME: RESUME,
+    Action.UPDATE: UPDATE,
+    Action.CHECKPOINT: CHECKPOINT,
+    Action.EXEC: EXEC,
+}
+_INIT_STATES: Final[Mapping[KitState, State]] = {
+    KitState.CREATED: InitCreatedCheckpoint(),  # the kit refuses an Exec before Start
+    KitState.RUNNING: InitRunning(),
+    KitState.PAUSED: InitPaused(),
+    KitState.STOPPED: InitStopped(),
+    KitState.DELETED: InitDeleted(),
+}
+_EXEC_STATES: Final[Mapping[KitState, State]] = {
+    KitState.CREATED: ExecCreated(),
+    KitState.RUNNING: ExecRunning(),
+    KitState.PAUSED: ExecRunning(),
+    KitState.STOPPED: ExecStopped(),
+    KitState.DELETED: ExecDeleted(),
+}
+
+
+class RuncRefusals:
+    """The kit's refusals (:mod:`trioshim.task.states`) as containerd's runc shim words them:
+    the tables above, keyed by the kit's state; what they do not name keeps the kit's words."""
+
+    def refuse(self, action: Action, process: KitProcess) -> TaskError:
+        if action is Action.START_EXEC:
+            return FailedPreconditionError.wrapping(
+                f"container {process.container_id} init process is not running"
+            )
+        states = _INIT_STATES if process.is_init else _EXEC_STATES
+        refusal = states[process.state].refused.get(_OPERATION[action])
+        return refusal() if refusal is not None else KIT_REFUSALS.refuse(action, process)
+
+    def no_container(self, container_id: str) -> TaskError:
+        return NotFoundError.wrapping("container not created")
+
+    def no_exec(self, container_id: str, exec_id: str) -> TaskError:
+        return NotFoundError.wrapping(f"process does not exist {exec_id}")

@@ -35,6 +35,7 @@ __all__ = [
     "Host",
     "Instance",
     "ProcessInfo",
+    "ReadsOwnSpec",
     "SupportsCheckpoint",
     "SupportsCloseStdin",
     "SupportsExec",
@@ -70,7 +71,8 @@ class Exit:
     exit's TaskExit (the hand-off that orders the two)."""
 
     status: int
-    exited_at_ns: int = field(default_factory=time.time_ns)
+    exited_at_ns: int | None = field(default_factory=time.time_ns)
+    """Wall-clock ns; ``None`` for a process that never ran (Go's zero time on the wire)."""
     oom: bool = False
 
 
@@ -161,6 +163,14 @@ class Backend(Protocol):
     """Makes containers: the init process of each."""
 
     async def create(self, request: CreateRequest) -> Instance: ...
+
+
+@runtime_checkable
+class ReadsOwnSpec(Protocol):
+    """A backend whose runtime reads ``config.json`` itself (runc): the kit does not refuse a
+    spec it cannot read (:attr:`CreateRequest.spec` is then empty); the runtime reports it."""
+
+    reads_own_spec: bool
 
 
 # The optional operations, one protocol each: the kit serves an RPC when the instance has the

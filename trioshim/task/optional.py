@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
 from trioshim.api.containerd.types.task import task_pb2 as task_types
 from trioshim.shim.failpoint import Failpoints
-from trioshim.task.errors import UnimplementedError
+from trioshim.task.errors import TaskError, UnimplementedError, UnknownError
 from trioshim.task.events import TaskEvents
 from trioshim.task.instance import (
     SupportsCheckpoint,
@@ -126,7 +126,13 @@ class OptionalRPCs:
         return empty_pb2.Empty()
 
     async def CloseIO(self, ctx: RequestContext, req: pb.CloseIORequest) -> empty_pb2.Empty:
-        process = self.process(req.id, req.exec_id)
+        self.container(req.id)
+        try:
+            process = self.process(req.id, req.exec_id)
+        except TaskError as exc:
+            # An unknown exec is Unknown here: containerd's runc shim sends this one error
+            # without its code (the drop-in contract keeps that).
+            raise UnknownError(str(exc)) from exc
         if req.stdin:
             instance = process.instance
             if not isinstance(instance, SupportsCloseStdin):

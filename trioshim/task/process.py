@@ -20,6 +20,7 @@ after Start, exactly when the exit is recorded (after its TaskExit is queued).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
@@ -28,7 +29,10 @@ from trioshim.task.instance import Exit, Instance
 from trioshim.task.states import KIT_REFUSALS, Action, Refusals, State
 from trioshim.task.stdio import StdioSpec
 
-__all__ = ["Action", "Process", "State"]
+__all__ = ["NEVER_RAN", "Action", "Process", "State"]
+
+NEVER_RAN: Final = Exit(0, exited_at_ns=None)
+"""What Wait answers for an exec whose Start failed."""
 
 
 @dataclass(eq=False)
@@ -45,6 +49,7 @@ class Process:
     """The kit waits for its exit (started, or killed before Start)."""
     refusals: Refusals = KIT_REFUSALS
     _exited: trio.Event = field(default_factory=trio.Event, repr=False)
+    _never_ran: bool = field(default=False, repr=False)
 
     @property
     def is_init(self) -> bool:
@@ -62,6 +67,17 @@ class Process:
         self._require(Action.START, State.CREATED)
         if self.watched:
             raise FailedPreconditionError(f"process {self.name} was killed before it started")
+
+    def check_exec(self) -> None:
+        """An exec may be added to a created, running or paused init (it starts only once the
+        init runs), as containerd's runc shim allows."""
+        self._require(Action.EXEC, State.CREATED, State.RUNNING, State.PAUSED)
+
+    def start_failed(self) -> None:
+        """An exec whose Start failed never runs: its Wait returns at once, with status 0 and
+        no exit time (containerd's runc shim's answer); it stays created until Delete."""
+        self._never_ran = True
+        self._exited.set()
 
     def started(self, pid: int) -> None:
         self.check_start()
@@ -110,6 +126,8 @@ class Process:
         if self.state is State.DELETED and self.exit is None:
             raise NotFoundError(f"process {self.name} does not exist")
         await self._exited.wait()
+        if self.exit is None and self._never_ran:
+            return NEVER_RAN
         if self.exit is None:
             raise NotFoundError(f"process {self.name} was deleted before it exited")
         return self.exit
