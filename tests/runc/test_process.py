@@ -13,6 +13,7 @@ from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import TaskError
+from trioshim.task.stdio import StdioSpec
 from trioshim.ttrpc.errors import Code
 
 OPS = (
@@ -313,3 +314,37 @@ def test_resize_without_console_is_a_noop() -> None:
     exe.state = states.ExecStopped()
     with pytest.raises(TaskError, match="cannot resize a stopped container"):
         exe.resize(80, 24)
+
+
+def test_kit_refusals_in_runc_words() -> None:
+    """The kit's state refusals, as RuncRefusals words them: the tables above for the state
+    the kit's state stands for (a created init refuses Exec as one made from a checkpoint
+    does: the kit starts execs only in a running container), the kit's words elsewhere."""
+    from trioshim.runc.states import RuncRefusals
+    from trioshim.task.process import Action, Process, State
+
+    refusals = RuncRefusals()
+    init = Process("c1", "", None, StdioSpec())  # type: ignore[arg-type]
+    exe = Process("c1", "e1", None, StdioSpec())  # type: ignore[arg-type]
+    cases = [
+        (init, State.RUNNING, Action.START, (UNK, "cannot start a running process")),
+        (init, State.STOPPED, Action.START, (UNK, "cannot start a stopped process")),
+        (init, State.PAUSED, Action.DELETE, (UNK, "cannot delete a paused process")),
+        (init, State.CREATED, Action.PAUSE, (UNK, "cannot pause task in created state")),
+        (init, State.CREATED, Action.EXEC, (UNK, "cannot exec in a created state")),
+        (init, State.STOPPED, Action.EXEC, (UNK, "cannot exec in a stopped state")),
+        (init, State.DELETED, Action.KILL, (NF, "cannot kill a deleted process: not found")),
+        (init, State.STOPPED, Action.KILL, (NF, "process already finished: not found")),
+        (exe, State.STOPPED, Action.KILL, (NF, "process already finished: not found")),
+        (exe, State.RUNNING, Action.DELETE, (UNK, "cannot delete a running process")),
+    ]
+    for process, state, action, expected in cases:
+        process.state = state
+        err = refusals.refuse(action, process)
+        assert (err.code, str(err)) == expected, (process.name, state, action)
+    init.state = State.STOPPED
+    err = refusals.refuse(Action.START_EXEC, init)
+    assert err.code == Code.FAILED_PRECONDITION
+    assert str(err) == "container c1 init process is not running: failed precondition"
+    assert str(refusals.no_container("c9")) == "container not created: not found"
+    assert str(refusals.no_exec("c1", "e9")) == "process does not exist e9: not found"
