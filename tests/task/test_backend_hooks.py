@@ -20,7 +20,7 @@ from trioshim.task.events import GO_ZERO_TIME_SECONDS
 from trioshim.task.process import Action, Process, State
 from trioshim.task.states import KIT_REFUSALS
 from trioshim.testing.task import TaskShim, open_task_shim
-from trioshim.ttrpc import InvalidArgument, NotFound, Unknown
+from trioshim.ttrpc import FailedPrecondition, InvalidArgument, NotFound, Unknown
 
 EXEC_SPEC = any_pb2.Any(type_url="x", value=b'{"args": ["sh"]}')
 
@@ -187,3 +187,58 @@ async def test_an_exec_whose_start_failed_never_runs(mock_clock: trio.testing.Mo
         await kit.task.Delete(pb.DeleteRequest(id="c1", exec_id="e1"))
         await kit.wait_for_events(3)
     assert kit.topics("c1") == ["/tasks/create", "/tasks/start", "/tasks/exec-added"]
+
+
+@dataclass(eq=False)
+class SlowStart(Scripted):
+    """An exec whose start returns only when the test says so."""
+
+    go: trio.Event = field(default_factory=trio.Event)
+
+    async def start(self) -> int:
+        await self.go.wait()
+        return await super().start()
+
+
+@dataclass(eq=False)
+class SlowExecInit(ScriptedInit):
+    async def exec(self, request: task.ExecRequest) -> task.Instance:
+        process = SlowStart(request.exec_id, self.calls)
+        self.execs[request.exec_id] = process
+        return process
+
+
+@dataclass(eq=False)
+class SlowExecBackend(ScriptedBackend):
+    async def create(self, request: task.CreateRequest) -> task.Instance:
+        init = SlowExecInit(request.id, self.calls)
+        self.inits[request.id] = init
+        return init
+
+
+async def test_the_init_exit_waits_for_an_exec_start_in_progress(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """An exec that starts while its init exits still exits first; after the init's exit no
+    exec starts at all."""
+    backend = SlowExecBackend()
+    async with open_task_shim(backend) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        for exec_id in ("e1", "late"):
+            await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id=exec_id, spec=EXEC_SPEC))
+        init = backend.inits["c1"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kit.task.Start, pb.StartRequest(id="c1", exec_id="e1"))
+            await trio.testing.wait_all_tasks_blocked()
+            init.finish(task.Exit(0))  # while e1's start is in progress
+            await trio.testing.wait_all_tasks_blocked()
+            assert kit.topics("c1")[-1] == "/tasks/exec-added"  # the init's exit is held
+            init.execs["e1"].go.set()
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        init.execs["late"].go.set()
+        with pytest.raises(FailedPrecondition):
+            await kit.task.Start(pb.StartRequest(id="c1", exec_id="late"))
+        await kit.wait_for_events(7)
+    assert kit.topics("c1")[-3:] == ["/tasks/exec-started", "/tasks/exit", "/tasks/exit"]
+    assert [m.id for t, m in kit.events("c1") if t == "/tasks/exit"] == ["e1", "c1"]

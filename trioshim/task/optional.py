@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
 from google.protobuf import empty_pb2
 
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
@@ -37,6 +38,24 @@ class Container:
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
     failpoints: Failpoints | None = None
+    init_exited: bool = False
+    """The init's instance reported its exit: no exec starts any more."""
+    _exec_starts: int = 0
+    _exec_starts_changed: trio.Event = field(default_factory=trio.Event)
+
+    def exec_start_begins(self) -> None:
+        self._exec_starts += 1
+
+    def exec_start_ends(self) -> None:
+        """The Start is over (the exec runs and is watched, or it failed)."""
+        self._exec_starts -= 1
+        self._exec_starts_changed.set()
+        self._exec_starts_changed = trio.Event()
+
+    async def exec_starts_ended(self) -> None:
+        """Until no exec Start is in progress."""
+        while self._exec_starts:
+            await self._exec_starts_changed.wait()
 
 
 class OptionalRPCs:

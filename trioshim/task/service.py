@@ -169,8 +169,23 @@ class TaskService(OptionalRPCs):
         await hit(container.failpoints, "Start")
         process = self.process(req.id, req.exec_id)
         process.check_start()
-        if not process.is_init:
+        if process.is_init:
+            pid = await self._start(container, process)
+        else:
+            if container.init_exited:
+                raise self.refusals.refuse(Action.START_EXEC, container.init)
             container.init.check_running(Action.START_EXEC)
+            # Counted until it is watched: the init's exit waits for it (its exit comes first).
+            container.exec_start_begins()
+            try:
+                pid = await self._start(container, process)
+            finally:
+                container.exec_start_ends()
+        await hit(container.failpoints, "Start.after")
+        return pb.StartResponse(pid=pid)
+
+    async def _start(self, container: Container, process: Process) -> int:
+        """Start the instance; publish its start and begin watching for its exit."""
         self._claim(process)
         try:
             pid = await process.instance.start()
@@ -182,12 +197,11 @@ class TaskService(OptionalRPCs):
             self._busy.discard(process)
         process.started(pid)
         if process.is_init:
-            self.events.start(req.id, pid)
+            self.events.start(container.id, pid)
         else:
-            self.events.exec_started(req.id, req.exec_id, pid)
+            self.events.exec_started(container.id, process.exec_id, pid)
         self.host.nursery.start_soon(self._watch, container, process)
-        await hit(container.failpoints, "Start.after")
-        return pb.StartResponse(pid=pid)
+        return pid
 
     async def _watch(self, container: Container, process: Process) -> None:
         """The one caller of ``instance.wait()``: records the exit, in the guaranteed order."""
@@ -204,7 +218,10 @@ class TaskService(OptionalRPCs):
         process.exited(exit)
 
     async def _end_execs(self, container: Container) -> None:
-        """The init is gone: its execs go too, and their exits come before the init's."""
+        """The init is gone: its execs go too, and their exits come before the init's (an exec
+        whose Start is in progress is waited for, and then ended too)."""
+        container.init_exited = True
+        await container.exec_starts_ended()
         for exec_process in list(container.execs.values()):
             if exec_process.state in (State.RUNNING, State.PAUSED):
                 try:
