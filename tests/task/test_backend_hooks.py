@@ -156,9 +156,27 @@ async def test_rpc_failpoints(autojump_clock: trio.testing.MockClock) -> None:
 
 
 @dataclass(eq=False)
-class FailingExecInit(ScriptedInit):
+class ExecsOf(ScriptedInit):
+    """An init whose execs are ``kind``."""
+
+    kind: type[Scripted] = Scripted
+
     async def exec(self, request: task.ExecRequest) -> task.Instance:
-        return FailingStart(request.exec_id, self.calls)
+        process = self.kind(request.exec_id, self.calls)
+        self.execs[request.exec_id] = process
+        return process
+
+
+@dataclass(eq=False)
+class ExecsBackend(ScriptedBackend):
+    """Containers whose execs are ``kind``."""
+
+    kind: type[Scripted] = Scripted
+
+    async def create(self, request: task.CreateRequest) -> task.Instance:
+        init = ExecsOf(request.id, self.calls, kind=self.kind)
+        self.inits[request.id] = init
+        return init
 
 
 @dataclass(eq=False)
@@ -167,14 +185,8 @@ class FailingStart(Scripted):
         raise UnknownError("OCI runtime exec failed")
 
 
-@dataclass(eq=False)
-class FailingExecBackend(ScriptedBackend):
-    async def create(self, request: task.CreateRequest) -> task.Instance:
-        return FailingExecInit(request.id, self.calls)
-
-
 async def test_an_exec_whose_start_failed_never_runs(mock_clock: trio.testing.MockClock) -> None:
-    async with open_task_shim(FailingExecBackend()) as kit:
+    async with open_task_shim(ExecsBackend(kind=FailingStart)) as kit:
         await kit.create("c1", ["x"])
         await kit.task.Start(pb.StartRequest(id="c1"))
         await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=EXEC_SPEC))
@@ -200,28 +212,12 @@ class SlowStart(Scripted):
         return await super().start()
 
 
-@dataclass(eq=False)
-class SlowExecInit(ScriptedInit):
-    async def exec(self, request: task.ExecRequest) -> task.Instance:
-        process = SlowStart(request.exec_id, self.calls)
-        self.execs[request.exec_id] = process
-        return process
-
-
-@dataclass(eq=False)
-class SlowExecBackend(ScriptedBackend):
-    async def create(self, request: task.CreateRequest) -> task.Instance:
-        init = SlowExecInit(request.id, self.calls)
-        self.inits[request.id] = init
-        return init
-
-
 async def test_the_init_exit_waits_for_an_exec_start_in_progress(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     """An exec that starts while its init exits still exits first; after the init's exit no
     exec starts at all."""
-    backend = SlowExecBackend()
+    backend = ExecsBackend(kind=SlowStart)
     async with open_task_shim(backend) as kit:
         await kit.create("c1", ["x"])
         await kit.task.Start(pb.StartRequest(id="c1"))
