@@ -169,12 +169,13 @@ class ExecsOf(ScriptedInit):
 
 @dataclass(eq=False)
 class ExecsBackend(ScriptedBackend):
-    """Containers whose execs are ``kind``."""
+    """Containers whose inits are ``init_kind``, their execs ``kind``."""
 
     kind: type[Scripted] = Scripted
+    init_kind: type[ExecsOf] = ExecsOf
 
     async def create(self, request: task.CreateRequest) -> task.Instance:
-        init = ExecsOf(request.id, self.calls, kind=self.kind)
+        init = self.init_kind(request.id, self.calls, kind=self.kind)
         self.inits[request.id] = init
         return init
 
@@ -238,3 +239,34 @@ async def test_the_init_exit_waits_for_an_exec_start_in_progress(
         await kit.wait_for_events(7)
     assert kit.topics("c1")[-3:] == ["/tasks/exec-started", "/tasks/exit", "/tasks/exit"]
     assert [m.id for t, m in kit.events("c1") if t == "/tasks/exit"] == ["e1", "c1"]
+
+
+@dataclass(eq=False)
+class Tunable(ExecsOf):
+    """An init that records Update and Checkpoint."""
+
+    async def update(self, resources: Any, annotations: Any) -> None:
+        self.calls.append(f"update {self.name}")
+
+    async def checkpoint(self, path: str, options: Any) -> None:
+        self.calls.append(f"checkpoint {self.name} {path}")
+
+
+async def test_update_and_checkpoint_states(mock_clock: trio.testing.MockClock) -> None:
+    """As containerd's runc shim: Update from Create on, Checkpoint once running; neither
+    after the exit."""
+    backend = ExecsBackend(init_kind=Tunable)
+    async with open_task_shim(backend) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Update(pb.UpdateTaskRequest(id="c1"))
+        with pytest.raises(FailedPrecondition, match="cannot checkpoint a created process"):
+            await kit.task.Checkpoint(pb.CheckpointTaskRequest(id="c1", path="/ck"))
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.task.Checkpoint(pb.CheckpointTaskRequest(id="c1", path="/ck"))
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=9))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))
+        with pytest.raises(FailedPrecondition, match="cannot update a stopped process"):
+            await kit.task.Update(pb.UpdateTaskRequest(id="c1"))
+        with pytest.raises(FailedPrecondition, match="cannot checkpoint a stopped process"):
+            await kit.task.Checkpoint(pb.CheckpointTaskRequest(id="c1", path="/ck"))
+    assert backend.calls == ["update c1", "start c1", "checkpoint c1 /ck", "kill c1 9"]

@@ -24,7 +24,7 @@ from trioshim.task.instance import (
     SupportsStats,
     SupportsUpdate,
 )
-from trioshim.task.process import Action, Process
+from trioshim.task.process import Process
 from trioshim.task.states import Refusals
 from trioshim.ttrpc.server import RequestContext
 
@@ -132,7 +132,7 @@ class OptionalRPCs:
         instance = init.instance
         if not isinstance(instance, SupportsUpdate):
             raise unimplemented("Update")
-        init.check_running(Action.UPDATE)
+        init.check_update()
         await instance.update(req.resources, dict(req.annotations))
         return empty_pb2.Empty()
 
@@ -166,6 +166,7 @@ class OptionalRPCs:
         instance = init.instance
         if not isinstance(instance, SupportsCheckpoint):
             raise unimplemented("Checkpoint")
+        init.check_checkpoint()
         await instance.checkpoint(req.path, req.options if req.HasField("options") else None)
         return empty_pb2.Empty()
 

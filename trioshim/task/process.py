@@ -103,6 +103,13 @@ class Process:
     def check_running(self, action: Action) -> None:
         self._require(action, State.RUNNING, State.PAUSED)
 
+    def check_update(self) -> None:
+        """Resources may change before Start too (containerd's runc shim allows it)."""
+        self._require(Action.UPDATE, State.CREATED, State.RUNNING, State.PAUSED)
+
+    def check_checkpoint(self) -> None:
+        self._require(Action.CHECKPOINT, State.RUNNING, State.PAUSED)
+
     def exited(self, exit: Exit) -> None:
         """Record the exit (once) and release every waiter."""
         if self.exit is not None:
