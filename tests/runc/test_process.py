@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import trio
-import trio.testing
 
 from trioshim.runc import init_process, states
 from trioshim.runc.exec_process import ExecProcess
@@ -210,21 +208,6 @@ def test_second_exit_is_ignored() -> None:
     assert (init.exit_status, init.exited_at_ns) == (3, 10)
 
 
-def test_pausing_overrides_status_and_exec_mirrors_parent() -> None:
-    init = _init()
-    init.state = states.InitRunning()
-    exe = _exec(init)
-    exe.state = states.ExecRunning()
-    assert (init.status(), exe.status()) == ("running", "running")
-    init.pausing = True
-    assert (init.status(), exe.status()) == ("pausing", "pausing")
-    init.pausing = False
-    init.state = states.InitPaused()
-    assert (init.status(), exe.status()) == ("paused", "paused")
-    init.state = states.InitStopped()
-    assert exe.status() == "running"
-
-
 def test_exec_spec_terminal_forced() -> None:
     init = _init()
     exe = ExecProcess("e1", init, {"args": ["sh"], "terminal": False}, StdioConfig(terminal=True))
@@ -243,28 +226,6 @@ def test_exec_exit_by_state() -> None:
         other = _exec(init)
         other.state = state()
         assert not other.set_exited(1, 5)
-
-
-async def test_wait_released_once_for_every_waiter_before_and_after() -> None:
-    init = _init()
-    init.state = states.InitRunning()
-    released: list[int] = []
-
-    async def waiter(n: int) -> None:
-        await init.wait()
-        released.append(n)
-
-    async with trio.open_nursery() as nursery:
-        for n in range(5):
-            nursery.start_soon(waiter, n)
-        await trio.testing.wait_all_tasks_blocked()
-        assert released == []
-        init.set_exited(0, 1)
-    assert sorted(released) == [0, 1, 2, 3, 4]
-    # after the exit Wait answers at once, however often it is asked
-    with trio.fail_after(1):
-        await init.wait()
-        await init.wait()
 
 
 def test_kill_error_mapping() -> None:

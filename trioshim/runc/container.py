@@ -84,7 +84,7 @@ def should_kill_all(bundle: str) -> bool:
 
 
 class Container:
-    """One container of the shim: init, execs (by id, plus reserved ids), cgroup, rootfs."""
+    """One container of the shim: init, execs (by id), cgroup, rootfs."""
 
     def __init__(
         self,
@@ -103,7 +103,6 @@ class Container:
         self.options = options
         self.rootfs = rootfs
         self.execs: dict[str, ExecProcess] = {}
-        self.reserved: set[str] = set()
         self.cgroup: Cgroup | None = None
         self.failpoints: Failpoints | None = None  # set by the annotations of its spec
 
@@ -222,19 +221,8 @@ class Container:
             processes.append(info)
         return processes
 
-    def reserve(self, exec_id: str) -> bool:
-        """Claim an exec id (False: in use or being added)."""
-        if exec_id in self.execs or exec_id in self.reserved or exec_id == self.id:
-            return False
-        self.reserved.add(exec_id)
-        return True
-
     def add_exec(self, process: ExecProcess) -> None:
-        self.reserved.discard(process.id)
         self.execs[process.id] = process
-
-    def release(self, exec_id: str) -> None:
-        self.reserved.discard(exec_id)
 
     def remove_exec(self, exec_id: str) -> None:
         self.execs.pop(exec_id, None)
@@ -250,11 +238,3 @@ class Container:
 
     async def unmount_rootfs(self) -> None:
         await unmount_all(self.rootfs)
-
-    async def abandon(self) -> None:
-        """Undo :meth:`create` for a Create that failed after it: the container killed and
-        deleted in runc, its stdio closed, its rootfs unmounted (shielded, errors ignored:
-        the Create reports its own)."""
-        await self.init.abandon()
-        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
-            await unmount_all(self.rootfs)

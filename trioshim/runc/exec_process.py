@@ -58,12 +58,6 @@ class ExecProcess(Process):
     def pid_file(self) -> str:
         return os.path.join(self.init.bundle, f"{self.id}.pid")
 
-    def status(self) -> str:
-        parent = self.init.status()
-        if parent in ("paused", "pausing"):
-            return parent
-        return self.state.status
-
     async def start(self, open_io: IOOpener) -> None:
         async with self.lock:
             state = self.state
@@ -79,7 +73,7 @@ class ExecProcess(Process):
                         console_socket=self.io.console_socket,
                     )
                 except RuncError as exc:
-                    # Wait returns at once (status 0, no exit time); the exec cannot be retried.
+                    # It never runs (the kit answers its Wait at once); no retry.
                     self.state = ExecStartFailed()
                     self._exited.set()
                     raise self.init.runtime_error("OCI runtime exec failed", exc) from exc

@@ -87,16 +87,12 @@ class InitProcess(Process):
         self.no_new_keyring = no_new_keyring
         self.work_dir = os.path.join(bundle, "work")
         self.criu_work_path = criu_work_path or self.work_dir
-        self.pausing = False
         self._restore_flags = restore or CheckpointOpts()
         self._restore: CheckpointOpts | None = None
 
     @property
     def pid_file(self) -> str:
         return os.path.join(self.bundle, runc_cli.INIT_PID_FILE)
-
-    def status(self) -> str:
-        return "pausing" if self.pausing else self.state.status
 
     def _stopped_state(self) -> State:
         return InitStopped()
@@ -233,13 +229,10 @@ class InitProcess(Process):
         async with self.lock:
             state = self.state
             state.check(PAUSE)
-            self.pausing = True
             try:
                 await self.runc.pause(self.id)
             except RuncError as exc:
                 raise self.runtime_error("OCI runtime pause failed", exc) from exc
-            finally:
-                self.pausing = False
             self._move(state, InitPaused())
 
     async def resume(self) -> None:

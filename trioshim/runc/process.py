@@ -1,13 +1,15 @@
-"""What init and exec processes share: identity, state, stdio, the exit record, Wait.
+"""What init and exec processes share: identity, state, stdio, the exit record.
 
-A process is in exactly one state object at a time. A state says, for every operation, whether
-it is allowed and, if not, which error the caller gets (the reference's exact texts); a process
-method checks its current state, does the work (a runc call, a signal), and moves to the next
-state only if the state did not change meanwhile (an exit may land while runc runs).
+These are runc's side of the task kit's instances (:mod:`trioshim.runc.backend`); the kit orders
+the calls and keeps the states containerd sees. A process is also in exactly one state object of
+its own at a time. A state says, for every operation, whether it is allowed and, if not, which
+error the caller gets (the reference's exact texts); a process method checks its current state,
+does the work (a runc call, a signal), and moves to the next state only if the state did not
+change meanwhile (an exit may land while runc runs).
 
 Operations of one process are serialised by its ``lock`` (the Go shim's per-process mutex).
 Exits never take the lock: :meth:`Process.set_exited` is synchronous, so an exit is recorded the
-moment the exit bookkeeping (``exits.py``) hands it over.
+moment the instance's wait collected it from the reaper.
 
 The states are in :mod:`trioshim.runc.states`; the init is
 :class:`~trioshim.runc.init_process.InitProcess`, an exec
@@ -58,7 +60,7 @@ def runc_stdio(io: ProcessIO) -> runc_cli.Stdio | None:
 
 
 class Process:
-    """What init and exec processes share: identity, stdio, exit record, the Wait latch."""
+    """What init and exec processes share: identity, stdio, the exit record."""
 
     def __init__(
         self, process_id: str, container_id: str, stdio: StdioConfig, state: State
@@ -81,9 +83,6 @@ class Process:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} pid={self.pid} {self.state.name}>"
 
-    def status(self) -> str:
-        return self.state.status
-
     def _move(self, expected: State, new: State) -> bool:
         """Go to ``new`` if still in ``expected`` (an exit may have moved us meanwhile)."""
         if self.state is not expected:
@@ -97,7 +96,7 @@ class Process:
         self._exited.set()
 
     def set_exited(self, status: int, exited_at_ns: int) -> bool:
-        """Record an exit: stopped, Wait released. False if the state ignores exits."""
+        """Record an exit: stopped. False if the state ignores exits."""
         if not self.state.exits:
             return False
         self._record_exit(status, exited_at_ns)
@@ -110,10 +109,6 @@ class Process:
     @property
     def has_exited(self) -> bool:
         return self._exited.is_set()
-
-    async def wait(self) -> None:
-        """Block until the Wait latch is released (once, for every waiter, before or after)."""
-        await self._exited.wait()
 
     async def close_stdin(self) -> None:
         if self.io is not None:
@@ -128,10 +123,6 @@ class Process:
         self.state.check(RESIZE)
         if self.io is not None and self.stdio.terminal:
             self.io.resize(width & 0xFFFF, height & 0xFFFF)
-
-    async def release_io(self) -> None:
-        """Close the stdio for good (the container is gone)."""
-        await self._close_io()
 
     async def _close_io(self) -> None:
         io, self.io = self.io, None

@@ -17,7 +17,9 @@ Exec::
     created --start fails--> start-failed (reports "created"; Wait released with status 0)
     created, start-failed --delete--> deleted
 
-Status strings are containerd's: ``created running paused pausing stopped``.
+Status strings are containerd's: ``created running paused stopped``. The kit's states
+(:mod:`trioshim.task.states`) are what State reports; :class:`RuncRefusals` words the kit's
+refusals with these tables.
 """
 
 from __future__ import annotations
