@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trioshim.runc import states
 from trioshim.runc.backend import RuncExec, RuncInit
 from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.init_process import InitProcess
@@ -55,7 +54,6 @@ def running(
     stdio = stdio or StdioConfig()
     runc = Runc.for_container(reaper, bundle="/b/c1", namespace="ns")
     init = InitProcess("c1", "/b/c1", runc, stdio)
-    init.state = states.InitRunning()
     container = FakeContainer(init)
     host = Host("ns", reaper, nursery)
     if kind == "init":
@@ -63,6 +61,5 @@ def running(
         oom = FakeOOM(container.order)
         return RuncInit(container, host, oom), container  # type: ignore[arg-type]
     process = ExecProcess("e1", init, {"args": ["sh"]}, stdio)
-    process.state = states.ExecRunning()
     process.pid = PID
     return RuncExec(container, process, host), container  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.options import checkpoint_flags, decode_checkpoint_options, decode_options
 from trioshim.runc.process import Process, io_opener, output_delivered
-from trioshim.runc.states import InitPaused, RuncRefusals, unknown
+from trioshim.runc.states import RuncRefusals, unknown
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.cgroups.oom import OOMWatcher
 from trioshim.task.errors import InvalidArgumentError, NotFoundError
@@ -142,7 +142,7 @@ class RuncInit(_RuncInstance):
         if exit.status == _SIGKILLED:
             # An OOM kill is recorded before the process dies: TaskOOM goes out first.
             self.oom.poll(self.container.id)
-        if isinstance(self.process.state, InitPaused):
+        if self.process.paused:
             self.host.nursery.start_soon(self._thaw)
         return self._record(exit)
 

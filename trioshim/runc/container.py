@@ -107,7 +107,7 @@ class Container:
         self.failpoints: Failpoints | None = None  # set by the annotations of its spec
 
     def __repr__(self) -> str:
-        return f"<Container {self.id} {self.init.state.name}>"
+        return f"<Container {self.id} {self.init!r}>"
 
     @classmethod
     async def create(

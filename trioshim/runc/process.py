@@ -1,17 +1,14 @@
-"""What init and exec processes share: identity, state, stdio, the exit record.
+"""What init and exec processes share: identity, stdio, the exit record.
 
-These are runc's side of the task kit's instances (:mod:`trioshim.runc.backend`); the kit orders
-the calls and keeps the states containerd sees. A process is also in exactly one state object of
-its own at a time. A state says, for every operation, whether it is allowed and, if not, which
-error the caller gets (the reference's exact texts); a process method checks its current state,
-does the work (a runc call, a signal), and moves to the next state only if the state did not
-change meanwhile (an exit may land while runc runs).
+These are runc's side of the task kit's instances (:mod:`trioshim.runc.backend`): the kit keeps
+the states containerd sees and calls a process only in the states that allow the call; a
+process method does the work (a runc call, a signal).
 
 Operations of one process are serialised by its ``lock`` (the Go shim's per-process mutex).
 Exits never take the lock: :meth:`Process.set_exited` is synchronous, so an exit is recorded the
 moment the instance's wait collected it from the reaper.
 
-The states are in :mod:`trioshim.runc.states`; the init is
+The refusals' words are in :mod:`trioshim.runc.states`; the init is
 :class:`~trioshim.runc.init_process.InitProcess`, an exec
 :class:`~trioshim.runc.exec_process.ExecProcess`.
 """
@@ -24,7 +21,7 @@ import trio
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import runc_cli, runc_errors
-from trioshim.runc.states import RESIZE, State, unknown
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import (
@@ -62,13 +59,10 @@ def runc_stdio(io: ProcessIO) -> runc_cli.Stdio | None:
 class Process:
     """What init and exec processes share: identity, stdio, the exit record."""
 
-    def __init__(
-        self, process_id: str, container_id: str, stdio: StdioConfig, state: State
-    ) -> None:
+    def __init__(self, process_id: str, container_id: str, stdio: StdioConfig) -> None:
         self.id = process_id
         self.container_id = container_id
         self.stdio = stdio
-        self.state: State = state
         self.pid = 0
         self.exit_status = 0
         #: wall-clock ns of the exit; None while it has not exited (the Go zero time)
@@ -81,14 +75,7 @@ class Process:
         self.reaped = False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} pid={self.pid} {self.state.name}>"
-
-    def _move(self, expected: State, new: State) -> bool:
-        """Go to ``new`` if still in ``expected`` (an exit may have moved us meanwhile)."""
-        if self.state is not expected:
-            return False
-        self.state = new
-        return True
+        return f"<{type(self).__name__} {self.id} pid={self.pid}>"
 
     def _record_exit(self, status: int, exited_at_ns: int) -> None:
         self.exit_status = status
@@ -96,15 +83,11 @@ class Process:
         self._exited.set()
 
     def set_exited(self, status: int, exited_at_ns: int) -> bool:
-        """Record an exit: stopped. False if the state ignores exits."""
-        if not self.state.exits:
+        """Record the exit (once: False for another)."""
+        if self.has_exited:
             return False
         self._record_exit(status, exited_at_ns)
-        self.state = self._stopped_state()
         return True
-
-    def _stopped_state(self) -> State:
-        raise NotImplementedError
 
     @property
     def has_exited(self) -> bool:
@@ -120,7 +103,6 @@ class Process:
             await self.io.process_exited()
 
     def resize(self, width: int, height: int) -> None:
-        self.state.check(RESIZE)
         if self.io is not None and self.stdio.terminal:
             self.io.resize(width & 0xFFFF, height & 0xFFFF)
 

@@ -69,9 +69,9 @@ class Process:
             raise FailedPreconditionError(f"process {self.name} was killed before it started")
 
     def check_exec(self) -> None:
-        """An exec may be added to a created, running or paused init (it starts only once the
-        init runs), as containerd's runc shim allows."""
-        self._require(Action.EXEC, State.CREATED, State.RUNNING, State.PAUSED)
+        """An exec may be added to a created or running init (it starts only once the init
+        runs), not to a paused one, as with containerd's runc shim."""
+        self._require(Action.EXEC, State.CREATED, State.RUNNING)
 
     def start_failed(self) -> None:
         """An exec whose Start failed never runs: its Wait returns at once, with status 0 and
