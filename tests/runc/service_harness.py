@@ -23,10 +23,13 @@ from google.protobuf.message import Message
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types import mount_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
-from trioshim.runc.boundary import Handlers
-from trioshim.runc.service import TaskService
+from trioshim.runc.backend import RuncBackend, RuncInit
+from trioshim.runc.container import Container
 from trioshim.shim.reaper import Reaper, open_reaper, set_child_subreaper
 from trioshim.shim.shutdown import ShutdownService
+from trioshim.task.boundary import task_services
+from trioshim.task.instance import Host
+from trioshim.task.service import TaskService
 from trioshim.ttrpc.errors import TTRPCError
 from trioshim.ttrpc.server import RequestContext
 
@@ -127,7 +130,8 @@ class Harness:
     async def call(self, rpc: str, request: Message) -> Any:
         """``rpc`` as containerd calls it: through the service's boundary (ids checked,
         domain errors turned into ttrpc statuses)."""
-        return await getattr(Handlers(self.service, api), rpc)(CTX, request)
+        handlers = task_services(self.service)[0][1]  # containerd.task.v2.Task's
+        return await getattr(handlers, rpc)(CTX, request)
 
     async def fails(self, rpc: str, request: Message) -> TTRPCError:
         with pytest.raises(TTRPCError) as info:
@@ -150,13 +154,11 @@ async def open_harness(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Ha
     try:
         async with open_reaper() as reaper, trio.open_nursery() as nursery:
             service = TaskService(
-                namespace="testns",
-                reaper=reaper,
-                publisher=recorder,
-                shutdown=shutdown,
-                nursery=nursery,
+                RuncBackend(),
+                host=Host(namespace="testns", reaper=reaper, nursery=nursery),
+                publish=recorder.publish,
+                shutdown=shutdown.shutdown,
             )
-            await nursery.start(service.run)
             h = Harness(service, recorder, shutdown, reaper, tmp_path, busybox_rootfs, runc_root)
             try:
                 yield h
@@ -169,11 +171,24 @@ async def open_harness(tmp_path: Path, busybox_rootfs: Path) -> AsyncIterator[Ha
 
 
 async def _cleanup(h: Harness) -> None:
-    for container in list(h.service.containers.values()):
+    for container in runc_containers(h):
         runc = container.init.runc
         for cmd in (["kill", "--all", container.id, "9"], ["delete", "--force", container.id]):
             await h.reaper.run(runc.command(cmd))
         await container.unmount_rootfs()
+
+
+def runc_container(h: Harness, container_id: str) -> Container:
+    """The runc side of one of the service's containers."""
+    init = h.service.containers[container_id].init.instance
+    assert isinstance(init, RuncInit)
+    return init.container
+
+
+def runc_containers(h: Harness) -> list[Container]:
+    """The runc side of the service's containers."""
+    inits = [c.init.instance for c in h.service.containers.values()]
+    return [init.container for init in inits if isinstance(init, RuncInit)]
 
 
 def is_mounted(path: Path) -> bool:

@@ -1,10 +1,11 @@
 """A terminal process's exit is reported as soon as its output is delivered, never later.
 
-Exit handling (trioshim.runc.exits) holds an exit until the process's output copiers finished,
-bounded by OUTPUT_FLUSH_TIMEOUT (2 s), because containerd 1.6 closes its FIFO readers at the
-exit. These tests run a real pty and a real output FIFO on a frozen MockClock: the bound never
-passes unless the test moves the clock, and the test moves it only by the copier's longest
-FIONREAD poll interval (50 ms). An exit that waited for the bound is therefore never published.
+runc's kit instances (trioshim.runc.backend) record an exit only once the process's output
+copiers finished, bounded by OUTPUT_FLUSH_TIMEOUT (2 s), because containerd 1.6 closes its FIFO
+readers at the exit (the kit publishes the exit when the instance's wait returns). These tests
+run a real pty and a real output FIFO on a frozen MockClock: the bound never passes unless the
+test moves the clock, and the test moves it only by the copier's longest FIONREAD poll interval
+(50 ms). An exit that waited for the bound is therefore never reported.
 """
 
 from __future__ import annotations
@@ -16,45 +17,13 @@ import pytest
 import trio
 import trio.testing
 
+from tests.runc.backend_fakes import PID, reaped, running
 from tests.runc.stdio_helpers import client_reader
 from tests.runc.test_console import open_terminal_io, process_wrote
-from tests.runc.test_exits import Box, Events
 from tests.task.fdio import read_exactly, read_to_eof
-from trioshim.runc import states
-from trioshim.runc.exec_process import ExecProcess
-from trioshim.runc.exits import Exits
-from trioshim.runc.init_process import InitProcess
-from trioshim.runc.process import Process
-from trioshim.runc.runc_cli import Runc
 from trioshim.runc.stdio import StdioConfig
-from trioshim.shim.reaper import Exit, Reaper
-from trioshim.task.events import TASK_EXIT
+from trioshim.shim.reaper import Reaper
 from trioshim.task.fifo import FIFO_POLL_MAX
-
-PID = 4321
-
-
-def track(exits: Exits, kind: str) -> Process:
-    """A running init, or a running exec of it, with a terminal, known to exit handling."""
-    terminal = StdioConfig(terminal=True)
-    runc = Runc.for_container(Reaper(), bundle="/b/c1", namespace="ns")
-    box = Box("c1", InitProcess("c1", "/b/c1", runc, terminal))
-    process: Process
-    if kind == "init":
-        process = box.init
-        process.state = states.InitRunning()
-    else:
-        exits.exec_starting(box)
-        process = ExecProcess("e1", box.init, {"args": ["sh"]}, terminal)
-        process.state = states.ExecRunning()
-    process.pid = PID
-    with exits.starting() as starting:
-        starting.started(box, process)
-    return process
-
-
-def exits_seen(events: Events) -> list[str]:
-    return [id_ for topic, id_, _, _ in events.seen if topic == TASK_EXIT]
 
 
 @pytest.mark.parametrize("kind", ["exec", "init"])
@@ -71,10 +40,16 @@ async def test_terminal_exit_reported_once_output_delivered(
 ) -> None:
     stdout = str(tmp_path / "stdout")
     os.mkfifo(stdout)
-    events = Events()
+    reported: list[int] = []
+    reaper = Reaper()
     async with trio.open_nursery() as nursery:
-        exits = Exits(events.publish, nursery)
-        process = track(exits, kind)
+        instance, _ = running(kind, reaper, nursery, StdioConfig(terminal=True))
+        process = instance.process
+
+        async def wait() -> None:
+            reported.append((await instance.wait()).status)
+
+        nursery.start_soon(wait)
         io = await open_terminal_io(Reaper(), nursery, "", stdout)
         process.io = io
         async with io:
@@ -86,15 +61,15 @@ async def test_terminal_exit_reported_once_output_delivered(
                 await trio.testing.wait_all_tasks_blocked()  # the copier read EIO and waits
                 data = b"written after reopening /dev/tty"
                 pty.reopen_and_write(data)
-            exits.on_exit(Exit(PID, 3, 1))
+            reaped(reaper, PID, 3)
             await trio.testing.wait_all_tasks_blocked()
             # Every byte is in the FIFO, but the client has not read it yet: containerd 1.6
             # would lose it if it learned of the exit now.
-            assert exits_seen(events) == []
+            assert reported == []
             assert await read_exactly(out, len(data)) == data
             mock_clock.jump(FIFO_POLL_MAX)  # the copier's next look at the FIFO (its longest wait)
             await trio.testing.wait_all_tasks_blocked()
-            assert exits_seen(events) == [process.id]
+            assert reported == [3]
             assert process.exit_status == 3
             assert await read_to_eof(out) == b""  # nothing after the exit
             if terminal_end == "background-child":

@@ -1,170 +1,130 @@
-"""The init and exec state machines, driven without runc."""
+"""The kit's state rules in runc's words, and what runc's process objects refuse themselves,
+driven without runc."""
 
 from __future__ import annotations
 
 import pytest
-import trio
-import trio.testing
 
-from trioshim.runc import init_process, states
+from trioshim.runc import init_process
 from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.init_process import InitProcess
+from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.runc.runc_cli import Runc
+from trioshim.runc.states import RuncRefusals
 from trioshim.runc.stdio import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import TaskError
+from trioshim.task.process import Action, Process, State
+from trioshim.task.stdio import StdioSpec
 from trioshim.ttrpc.errors import Code
 
-OPS = (
-    states.START,
-    states.DELETE,
-    states.KILL,
-    states.PAUSE,
-    states.RESUME,
-    states.UPDATE,
-    states.CHECKPOINT,
-    states.EXEC,
-)
 OK = None
-
-# Operation x state: the error (code, message) containerd-shim-runc-v2 v1.6 gives, or OK.
 UNK = Code.UNKNOWN
 NF = Code.NOT_FOUND
-INIT_TABLE: dict[type[states.State], dict[str, tuple[int, str] | None]] = {
-    states.InitCreated: {
-        states.START: OK,
-        states.DELETE: OK,
-        states.KILL: OK,
-        states.PAUSE: (UNK, "cannot pause task in created state"),
-        states.RESUME: (UNK, "cannot resume task in created state"),
-        states.UPDATE: OK,
-        states.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
-        states.EXEC: OK,
+
+# (is the init, the kit's state) x operation: the error (code, message)
+# containerd-shim-runc-v2 v1.6 gives, or OK. The kit decides what is allowed; RuncRefusals
+# words the refusals. (An init created from a checkpoint refuses Exec, an exec whose `runc
+# exec` failed a second Start, an exec that never ran Kill, a stopped one resizing: those are
+# the process objects', tested below.)
+TABLE: dict[tuple[bool, State], dict[Action, tuple[int, str] | None]] = {
+    (True, State.CREATED): {
+        Action.START: OK,
+        Action.DELETE: OK,
+        Action.KILL: OK,
+        Action.PAUSE: (UNK, "cannot pause task in created state"),
+        Action.RESUME: (UNK, "cannot resume task in created state"),
+        Action.UPDATE: OK,
+        Action.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
+        Action.EXEC: OK,
     },
-    states.InitCreatedCheckpoint: {
-        states.START: OK,
-        states.DELETE: OK,
-        states.KILL: OK,
-        states.PAUSE: (UNK, "cannot pause task in created state"),
-        states.RESUME: (UNK, "cannot resume task in created state"),
-        states.UPDATE: OK,
-        states.CHECKPOINT: (UNK, "cannot checkpoint a task in created state"),
-        states.EXEC: (UNK, "cannot exec in a created state"),
+    (True, State.RUNNING): {
+        Action.START: (UNK, "cannot start a running process"),
+        Action.DELETE: (UNK, "cannot delete a running process"),
+        Action.KILL: OK,
+        Action.PAUSE: OK,
+        Action.RESUME: (UNK, "cannot resume a running process"),
+        Action.UPDATE: OK,
+        Action.CHECKPOINT: OK,
+        Action.EXEC: OK,
     },
-    states.InitRunning: {
-        states.START: (UNK, "cannot start a running process"),
-        states.DELETE: (UNK, "cannot delete a running process"),
-        states.KILL: OK,
-        states.PAUSE: OK,
-        states.RESUME: (UNK, "cannot resume a running process"),
-        states.UPDATE: OK,
-        states.CHECKPOINT: OK,
-        states.EXEC: OK,
+    (True, State.PAUSED): {
+        Action.START: (UNK, "cannot start a paused process"),
+        Action.DELETE: (UNK, "cannot delete a paused process"),
+        Action.KILL: OK,
+        Action.PAUSE: (UNK, "cannot pause a paused container"),
+        Action.RESUME: OK,
+        Action.UPDATE: OK,
+        Action.CHECKPOINT: OK,
+        Action.EXEC: (UNK, "cannot exec in a paused state"),
     },
-    states.InitPaused: {
-        states.START: (UNK, "cannot start a paused process"),
-        states.DELETE: (UNK, "cannot delete a paused process"),
-        states.KILL: OK,
-        states.PAUSE: (UNK, "cannot pause a paused container"),
-        states.RESUME: OK,
-        states.UPDATE: OK,
-        states.CHECKPOINT: OK,
-        states.EXEC: (UNK, "cannot exec in a paused state"),
+    (True, State.STOPPED): {
+        Action.START: (UNK, "cannot start a stopped process"),
+        Action.DELETE: OK,
+        # containerd's shim asks runc, whose "container not running" gives the same answer
+        Action.KILL: (NF, "process already finished: not found"),
+        Action.PAUSE: (UNK, "cannot pause a stopped container"),
+        Action.RESUME: (UNK, "cannot resume a stopped container"),
+        Action.UPDATE: (UNK, "cannot update a stopped container"),
+        Action.CHECKPOINT: (UNK, "cannot checkpoint a stopped container"),
+        Action.EXEC: (UNK, "cannot exec in a stopped state"),
     },
-    states.InitStopped: {
-        states.START: (UNK, "cannot start a stopped process"),
-        states.DELETE: OK,
-        states.KILL: OK,
-        states.PAUSE: (UNK, "cannot pause a stopped container"),
-        states.RESUME: (UNK, "cannot resume a stopped container"),
-        states.UPDATE: (UNK, "cannot update a stopped container"),
-        states.CHECKPOINT: (UNK, "cannot checkpoint a stopped container"),
-        states.EXEC: (UNK, "cannot exec in a stopped state"),
+    (True, State.DELETED): {
+        Action.START: (UNK, "cannot start a deleted process"),
+        Action.DELETE: (NF, "cannot delete a deleted process: not found"),
+        Action.KILL: (NF, "cannot kill a deleted process: not found"),
+        Action.PAUSE: (UNK, "cannot pause a deleted process"),
+        Action.RESUME: (UNK, "cannot resume a deleted process"),
+        Action.UPDATE: (UNK, "cannot update a deleted process"),
+        Action.CHECKPOINT: (UNK, "cannot checkpoint a deleted process"),
+        Action.EXEC: (UNK, "cannot exec in a deleted state"),
     },
-    states.InitDeleted: {
-        states.START: (UNK, "cannot start a deleted process"),
-        states.DELETE: (NF, "cannot delete a deleted process: not found"),
-        states.KILL: (NF, "cannot kill a deleted process: not found"),
-        states.PAUSE: (UNK, "cannot pause a deleted process"),
-        states.RESUME: (UNK, "cannot resume a deleted process"),
-        states.UPDATE: (UNK, "cannot update a deleted process"),
-        states.CHECKPOINT: (UNK, "cannot checkpoint a deleted process"),
-        states.EXEC: (UNK, "cannot exec in a deleted state"),
+    (False, State.CREATED): {
+        Action.START: OK,
+        Action.DELETE: OK,
+        Action.KILL: OK,  # the exec refuses it itself (test_exec_kill_guards)
+    },
+    (False, State.RUNNING): {
+        Action.START: (UNK, "cannot start a running process"),
+        Action.DELETE: (UNK, "cannot delete a running process"),
+        Action.KILL: OK,
+    },
+    (False, State.STOPPED): {
+        Action.START: (UNK, "cannot start a stopped process"),
+        Action.DELETE: OK,
+        Action.KILL: (NF, "process already finished: not found"),
+    },
+    (False, State.DELETED): {
+        Action.START: (UNK, "cannot start a deleted process"),
+        Action.DELETE: (NF, "cannot delete a deleted process: not found"),
+        Action.KILL: (NF, "cannot kill a deleted process: not found"),
     },
 }
 
-EXEC_TABLE: dict[type[states.State], dict[str, tuple[int, str] | None]] = {
-    states.ExecCreated: {
-        states.START: OK,
-        states.DELETE: OK,
-        states.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
-        states.RESIZE: OK,
-    },
-    states.ExecRunning: {
-        states.START: (UNK, "cannot start a running process"),
-        states.DELETE: (UNK, "cannot delete a running process"),
-        states.KILL: OK,
-        states.RESIZE: OK,
-    },
-    states.ExecStopped: {
-        states.START: (UNK, "cannot start a stopped process"),
-        states.DELETE: OK,
-        states.KILL: (NF, "process already finished: not found"),
-        states.RESIZE: (UNK, "cannot resize a stopped container"),
-    },
-    states.ExecStartFailed: {
-        states.START: (UNK, "cannot start an exec process whose start failed"),
-        states.DELETE: OK,
-        states.KILL: (Code.FAILED_PRECONDITION, "process not created: failed precondition"),
-        states.RESIZE: OK,
-    },
-    states.ExecDeleted: {
-        states.START: (UNK, "cannot start a deleted process"),
-        states.DELETE: (NF, "cannot delete a deleted process: not found"),
-        states.KILL: (NF, "cannot kill a deleted process: not found"),
-        states.RESIZE: (UNK, "cannot resize a deleted process"),
-    },
+_CHECKS = {
+    Action.START: Process.check_start,
+    Action.DELETE: Process.check_delete,
+    Action.KILL: Process.check_kill,
+    Action.PAUSE: Process.check_pause,
+    Action.RESUME: Process.check_resume,
+    Action.UPDATE: Process.check_update,
+    Action.CHECKPOINT: Process.check_checkpoint,
+    Action.EXEC: Process.check_exec,
 }
 
 
-def _check_table(table: dict[type[states.State], dict[str, tuple[int, str] | None]]) -> None:
-    for state_cls, row in table.items():
-        state = state_cls()
-        for op, expected in row.items():
+def test_operation_state_table() -> None:
+    for (is_init, state), row in TABLE.items():
+        exec_id = "" if is_init else "e1"
+        process = Process("c1", exec_id, None, StdioSpec(), refusals=RuncRefusals())  # type: ignore[arg-type]
+        process.state = state
+        for action, expected in row.items():
             if expected is None:
-                state.check(op)
-                assert state.allows(op)
+                _CHECKS[action](process)
                 continue
             with pytest.raises(TaskError) as info:
-                state.check(op)
-            assert (info.value.code, str(info.value)) == expected, (state_cls, op)
-            assert not state.allows(op)
-
-
-def test_init_operation_state_table() -> None:
-    _check_table(INIT_TABLE)
-
-
-def test_exec_operation_state_table() -> None:
-    _check_table(EXEC_TABLE)
-
-
-def test_status_strings() -> None:
-    assert [s.status for s in INIT_TABLE] == [
-        "created",
-        "created",
-        "running",
-        "paused",
-        "stopped",
-        "stopped",
-    ]
-    assert [s.status for s in EXEC_TABLE] == [
-        "created",
-        "running",
-        "stopped",
-        "created",
-        "stopped",
-    ]
+                _CHECKS[action](process)
+            assert (info.value.code, str(info.value)) == expected, (is_init, state, action)
 
 
 def _init() -> InitProcess:
@@ -176,52 +136,11 @@ def _exec(init: InitProcess, exec_id: str = "e1") -> ExecProcess:
     return ExecProcess(exec_id, init, {"args": ["true"]}, StdioConfig(terminal=True))
 
 
-@pytest.mark.parametrize(
-    ("state", "recorded"),
-    [
-        (states.InitCreated, True),
-        (states.InitCreatedCheckpoint, True),
-        (states.InitRunning, True),
-        (states.InitPaused, True),
-        (states.InitStopped, False),
-        (states.InitDeleted, False),
-    ],
-)
-def test_init_exit_by_state(state: type[states.State], recorded: bool) -> None:
-    init = _init()
-    init.state = state()
-    assert init.set_exited(137, 1_700_000_000_000_000_000) is recorded
-    if recorded:
-        assert isinstance(init.state, states.InitStopped)
-        assert (init.exit_status, init.exited_at_ns) == (137, 1_700_000_000_000_000_000)
-        assert init.has_exited
-    else:
-        assert init.state.__class__ is state
-        assert (init.exit_status, init.exited_at_ns) == (0, None)
-        assert not init.has_exited
-
-
 def test_second_exit_is_ignored() -> None:
     init = _init()
-    init.state = states.InitRunning()
     assert init.set_exited(3, 10)
     assert not init.set_exited(9, 20)
     assert (init.exit_status, init.exited_at_ns) == (3, 10)
-
-
-def test_pausing_overrides_status_and_exec_mirrors_parent() -> None:
-    init = _init()
-    init.state = states.InitRunning()
-    exe = _exec(init)
-    exe.state = states.ExecRunning()
-    assert (init.status(), exe.status()) == ("running", "running")
-    init.pausing = True
-    assert (init.status(), exe.status()) == ("pausing", "pausing")
-    init.pausing = False
-    init.state = states.InitPaused()
-    assert (init.status(), exe.status()) == ("paused", "paused")
-    init.state = states.InitStopped()
-    assert exe.status() == "running"
 
 
 def test_exec_spec_terminal_forced() -> None:
@@ -233,37 +152,19 @@ def test_exec_spec_terminal_forced() -> None:
     assert init.pid_file == "/b/c1/init.pid"
 
 
-def test_exec_exit_by_state() -> None:
+async def test_a_failed_exec_start_is_not_retried() -> None:
+    exe = _exec(_init())
+    exe.start_failed = True
+    with pytest.raises(TaskError, match=r"^cannot start an exec process whose start failed$"):
+        await exe.start(None)  # type: ignore[arg-type]
+
+
+def test_an_init_being_restored_refuses_execs() -> None:
     init = _init()
-    exe = _exec(init)
-    assert exe.set_exited(1, 5)
-    assert isinstance(exe.state, states.ExecStopped)
-    for state in (states.ExecStopped, states.ExecDeleted, states.ExecStartFailed):
-        other = _exec(init)
-        other.state = state()
-        assert not other.set_exited(1, 5)
-
-
-async def test_wait_released_once_for_every_waiter_before_and_after() -> None:
-    init = _init()
-    init.state = states.InitRunning()
-    released: list[int] = []
-
-    async def waiter(n: int) -> None:
-        await init.wait()
-        released.append(n)
-
-    async with trio.open_nursery() as nursery:
-        for n in range(5):
-            nursery.start_soon(waiter, n)
-        await trio.testing.wait_all_tasks_blocked()
-        assert released == []
-        init.set_exited(0, 1)
-    assert sorted(released) == [0, 1, 2, 3, 4]
-    # after the exit Wait answers at once, however often it is asked
-    with trio.fail_after(1):
-        await init.wait()
-        await init.wait()
+    init.check_exec()
+    init._restore = CheckpointOpts(image_path="/ck")
+    with pytest.raises(TaskError, match=r"^cannot exec in a created state$"):
+        init.check_exec()
 
 
 def test_kill_error_mapping() -> None:
@@ -287,9 +188,9 @@ async def test_exec_kill_guards() -> None:
     exe = _exec(init)
     with pytest.raises(TaskError, match="process not created: failed precondition"):
         await exe.kill(9)
-    exe.state = states.ExecRunning()
+    exe.start_failed = True
     with pytest.raises(TaskError, match="process not created: failed precondition"):
-        await exe.kill(9)  # running but pid unknown (0)
+        await exe.kill(9)  # its runc exec failed: it never ran
     exe.pid = 123456789
     exe.set_exited(0, 1)
     with pytest.raises(TaskError, match="process already finished: not found"):
@@ -299,10 +200,8 @@ async def test_exec_kill_guards() -> None:
 async def test_exec_delete_is_immediate_and_removes_pid_file(tmp_path: object) -> None:
     init = _init()
     exe = _exec(init)
-    await exe.delete()
-    assert isinstance(exe.state, states.ExecDeleted)
-    with pytest.raises(TaskError, match="cannot delete a deleted process: not found"):
-        await exe.delete()
+    await exe.delete()  # a second Delete is the kit's to refuse (the table above)
+    assert exe.io is None
 
 
 def test_resize_without_console_is_a_noop() -> None:
@@ -310,6 +209,17 @@ def test_resize_without_console_is_a_noop() -> None:
     init.resize(80, 24)
     exe = _exec(init)
     exe.resize(80, 24)
-    exe.state = states.ExecStopped()
+    exe.set_exited(0, 1)
     with pytest.raises(TaskError, match="cannot resize a stopped container"):
         exe.resize(80, 24)
+
+
+def test_refusals_of_lookups_and_of_an_exec_start_after_the_init() -> None:
+    refusals = RuncRefusals()
+    init = Process("c1", "", None, StdioSpec())  # type: ignore[arg-type]
+    init.state = State.STOPPED
+    err = refusals.refuse(Action.START_EXEC, init)
+    assert err.code == Code.FAILED_PRECONDITION
+    assert str(err) == "container c1 init process is not running: failed precondition"
+    assert str(refusals.no_container("c9")) == "container not created: not found"
+    assert str(refusals.no_exec("c1", "e9")) == "process does not exist e9: not found"

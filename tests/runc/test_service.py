@@ -19,10 +19,17 @@ import trio
 import trio.testing
 from google.protobuf import any_pb2
 
-from tests.runc.service_harness import Harness, add_exec, exec_request, is_mounted
+from tests.runc.service_harness import (
+    Harness,
+    add_exec,
+    exec_request,
+    is_mounted,
+    runc_container,
+)
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.task.boundary import task_services
 from trioshim.task.events import GO_ZERO_TIME_SECONDS
 from trioshim.ttrpc.errors import Code, TTRPCError
 
@@ -287,10 +294,10 @@ async def test_update_and_stats(harness: Harness) -> None:
         value=json.dumps({"memory": {"limit": limit}}).encode(),
     )
     await h.call("Update", api.UpdateTaskRequest(id="u1", resources=resources))
-    runc = h.service.containers["u1"].init.runc
+    runc = runc_container(h, "u1").init.runc
     state = json.loads((await h.reaper.run(runc.command(["state", "u1"]))).check().stdout)
     assert state["status"] == "running"
-    cgroup = h.service.containers["u1"].cgroup
+    cgroup = runc_container(h, "u1").cgroup
     assert cgroup is not None
     from trioshim.api.cgroups.v1 import metrics_pb2 as v1
 
@@ -316,7 +323,7 @@ async def test_over_ttrpc_v2_and_v3(harness: Harness) -> None:
 
     h = harness
     server = Server(handshake=None)
-    for descriptor, implementation in h.service.ttrpc_services():
+    for descriptor, implementation in task_services(h.service):
         server.register(descriptor, implementation)
     path = h.tmp / "shim.sock"
     async with trio.open_nursery() as nursery:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import trio
 
-from tests.runc.service_harness import Harness, exec_request, is_mounted
+from tests.runc.service_harness import Harness, exec_request, is_mounted, runc_container
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.api.containerd.types.task import task_pb2 as task_types
-from trioshim.runc import failpoints
 from trioshim.shim import inject
 from trioshim.shim.failpoint import ANNOTATION_PREFIX, Action, Term
 from trioshim.shim.inject import InjectedPanic
+from trioshim.task import failpoints
 from trioshim.ttrpc.errors import Code
 
 
@@ -39,7 +39,7 @@ async def _runc_ids(h: Harness) -> list[str]:
 async def _gone(h: Harness, container_id: str) -> None:
     """Nothing of the container is left in the service, in runc or in the mount table."""
     assert container_id not in h.service.containers
-    assert not h.service._creating
+    assert not h.service._reserved
     assert container_id not in await _runc_ids(h)
     assert not is_mounted(h.tmp / container_id / "rootfs")
     assert not h.events.topics(container_id)
@@ -163,7 +163,7 @@ async def test_exec_after_of_a_container_deleted_meanwhile(
 
     monkeypatch.setattr(failpoints, "trigger", trigger)
     await h.create("g1", ["sleep", "1000"], edit=_annotate(Exec_after="1*off"))
-    container = h.service.containers["g1"]
+    container = runc_container(h, "g1")
     async with trio.open_nursery() as nursery:
 
         async def exec_() -> None:
@@ -174,6 +174,6 @@ async def test_exec_after_of_a_container_deleted_meanwhile(
         await reached.wait()
         await h.call("Delete", api.DeleteRequest(id="g1"))
         release.set()
-    assert not container.execs and not container.reserved
+    assert not container.execs
     assert "g1" not in await _runc_ids(h)
     assert not is_mounted(h.tmp / "g1" / "rootfs")

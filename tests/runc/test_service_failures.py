@@ -30,7 +30,10 @@ async def test_delete_of_never_started_container(harness: Harness) -> None:
     waiter_done = trio.Event()
 
     async def waiter() -> None:
-        await h.call("Wait", api.WaitRequest(id="n1"))
+        # Deleted without an exit: a pending Wait is answered NotFound (containerd's runc shim
+        # leaves it waiting until the client gives up).
+        err = await h.fails("Wait", api.WaitRequest(id="n1"))
+        assert err.code == Code.NOT_FOUND
         waiter_done.set()
 
     async with trio.open_nursery() as nursery:

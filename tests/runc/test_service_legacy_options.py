@@ -9,7 +9,7 @@ import json
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from tests.runc.service_harness import Harness
+from tests.runc.service_harness import Harness, runc_container
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as api
 from trioshim.runc.runc_args import CheckpointOpts
@@ -35,7 +35,7 @@ async def test_create_options_own_the_pipes_and_reach_runc(harness: Harness) -> 
         stderr=f"file://{log}",
     )
     assert waited.exit_status == 0
-    container = h.service.containers["lg1"]
+    container = runc_container(h, "lg1")
     assert container.init.no_new_keyring
     assert json.loads((h.tmp / "lg1" / "options.json").read_text()) == {
         "no_new_keyring": True,
@@ -56,7 +56,7 @@ async def test_create_options_restore_flags(harness: Harness) -> None:
         open_tcp=True, terminal=True, empty_namespaces=["network"], cgroups_mode="soft"
     )
     await h.create("lg2", ["sleep", "1000"], options=pack(legacy), checkpoint=str(image))
-    init = h.service.containers["lg2"].init
+    init = runc_container(h, "lg2").init
     assert init._restore == CheckpointOpts(
         image_path=str(image),
         work_path=str(h.tmp / "lg2" / "work"),

@@ -210,7 +210,7 @@ def test_filling_pool_holes_leaves_no_free_block_in_partly_used_pools() -> None:
     result = _run(
         """
         import json
-        import trioshim.runc.launcher, trioshim.runc.service  # a realistic heap
+        import trioshim.runc.launcher, trioshim.runc.backend  # a realistic heap
         from trioshim.shim import prefork
         before = prefork.pool_holes()
         fillers = prefork._fill_pool_holes()

@@ -74,21 +74,29 @@ async def test_pause_resume_and_exec_refusals(mock_clock: trio.testing.MockClock
     backend = ScriptedBackend()
     async with open_task_shim(backend) as kit:
         await kit.create("c1", ["x"])
+        # An exec may be added before its init runs (containerd's runc shim allows it), but
+        # not started.
+        await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=EXEC_SPEC))
         with pytest.raises(FailedPrecondition):  # not running yet
-            await kit.task.Exec(pb.ExecProcessRequest(id="c1", exec_id="e1", spec=EXEC_SPEC))
+            await kit.task.Start(pb.StartRequest(id="c1", exec_id="e1"))
         with pytest.raises(FailedPrecondition):
             await kit.task.Pause(pb.PauseRequest(id="c1"))
         await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.task.Start(pb.StartRequest(id="c1", exec_id="e1"))
         await kit.task.Pause(pb.PauseRequest(id="c1"))
         assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 4  # PAUSED
+        # so are its execs
+        assert (await kit.task.State(pb.StateRequest(id="c1", exec_id="e1"))).status == 4
         await kit.task.Resume(pb.ResumeRequest(id="c1"))
+        assert (await kit.task.State(pb.StateRequest(id="c1", exec_id="e1"))).status == 2
         with pytest.raises(NotFound):
             await kit.task.State(pb.StateRequest(id="c1", exec_id="nope"))
         await kit.task.Kill(pb.KillRequest(id="c1", signal=15))
         await kit.task.Wait(pb.WaitRequest(id="c1"))
-        await kit.wait_for_events(5)
+        await kit.wait_for_events(8)
     assert kit.topics("c1") == [
-        "/tasks/create", "/tasks/start", "/tasks/paused", "/tasks/resumed", "/tasks/exit",
+        "/tasks/create", "/tasks/exec-added", "/tasks/start", "/tasks/exec-started",
+        "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/exit",
     ]  # fmt: skip
 
 

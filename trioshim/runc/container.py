@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -32,6 +32,7 @@ from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import NotFoundError
+from trioshim.task.instance import CreateRequest
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def should_kill_all(bundle: str) -> bool:
 
 
 class Container:
-    """One container of the shim: init, execs (by id, plus reserved ids), cgroup, rootfs."""
+    """One container of the shim: init, execs (by id), cgroup, rootfs."""
 
     def __init__(
         self,
@@ -102,17 +103,16 @@ class Container:
         self.options = options
         self.rootfs = rootfs
         self.execs: dict[str, ExecProcess] = {}
-        self.reserved: set[str] = set()
         self.cgroup: Cgroup | None = None
         self.failpoints: Failpoints | None = None  # set by the annotations of its spec
 
     def __repr__(self) -> str:
-        return f"<Container {self.id} {self.init.state.name}>"
+        return f"<Container {self.id} {self.init!r}>"
 
     @classmethod
     async def create(
         cls,
-        request: Any,
+        request: CreateRequest,
         *,
         namespace: str,
         reaper: Reaper,
@@ -121,15 +121,13 @@ class Container:
     ) -> Container:
         """Write the bundle files, mount the rootfs, ``runc create``; undo the mounts on error.
 
-        ``request`` is a ``CreateTaskRequest`` (task API v2 or v3); ``options`` its decoded
-        runtime options (decoded here when not given).
+        ``options``: the request's decoded runtime options (decoded here when not given).
         """
-        packed = request.options if request.HasField("options") else None
-        opts = options
-        if opts is None:
-            opts = decode_options(packed)
+        opts = options if options is not None else decode_options(request.options)
         bundle = request.bundle
-        mounts = [Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
+        mounts = [
+            Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs_mounts
+        ]
         rootfs = ""
         if mounts:
             rootfs = os.path.join(bundle, "rootfs")
@@ -145,15 +143,16 @@ class Container:
             criu=opts.criu_path,
             systemd_cgroup=opts.systemd_cgroup,
         )
+        stdio = request.stdio
         init = InitProcess(
             request.id,
             bundle,
             runc,
-            StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal),
+            StdioConfig(stdio.stdin, stdio.stdout, stdio.stderr, stdio.terminal),
             no_pivot=opts.no_pivot_root,
             no_new_keyring=opts.no_new_keyring,
             criu_work_path=opts.criu_work_path,
-            restore=decode_restore_options(packed),
+            restore=decode_restore_options(request.options),
         )
         container = cls(request.id, bundle, init, namespace=namespace, options=opts, rootfs=rootfs)
         try:
@@ -222,19 +221,8 @@ class Container:
             processes.append(info)
         return processes
 
-    def reserve(self, exec_id: str) -> bool:
-        """Claim an exec id (False: in use or being added)."""
-        if exec_id in self.execs or exec_id in self.reserved or exec_id == self.id:
-            return False
-        self.reserved.add(exec_id)
-        return True
-
     def add_exec(self, process: ExecProcess) -> None:
-        self.reserved.discard(process.id)
         self.execs[process.id] = process
-
-    def release(self, exec_id: str) -> None:
-        self.reserved.discard(exec_id)
 
     def remove_exec(self, exec_id: str) -> None:
         self.execs.pop(exec_id, None)
@@ -250,11 +238,3 @@ class Container:
 
     async def unmount_rootfs(self) -> None:
         await unmount_all(self.rootfs)
-
-    async def abandon(self) -> None:
-        """Undo :meth:`create` for a Create that failed after it: the container killed and
-        deleted in runc, its stdio closed, its rootfs unmounted (shielded, errors ignored:
-        the Create reports its own)."""
-        await self.init.abandon()
-        with trio.CancelScope(shield=True), contextlib.suppress(OSError):
-            await unmount_all(self.rootfs)

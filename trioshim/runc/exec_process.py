@@ -17,18 +17,7 @@ from trioshim.runc.process import (
     runc_stdio,
 )
 from trioshim.runc.runc_errors import RuncError
-from trioshim.runc.states import (
-    DELETE,
-    KILL,
-    START,
-    ExecCreated,
-    ExecDeleted,
-    ExecRunning,
-    ExecStartFailed,
-    ExecStopped,
-    State,
-    unknown,
-)
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
 from trioshim.task.errors import (
     FailedPreconditionError,
@@ -46,28 +35,20 @@ class ExecProcess(Process):
         spec: dict[str, Any],
         stdio: StdioConfig,
     ) -> None:
-        super().__init__(exec_id, init.id, stdio, ExecCreated())
+        super().__init__(exec_id, init.id, stdio)
         self.init = init
         self.spec = dict(spec)
         self.spec["terminal"] = stdio.terminal
-
-    def _stopped_state(self) -> State:
-        return ExecStopped()
+        self.start_failed = False
 
     @property
     def pid_file(self) -> str:
         return os.path.join(self.init.bundle, f"{self.id}.pid")
 
-    def status(self) -> str:
-        parent = self.init.status()
-        if parent in ("paused", "pausing"):
-            return parent
-        return self.state.status
-
     async def start(self, open_io: IOOpener) -> None:
         async with self.lock:
-            state = self.state
-            state.check(START)
+            if self.start_failed:
+                raise unknown("cannot start an exec process whose start failed")
             self.io = await self._open_io(open_io, "failed to create runc console socket")
             try:
                 try:
@@ -79,20 +60,17 @@ class ExecProcess(Process):
                         console_socket=self.io.console_socket,
                     )
                 except RuncError as exc:
-                    # Wait returns at once (status 0, no exit time); the exec cannot be retried.
-                    self.state = ExecStartFailed()
-                    self._exited.set()
+                    # It never runs (the kit answers its Wait at once); no retry.
+                    self.start_failed = True
                     raise self.init.runtime_error("OCI runtime exec failed", exc) from exc
                 await self._start_io(self.io, bounded=True)
                 self.pid = read_pid_file(self.pid_file, "failed to retrieve OCI runtime exec pid")
             except BaseException:
                 await self._close_io()
                 raise
-            self._move(state, ExecRunning())
 
     async def kill(self, sig: int) -> None:
         async with self.lock:
-            self.state.check(KILL)
             if self.pid == 0:
                 raise FailedPreconditionError.wrapping("process not created")
             if self.has_exited or self.reaped:
@@ -107,13 +85,15 @@ class ExecProcess(Process):
                 text = runc_errors.go_errno_text(exc.errno or errno.EINVAL)
                 raise unknown(f"exec kill error: unknown error after kill: {text}") from exc
 
+    def resize(self, width: int, height: int) -> None:
+        if self.has_exited:
+            raise unknown("cannot resize a stopped container")
+        super().resize(width, height)
+
     async def delete(self) -> None:
         async with self.lock:
-            state = self.state
-            state.check(DELETE)
             if self.io is not None:
                 await self.io.wait_drained(DELETE_DRAIN_TIMEOUT)
             await self._close_io()
             with contextlib.suppress(OSError):
                 os.remove(self.pid_file)
-            self._move(state, ExecDeleted())

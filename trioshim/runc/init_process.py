@@ -23,24 +23,7 @@ from trioshim.runc.process import (
 from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.runc_errors import RuncError
-from trioshim.runc.states import (
-    CHECKPOINT,
-    DELETE,
-    EXEC,
-    KILL,
-    PAUSE,
-    RESUME,
-    START,
-    UPDATE,
-    InitCreated,
-    InitCreatedCheckpoint,
-    InitDeleted,
-    InitPaused,
-    InitRunning,
-    InitStopped,
-    State,
-    unknown,
-)
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import StdioConfig
 from trioshim.task.errors import (
     NotFoundError,
@@ -80,26 +63,21 @@ class InitProcess(Process):
     ) -> None:
         """``restore``: the flags of ``runc restore`` when created from a checkpoint (its
         paths come from the Create)."""
-        super().__init__(container_id, container_id, stdio, InitCreated())
+        super().__init__(container_id, container_id, stdio)
         self.bundle = bundle
         self.runc = runc
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
         self.work_dir = os.path.join(bundle, "work")
         self.criu_work_path = criu_work_path or self.work_dir
-        self.pausing = False
         self._restore_flags = restore or CheckpointOpts()
         self._restore: CheckpointOpts | None = None
+        """Set while created from a checkpoint: Start runs ``runc restore``."""
+        self.paused = False
 
     @property
     def pid_file(self) -> str:
         return os.path.join(self.bundle, runc_cli.INIT_PID_FILE)
-
-    def status(self) -> str:
-        return "pausing" if self.pausing else self.state.status
-
-    def _stopped_state(self) -> State:
-        return InitStopped()
 
     def runtime_error(self, prefix: str, err: BaseException) -> TaskError:
         return unknown(self.runc.runtime_error(prefix, err))
@@ -119,7 +97,6 @@ class InitProcess(Process):
                     work_path=self.criu_work_path,
                     parent_path=parent,
                 )
-                self.state = InitCreatedCheckpoint()
                 return
             try:
                 await self.runc.create(
@@ -154,16 +131,14 @@ class InitProcess(Process):
 
     async def start(self) -> None:
         async with self.lock:
-            state = self.state
-            state.check(START)
-            if isinstance(state, InitCreatedCheckpoint):
+            if self._restore is not None:
                 await self._restore_checkpoint()
+                self._restore = None
             else:
                 try:
                     await self.runc.start(self.id)
                 except RuncError as exc:
                     raise self.runtime_error("OCI runtime start failed", exc) from exc
-            self._move(state, InitRunning())
 
     async def _restore_checkpoint(self) -> None:
         assert self._restore is not None and self.io is not None
@@ -188,8 +163,6 @@ class InitProcess(Process):
         """Delete the container in runc, close stdio, ``unmount`` the rootfs; only when all
         of it worked is the process ``deleted`` (a failed Delete can be retried)."""
         async with self.lock:
-            state = self.state
-            state.check(DELETE)
             if self.io is not None:
                 await self.io.wait_drained(DELETE_DRAIN_TIMEOUT)
             error: TaskError | None = None
@@ -208,13 +181,11 @@ class InitProcess(Process):
                         error = unknown(f"failed rootfs umount: {exc}")
             if error is not None:
                 raise error
-            self._move(state, InitDeleted())
 
     # -- signals -------------------------------------------------------------------------------
 
     async def kill(self, sig: int, *, all: bool = False) -> None:
         async with self.lock:
-            self.state.check(KILL)
             try:
                 await self.runc.kill(self.id, sig, all=all)
             except RuncError as exc:
@@ -231,26 +202,19 @@ class InitProcess(Process):
 
     async def pause(self) -> None:
         async with self.lock:
-            state = self.state
-            state.check(PAUSE)
-            self.pausing = True
             try:
                 await self.runc.pause(self.id)
             except RuncError as exc:
                 raise self.runtime_error("OCI runtime pause failed", exc) from exc
-            finally:
-                self.pausing = False
-            self._move(state, InitPaused())
+            self.paused = True
 
     async def resume(self) -> None:
         async with self.lock:
-            state = self.state
-            state.check(RESUME)
             try:
                 await self.runc.resume(self.id)
             except RuncError as exc:
                 raise self.runtime_error("OCI runtime resume failed", exc) from exc
-            self._move(state, InitRunning())
+            self.paused = False
 
     async def thaw_after_exit(self) -> None:
         """``runc resume`` for a container that exited while paused (leftovers frozen)."""
@@ -260,7 +224,6 @@ class InitProcess(Process):
 
     async def update(self, resources_json: bytes) -> None:
         async with self.lock:
-            self.state.check(UPDATE)
             try:
                 resources = json.loads(resources_json)
             except ValueError as exc:
@@ -275,7 +238,6 @@ class InitProcess(Process):
     async def checkpoint(self, image_path: str, opts: CheckpointOpts, *, exit: bool) -> None:
         """``runc checkpoint``; criu's failure comes back naming ``<bundle>/criu-dump.log``."""
         async with self.lock:
-            self.state.check(CHECKPOINT)
             work = opts.work_path
             temporary = not work
             if temporary:
@@ -303,4 +265,5 @@ class InitProcess(Process):
 
     def check_exec(self) -> None:
         """Whether an exec may be added now (Exec RPC)."""
-        self.state.check(EXEC)
+        if self._restore is not None:  # the kit allows it in a created container
+            raise unknown("cannot exec in a created state")

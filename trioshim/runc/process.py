@@ -1,15 +1,14 @@
-"""What init and exec processes share: identity, state, stdio, the exit record, Wait.
+"""What init and exec processes share: identity, stdio, the exit record.
 
-A process is in exactly one state object at a time. A state says, for every operation, whether
-it is allowed and, if not, which error the caller gets (the reference's exact texts); a process
-method checks its current state, does the work (a runc call, a signal), and moves to the next
-state only if the state did not change meanwhile (an exit may land while runc runs).
+These are runc's side of the task kit's instances (:mod:`trioshim.runc.backend`): the kit keeps
+the states containerd sees and calls a process only in the states that allow the call; a
+process method does the work (a runc call, a signal).
 
 Operations of one process are serialised by its ``lock`` (the Go shim's per-process mutex).
 Exits never take the lock: :meth:`Process.set_exited` is synchronous, so an exit is recorded the
-moment the exit bookkeeping (``exits.py``) hands it over.
+moment the instance's wait collected it from the reaper.
 
-The states are in :mod:`trioshim.runc.states`; the init is
+The refusals' words are in :mod:`trioshim.runc.states`; the init is
 :class:`~trioshim.runc.init_process.InitProcess`, an exec
 :class:`~trioshim.runc.exec_process.ExecProcess`.
 """
@@ -22,13 +21,14 @@ import trio
 
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import runc_cli, runc_errors
-from trioshim.runc.states import RESIZE, State, unknown
+from trioshim.runc.states import unknown
 from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import (
     DeadlineExceededError,
     TaskError,
 )
+from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT
 
 IO_SETUP_TIMEOUT = 30.0
 """Seconds the stdio setup after runc create/exec may take (a FIFO reader must appear)."""
@@ -57,15 +57,12 @@ def runc_stdio(io: ProcessIO) -> runc_cli.Stdio | None:
 
 
 class Process:
-    """What init and exec processes share: identity, stdio, exit record, the Wait latch."""
+    """What init and exec processes share: identity, stdio, the exit record."""
 
-    def __init__(
-        self, process_id: str, container_id: str, stdio: StdioConfig, state: State
-    ) -> None:
+    def __init__(self, process_id: str, container_id: str, stdio: StdioConfig) -> None:
         self.id = process_id
         self.container_id = container_id
         self.stdio = stdio
-        self.state: State = state
         self.pid = 0
         self.exit_status = 0
         #: wall-clock ns of the exit; None while it has not exited (the Go zero time)
@@ -78,17 +75,7 @@ class Process:
         self.reaped = False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} pid={self.pid} {self.state.name}>"
-
-    def status(self) -> str:
-        return self.state.status
-
-    def _move(self, expected: State, new: State) -> bool:
-        """Go to ``new`` if still in ``expected`` (an exit may have moved us meanwhile)."""
-        if self.state is not expected:
-            return False
-        self.state = new
-        return True
+        return f"<{type(self).__name__} {self.id} pid={self.pid}>"
 
     def _record_exit(self, status: int, exited_at_ns: int) -> None:
         self.exit_status = status
@@ -96,23 +83,15 @@ class Process:
         self._exited.set()
 
     def set_exited(self, status: int, exited_at_ns: int) -> bool:
-        """Record an exit: stopped, Wait released. False if the state ignores exits."""
-        if not self.state.exits:
+        """Record the exit (once: False for another)."""
+        if self.has_exited:
             return False
         self._record_exit(status, exited_at_ns)
-        self.state = self._stopped_state()
         return True
-
-    def _stopped_state(self) -> State:
-        raise NotImplementedError
 
     @property
     def has_exited(self) -> bool:
         return self._exited.is_set()
-
-    async def wait(self) -> None:
-        """Block until the Wait latch is released (once, for every waiter, before or after)."""
-        await self._exited.wait()
 
     async def close_stdin(self) -> None:
         if self.io is not None:
@@ -124,13 +103,8 @@ class Process:
             await self.io.process_exited()
 
     def resize(self, width: int, height: int) -> None:
-        self.state.check(RESIZE)
         if self.io is not None and self.stdio.terminal:
             self.io.resize(width & 0xFFFF, height & 0xFFFF)
-
-    async def release_io(self) -> None:
-        """Close the stdio for good (the container is gone)."""
-        await self._close_io()
 
     async def _close_io(self) -> None:
         io, self.io = self.io, None
@@ -158,6 +132,23 @@ class Process:
         except (StdioError, OSError) as exc:
             what = console_what if self.stdio.terminal else "failed to create init process I/O"
             raise unknown(f"{what}: {exc}") from exc
+
+
+async def output_delivered(process: Process) -> None:
+    """Wait (bounded) until the process's output copiers finished, so that a client learning of
+    the exit has already been handed every byte: containerd 1.6 closes its FIFO readers as soon
+    as the task stopped (see :data:`~trioshim.task.fifo.OUTPUT_FLUSH_TIMEOUT`). A pipe still
+    held by a background child of the process ends the wait at the bound.
+
+    A terminal's output does not end when it hangs up (the process may reopen it), and a
+    background child may keep it open: the exit shuts the console down first (as the reference
+    shim does at exit), so its copier drains what the process wrote and finishes without waiting
+    for the bound (pipe modes have nothing to do at the exit; telling the stdio again once the exit
+    is recorded changes nothing)."""
+    io = process.io
+    if io is not None and not io.drained:
+        await io.process_exited()
+        await io.wait_drained(OUTPUT_FLUSH_TIMEOUT)
 
 
 def read_pid_file(path: str, what: str) -> int:

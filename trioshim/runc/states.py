@@ -1,54 +1,32 @@
-"""The state machines of init and exec processes: which operation each state allows, and the
-exact error (containerd-shim-runc-v2's text and code) it refuses the others with.
+"""containerd's runc shim's words for the refusals of the task kit's states.
 
-A process is in exactly one state object at a time; :mod:`trioshim.runc.process` and its
-subclasses check the state before an operation and move to the next one after it.
-
-Init::
-
-    created ------start------> running <--resume-- paused
-    created(ckpt) --restore--> running ---pause---> paused
-    created, created(ckpt), running, paused --exit--> stopped      (paused: also thawed)
-    created, created(ckpt), stopped --delete--> deleted
-
-Exec::
-
-    created --start--> running --exit--> stopped --delete--> deleted
-    created --start fails--> start-failed (reports "created"; Wait released with status 0)
-    created, start-failed --delete--> deleted
-
-Status strings are containerd's: ``created running paused pausing stopped``.
+Which operation each state allows is the kit's rule (:mod:`trioshim.task.process`); runc's
+shim answers the refusals as containerd-shim-runc-v2 does: bare texts (code Unknown, like Go's
+``errors.New``), NotFound for a deleted process, the lookups' ``container not created: not
+found`` and ``process does not exist <id>: not found``. What an instance refuses itself (an
+exec into a container being restored, a second Start of an exec whose ``runc exec`` failed, a
+Kill of an exec that never ran, resizing one that exited) is in the process modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, Final
 
-from trioshim.task.errors import (
-    FailedPreconditionError,
-    NotFoundError,
-    TaskError,
-    UnknownError,
-)
+from trioshim.task.errors import FailedPreconditionError, NotFoundError, TaskError, UnknownError
+from trioshim.task.states import KIT_REFUSALS, Action
+from trioshim.task.states import State as KitState
+
+if TYPE_CHECKING:
+    from trioshim.task.process import Process as KitProcess
+
+__all__ = ["RuncRefusals", "unknown"]
 
 
 def unknown(message: str) -> UnknownError:
     """A bare-text error (code Unknown, message verbatim), like Go's ``errors.New``."""
     return UnknownError(message)
 
-
-# --- state machines ---------------------------------------------------------------------------
-
-START = "start"
-DELETE = "delete"
-KILL = "kill"
-PAUSE = "pause"
-RESUME = "resume"
-UPDATE = "update"
-CHECKPOINT = "checkpoint"
-EXEC = "exec"
-RESIZE = "resize"
 
 Refusal = Callable[[], TaskError]
 
@@ -61,142 +39,81 @@ def _not_found(message: str) -> Refusal:
     return lambda: NotFoundError.wrapping(message)
 
 
-class State:
-    """One state of a process: its name, what State reports, and the refused operations."""
+_DELETED: Final[Mapping[Action, Refusal]] = {
+    Action.START: _bare("cannot start a deleted process"),
+    Action.DELETE: _not_found("cannot delete a deleted process"),
+    Action.KILL: _not_found("cannot kill a deleted process"),
+}
 
-    name: ClassVar[str]
-    status: ClassVar[str]
-    #: operation -> the error it gets in this state; operations not listed are allowed
-    refused: ClassVar[Mapping[str, Refusal]]
-    #: an exit seen in this state moves the process to stopped (False: the exit is ignored)
-    exits: ClassVar[bool] = True
+INIT: Final[Mapping[KitState, Mapping[Action, Refusal]]] = {
+    KitState.CREATED: {
+        Action.PAUSE: _bare("cannot pause task in created state"),
+        Action.RESUME: _bare("cannot resume task in created state"),
+        Action.CHECKPOINT: _bare("cannot checkpoint a task in created state"),
+    },
+    KitState.RUNNING: {
+        Action.START: _bare("cannot start a running process"),
+        Action.DELETE: _bare("cannot delete a running process"),
+        Action.RESUME: _bare("cannot resume a running process"),
+    },
+    KitState.PAUSED: {
+        Action.START: _bare("cannot start a paused process"),
+        Action.DELETE: _bare("cannot delete a paused process"),
+        Action.PAUSE: _bare("cannot pause a paused container"),
+        Action.EXEC: _bare("cannot exec in a paused state"),
+    },
+    KitState.STOPPED: {
+        Action.START: _bare("cannot start a stopped process"),
+        Action.PAUSE: _bare("cannot pause a stopped container"),
+        Action.RESUME: _bare("cannot resume a stopped container"),
+        Action.UPDATE: _bare("cannot update a stopped container"),
+        Action.CHECKPOINT: _bare("cannot checkpoint a stopped container"),
+        Action.EXEC: _bare("cannot exec in a stopped state"),
+    },
+    KitState.DELETED: {
+        **_DELETED,
+        Action.PAUSE: _bare("cannot pause a deleted process"),
+        Action.RESUME: _bare("cannot resume a deleted process"),
+        Action.UPDATE: _bare("cannot update a deleted process"),
+        Action.CHECKPOINT: _bare("cannot checkpoint a deleted process"),
+        Action.EXEC: _bare("cannot exec in a deleted state"),
+    },
+}
+"""The init's refusals per kit state (containerd-shim-runc-v2 v1.6's texts)."""
 
-    def check(self, operation: str) -> None:
-        refusal = self.refused.get(operation)
-        if refusal is not None:
-            raise refusal()
+_EXEC_RUNNING: Final[Mapping[Action, Refusal]] = {
+    Action.START: _bare("cannot start a running process"),
+    Action.DELETE: _bare("cannot delete a running process"),
+}
 
-    def allows(self, operation: str) -> bool:
-        return operation not in self.refused
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}>"
-
-
-class InitCreated(State):
-    name = status = "created"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        PAUSE: _bare("cannot pause task in created state"),
-        RESUME: _bare("cannot resume task in created state"),
-        CHECKPOINT: _bare("cannot checkpoint a task in created state"),
-    }
-
-
-class InitCreatedCheckpoint(State):
-    """Created from a checkpoint: ``runc restore`` runs at Start."""
-
-    name = "created-checkpoint"
-    status = "created"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        PAUSE: _bare("cannot pause task in created state"),
-        RESUME: _bare("cannot resume task in created state"),
-        CHECKPOINT: _bare("cannot checkpoint a task in created state"),
-        EXEC: _bare("cannot exec in a created state"),
-    }
-
-
-class InitRunning(State):
-    name = status = "running"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a running process"),
-        DELETE: _bare("cannot delete a running process"),
-        RESUME: _bare("cannot resume a running process"),
-    }
-
-
-class InitPaused(State):
-    name = status = "paused"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a paused process"),
-        DELETE: _bare("cannot delete a paused process"),
-        PAUSE: _bare("cannot pause a paused container"),
-        EXEC: _bare("cannot exec in a paused state"),
-    }
+EXEC: Final[Mapping[KitState, Mapping[Action, Refusal]]] = {
+    KitState.CREATED: {},
+    KitState.RUNNING: _EXEC_RUNNING,
+    KitState.PAUSED: _EXEC_RUNNING,
+    KitState.STOPPED: {
+        Action.START: _bare("cannot start a stopped process"),
+        Action.KILL: _not_found("process already finished"),
+    },
+    KitState.DELETED: _DELETED,
+}
+"""An exec's refusals per kit state."""
 
 
-class InitStopped(State):
-    name = status = "stopped"
-    exits = False
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a stopped process"),
-        PAUSE: _bare("cannot pause a stopped container"),
-        RESUME: _bare("cannot resume a stopped container"),
-        UPDATE: _bare("cannot update a stopped container"),
-        CHECKPOINT: _bare("cannot checkpoint a stopped container"),
-        EXEC: _bare("cannot exec in a stopped state"),
-    }
+class RuncRefusals:
+    """The kit's refusals (:mod:`trioshim.task.states`) in the words of :data:`INIT` and
+    :data:`EXEC`; what they do not name keeps the kit's words."""
 
+    def refuse(self, action: Action, process: KitProcess) -> TaskError:
+        if action is Action.START_EXEC:
+            return FailedPreconditionError.wrapping(
+                f"container {process.container_id} init process is not running"
+            )
+        table = INIT if process.is_init else EXEC
+        refusal = table[process.state].get(action)
+        return refusal() if refusal is not None else KIT_REFUSALS.refuse(action, process)
 
-class InitDeleted(State):
-    name = "deleted"
-    status = "stopped"
-    exits = False
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a deleted process"),
-        DELETE: _not_found("cannot delete a deleted process"),
-        KILL: _not_found("cannot kill a deleted process"),
-        PAUSE: _bare("cannot pause a deleted process"),
-        RESUME: _bare("cannot resume a deleted process"),
-        UPDATE: _bare("cannot update a deleted process"),
-        CHECKPOINT: _bare("cannot checkpoint a deleted process"),
-        EXEC: _bare("cannot exec in a deleted state"),
-    }
+    def no_container(self, container_id: str) -> TaskError:
+        return NotFoundError.wrapping("container not created")
 
-
-class ExecCreated(State):
-    name = status = "created"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        KILL: lambda: FailedPreconditionError.wrapping("process not created"),
-    }
-
-
-class ExecStartFailed(State):
-    """``runc exec`` failed: the exec stays "created", its Wait is released, no retry."""
-
-    name = "start-failed"
-    status = "created"
-    exits = False
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start an exec process whose start failed"),
-        KILL: lambda: FailedPreconditionError.wrapping("process not created"),
-    }
-
-
-class ExecRunning(State):
-    name = status = "running"
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a running process"),
-        DELETE: _bare("cannot delete a running process"),
-    }
-
-
-class ExecStopped(State):
-    name = status = "stopped"
-    exits = False
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a stopped process"),
-        KILL: _not_found("process already finished"),
-        RESIZE: _bare("cannot resize a stopped container"),
-    }
-
-
-class ExecDeleted(State):
-    name = "deleted"
-    status = "stopped"
-    exits = False
-    refused: ClassVar[Mapping[str, Refusal]] = {
-        START: _bare("cannot start a deleted process"),
-        DELETE: _not_found("cannot delete a deleted process"),
-        KILL: _not_found("cannot kill a deleted process"),
-        RESIZE: _bare("cannot resize a deleted process"),
-    }
+    def no_exec(self, container_id: str, exec_id: str) -> TaskError:
+        return NotFoundError.wrapping(f"process does not exist {exec_id}")

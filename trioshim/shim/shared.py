@@ -73,7 +73,7 @@ _current_log: contextvars.ContextVar[logging.Logger] = contextvars.ContextVar("s
 
 
 class _ToCurrentShim(logging.Handler):
-    """On the ``trioshim`` logger: a record of a module logger (``trioshim.runc.service``...)
+    """On the ``trioshim`` logger: a record of a module logger (``trioshim.runc.backend``...)
     goes to the log of the daemon whose task tree wrote it."""
 
     def emit(self, record: logging.LogRecord) -> None:

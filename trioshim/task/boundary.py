@@ -6,9 +6,6 @@ both API versions: each request's ids (and a Create's bundle) are checked first,
 are converted to their field-identical v2 twins and back, and a domain error
 (:class:`~trioshim.task.errors.TaskError`, or an invalid id) becomes a ttrpc status here and
 nowhere else.
-
-:func:`check_request` is also what runc's shim checks its requests with
-(:mod:`trioshim.runc.boundary`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ kit's job, not the instance's.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -31,9 +31,11 @@ __all__ = [
     "CreateRequest",
     "ExecRequest",
     "Exit",
+    "HasCreatedPid",
     "Host",
     "Instance",
     "ProcessInfo",
+    "ReadsOwnSpec",
     "SupportsCheckpoint",
     "SupportsCloseStdin",
     "SupportsExec",
@@ -55,6 +57,10 @@ class Host:
     """Start every child through it (one reaper per shim process)."""
     nursery: trio.Nursery
     """Owned by the task service: tasks an instance starts live here and end at shutdown."""
+    report_oom: Callable[[str], None] = field(default=lambda container_id: None)
+    """Publish TaskOOM for a container now: an OOM kill that did not end its init (containerd's
+    runc shim reports those as they happen). One that ends it goes with the exit instead
+    (:attr:`Exit.oom`), which orders the two."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class Exit:
     exit's TaskExit (the hand-off that orders the two)."""
 
     status: int
-    exited_at_ns: int = field(default_factory=time.time_ns)
+    exited_at_ns: int | None = field(default_factory=time.time_ns)
+    """Wall-clock ns; ``None`` for a process that never ran (Go's zero time on the wire)."""
     oom: bool = False
 
 
@@ -91,6 +98,8 @@ class CreateRequest:
     """containerd's ``rootfs`` mounts (``containerd.types.Mount``), unmounted."""
     options: any_pb2.Any | None = None
     checkpoint: str = ""
+    """A checkpoint image to restore the container from (at Start) instead of starting it."""
+    parent_checkpoint: str = ""
 
     async def open_stdio(self) -> Stdio:
         """Open :attr:`stdio` as containerd asked (the caller owns the result)."""
@@ -141,10 +150,27 @@ class Instance(Protocol):
 
 
 @runtime_checkable
+class HasCreatedPid(Protocol):
+    """An instance whose process exists from Create on (``runc create`` made it): Create's
+    reply, its event and State carry this pid before Start."""
+
+    @property
+    def created_pid(self) -> int: ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """Makes containers: the init process of each."""
 
     async def create(self, request: CreateRequest) -> Instance: ...
+
+
+@runtime_checkable
+class ReadsOwnSpec(Protocol):
+    """A backend whose runtime reads ``config.json`` itself (runc): the kit does not refuse a
+    spec it cannot read (:attr:`CreateRequest.spec` is then empty); the runtime reports it."""
+
+    reads_own_spec: bool
 
 
 # The optional operations, one protocol each: the kit serves an RPC when the instance has the

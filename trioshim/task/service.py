@@ -19,11 +19,11 @@ Requests and replies are the ``containerd.task.v2`` messages; the boundary conve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -35,28 +35,24 @@ from trioshim.task.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
-    UnimplementedError,
 )
 from trioshim.task.events import Publish, TaskEvents, timestamp
+from trioshim.task.failpoints import hit, read_failpoints
 from trioshim.task.instance import (
     Backend,
     CreateRequest,
     ExecRequest,
     Exit,
+    HasCreatedPid,
     Host,
-    SupportsCheckpoint,
-    SupportsCloseStdin,
+    Instance,
+    ReadsOwnSpec,
     SupportsExec,
-    SupportsPause,
-    SupportsPids,
-    SupportsResize,
-    SupportsResume,
-    SupportsStats,
-    SupportsUpdate,
 )
-from trioshim.task.process import Process, State
-from trioshim.task.stdio import StdioSpec, check_supported
+from trioshim.task.optional import Container, OptionalRPCs, unimplemented
+from trioshim.task.process import Action, Process, State
+from trioshim.task.states import KIT_REFUSALS, HasRefusals
+from trioshim.task.stdio import StdioSpec
 from trioshim.ttrpc.server import RequestContext
 
 __all__ = ["Container", "TaskService"]
@@ -74,15 +70,7 @@ _SIGKILL = 9
 _FAILED_WAIT_STATUS = 255
 
 
-@dataclass(eq=False)
-class Container:
-    id: str
-    bundle: str
-    init: Process
-    execs: dict[str, Process] = field(default_factory=dict)
-
-
-class TaskService:
+class TaskService(OptionalRPCs):
     """Every container of one shim daemon, served over ``backend``."""
 
     def __init__(
@@ -94,29 +82,13 @@ class TaskService:
         shutdown: Callable[[str], None],
     ) -> None:
         self.backend = backend
-        self.host = host
+        self.refusals = backend.refusals if isinstance(backend, HasRefusals) else KIT_REFUSALS
         self.events = TaskEvents(publish)
+        self.host = dataclasses.replace(host, report_oom=self.events.oom)
         self._shutdown = shutdown
         self.containers: dict[str, Container] = {}
         self._reserved: set[tuple[str, str]] = set()  # ids being created or exec'd
         self._busy: set[Process] = set()  # a Start or Delete in progress
-
-    # -- lookups ---------------------------------------------------------------------------
-
-    def container(self, container_id: str) -> Container:
-        container = self.containers.get(container_id)
-        if container is None:
-            raise NotFoundError(f"container {container_id} not created")
-        return container
-
-    def process(self, container_id: str, exec_id: str) -> Process:
-        container = self.container(container_id)
-        if not exec_id:
-            return container.init
-        process = container.execs.get(exec_id)
-        if process is None:
-            raise NotFoundError(f"exec {exec_id} does not exist in container {container_id}")
-        return process
 
     def _claim(self, process: Process) -> None:
         if process in self._busy:
@@ -130,10 +102,11 @@ class TaskService:
         if req.id in self.containers or key in self._reserved:
             raise AlreadyExistsError(f"container {req.id}: already exists")
         stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
-        check_supported(stdio)
         self._reserved.add(key)
         try:
-            spec = await _read_spec(req.bundle)
+            spec = await _read_spec(req.bundle, lenient=isinstance(self.backend, ReadsOwnSpec))
+            failpoints = read_failpoints(req.bundle)
+            await hit(failpoints, "Create")
             instance = await self.backend.create(
                 CreateRequest(
                     id=req.id,
@@ -144,26 +117,31 @@ class TaskService:
                     rootfs_mounts=tuple(req.rootfs),
                     options=req.options if req.HasField("options") else None,
                     checkpoint=req.checkpoint,
+                    parent_checkpoint=req.parent_checkpoint,
                 )
             )
-            init = Process(req.id, "", instance, stdio)
-            self.containers[req.id] = Container(req.id, req.bundle, init)
+            await _undo_on_failure(instance, hit(failpoints, "Create.after"))
+            init = Process(req.id, "", instance, stdio, refusals=self.refusals)
+            init.pid = instance.created_pid if isinstance(instance, HasCreatedPid) else 0
+            self.containers[req.id] = Container(req.id, req.bundle, init, failpoints=failpoints)
         finally:
             self._reserved.discard(key)
-        self.events.create(req.id, req.bundle, stdio, 0)
-        return pb.CreateTaskResponse()
+        self.events.create(
+            req.id, req.bundle, stdio, init.pid, rootfs=req.rootfs, checkpoint=req.checkpoint
+        )
+        return pb.CreateTaskResponse(pid=init.pid)
 
     async def Exec(self, ctx: RequestContext, req: pb.ExecProcessRequest) -> empty_pb2.Empty:
         container = self.container(req.id)
+        await hit(container.failpoints, "Exec")
         key = (req.id, req.exec_id)
         if req.exec_id in container.execs or key in self._reserved:
             raise AlreadyExistsError(f"id {req.exec_id}: already exists")
-        container.init.check_running("exec in")
+        container.init.check_exec()
         init = container.init.instance
         if not isinstance(init, SupportsExec):
-            raise _unimplemented("Exec")
+            raise unimplemented("Exec")
         stdio = StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)
-        check_supported(stdio)
         try:
             process_spec = json.loads(req.spec.value or b"{}")
         except ValueError as exc:
@@ -173,7 +151,12 @@ class TaskService:
             instance = await init.exec(
                 ExecRequest(req.id, req.exec_id, stdio, self.host, process_spec)
             )
-            container.execs[req.exec_id] = Process(req.id, req.exec_id, instance, stdio)
+            await _undo_on_failure(instance, hit(container.failpoints, "Exec.after"))
+            if self.containers.get(req.id) is not container:  # deleted meanwhile
+                await _undo_on_failure(instance, _raise(self.refusals.no_container(req.id)))
+            container.execs[req.exec_id] = Process(
+                req.id, req.exec_id, instance, stdio, refusals=self.refusals
+            )
         finally:
             self._reserved.discard(key)
         self.events.exec_added(req.id, req.exec_id)
@@ -183,22 +166,42 @@ class TaskService:
 
     async def Start(self, ctx: RequestContext, req: pb.StartRequest) -> pb.StartResponse:
         container = self.container(req.id)
+        await hit(container.failpoints, "Start")
         process = self.process(req.id, req.exec_id)
         process.check_start()
-        if not process.is_init:
-            container.init.check_running("start an exec in")
+        if process.is_init:
+            pid = await self._start(container, process)
+        else:
+            if container.init_exited:
+                raise self.refusals.refuse(Action.START_EXEC, container.init)
+            container.init.check_running(Action.START_EXEC)
+            # Counted until it is watched: the init's exit waits for it (its exit comes first).
+            container.exec_start_begins()
+            try:
+                pid = await self._start(container, process)
+            finally:
+                container.exec_start_ends()
+        await hit(container.failpoints, "Start.after")
+        return pb.StartResponse(pid=pid)
+
+    async def _start(self, container: Container, process: Process) -> int:
+        """Start the instance; publish its start and begin watching for its exit."""
         self._claim(process)
         try:
             pid = await process.instance.start()
+        except Exception:
+            if not process.is_init:
+                process.start_failed()
+            raise
         finally:
             self._busy.discard(process)
         process.started(pid)
         if process.is_init:
-            self.events.start(req.id, pid)
+            self.events.start(container.id, pid)
         else:
-            self.events.exec_started(req.id, req.exec_id, pid)
+            self.events.exec_started(container.id, process.exec_id, pid)
         self.host.nursery.start_soon(self._watch, container, process)
-        return pb.StartResponse(pid=pid)
+        return pid
 
     async def _watch(self, container: Container, process: Process) -> None:
         """The one caller of ``instance.wait()``: records the exit, in the guaranteed order."""
@@ -215,7 +218,10 @@ class TaskService:
         process.exited(exit)
 
     async def _end_execs(self, container: Container) -> None:
-        """The init is gone: its execs go too, and their exits come before the init's."""
+        """The init is gone: its execs go too, and their exits come before the init's (an exec
+        whose Start is in progress is waited for, and then ended too)."""
+        container.init_exited = True
+        await container.exec_starts_ended()
         for exec_process in list(container.execs.values()):
             if exec_process.state in (State.RUNNING, State.PAUSED):
                 try:
@@ -226,6 +232,7 @@ class TaskService:
 
     async def Kill(self, ctx: RequestContext, req: pb.KillRequest) -> empty_pb2.Empty:
         container = self.container(req.id)
+        await hit(container.failpoints, "Kill")
         process = self.process(req.id, req.exec_id)
         process.check_kill()
         never_started = process.state is State.CREATED and process not in self._busy
@@ -242,6 +249,7 @@ class TaskService:
 
     async def Delete(self, ctx: RequestContext, req: pb.DeleteRequest) -> pb.DeleteResponse:
         container = self.container(req.id)
+        await hit(container.failpoints, "Delete")
         process = self.process(req.id, req.exec_id)
         process.check_delete()
         self._claim(process)
@@ -272,11 +280,13 @@ class TaskService:
         container = self.container(req.id)
         process = self.process(req.id, req.exec_id)
         exit = process.exit
+        # An exec of a paused container is paused too (containerd's runc shim says so).
+        paused = container.init.state is State.PAUSED
         return pb.StateResponse(
             id=process.exec_id or req.id,
             bundle=container.bundle,
             pid=process.pid,
-            status=_STATUS[process.state],
+            status=task_types.PAUSED if paused else _STATUS[process.state],
             stdin=process.stdio.stdin,
             stdout=process.stdio.stdout,
             stderr=process.stdio.stderr,
@@ -286,92 +296,11 @@ class TaskService:
             exec_id=req.exec_id,
         )
 
-    async def Pids(self, ctx: RequestContext, req: pb.PidsRequest) -> pb.PidsResponse:
-        init = self.container(req.id).init.instance
-        if not isinstance(init, SupportsPids):
-            raise _unimplemented("Pids")
-        infos = await init.pids()
-        return pb.PidsResponse(
-            processes=[
-                task_types.ProcessInfo(pid=i.pid, info=i.info)
-                if i.info
-                else task_types.ProcessInfo(pid=i.pid)
-                for i in infos
-            ]
-        )
-
-    async def Stats(self, ctx: RequestContext, req: pb.StatsRequest) -> pb.StatsResponse:
-        instance = self.container(req.id).init.instance
-        if not isinstance(instance, SupportsStats):
-            raise _unimplemented("Stats")
-        stats = await instance.stats()
-        return pb.StatsResponse(stats=stats) if stats is not None else pb.StatsResponse()
-
     async def Connect(self, ctx: RequestContext, req: pb.ConnectRequest) -> pb.ConnectResponse:
         container = self.containers.get(req.id)
         return pb.ConnectResponse(
             shim_pid=os.getpid(), task_pid=container.init.pid if container else 0
         )
-
-    # -- changing ------------------------------------------------------------------------
-
-    async def Pause(self, ctx: RequestContext, req: pb.PauseRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsPause):
-            raise _unimplemented("Pause")
-        init.check_pause()
-        await instance.pause()
-        init.paused()
-        self.events.paused(req.id)
-        return empty_pb2.Empty()
-
-    async def Resume(self, ctx: RequestContext, req: pb.ResumeRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsResume):
-            raise _unimplemented("Resume")
-        init.check_resume()
-        await instance.resume()
-        init.resumed()
-        self.events.resumed(req.id)
-        return empty_pb2.Empty()
-
-    async def Update(self, ctx: RequestContext, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsUpdate):
-            raise _unimplemented("Update")
-        init.check_running("update")
-        await instance.update(req.resources, dict(req.annotations))
-        return empty_pb2.Empty()
-
-    async def ResizePty(self, ctx: RequestContext, req: pb.ResizePtyRequest) -> empty_pb2.Empty:
-        process = self.process(req.id, req.exec_id)
-        instance = process.instance
-        if not isinstance(instance, SupportsResize):
-            raise _unimplemented("ResizePty")
-        await instance.resize(req.width, req.height)
-        return empty_pb2.Empty()
-
-    async def CloseIO(self, ctx: RequestContext, req: pb.CloseIORequest) -> empty_pb2.Empty:
-        process = self.process(req.id, req.exec_id)
-        if req.stdin:
-            instance = process.instance
-            if not isinstance(instance, SupportsCloseStdin):
-                raise _unimplemented("CloseIO")
-            await instance.close_stdin()
-        return empty_pb2.Empty()
-
-    async def Checkpoint(
-        self, ctx: RequestContext, req: pb.CheckpointTaskRequest
-    ) -> empty_pb2.Empty:
-        init = self.container(req.id).init
-        instance = init.instance
-        if not isinstance(instance, SupportsCheckpoint):
-            raise _unimplemented("Checkpoint")
-        await instance.checkpoint(req.path, req.options if req.HasField("options") else None)
-        return empty_pb2.Empty()
 
     async def Shutdown(self, ctx: RequestContext, req: pb.ShutdownRequest) -> empty_pb2.Empty:
         if not self.containers and not self._reserved:
@@ -379,17 +308,33 @@ class TaskService:
         return empty_pb2.Empty()
 
 
-def _unimplemented(rpc: str) -> UnimplementedError:
-    """An optional operation (:data:`~trioshim.task.instance.OPTIONAL`) the backend lacks."""
-    return UnimplementedError(f"{rpc} is not implemented by this shim")
+async def _undo_on_failure(instance: Instance, step: Awaitable[None]) -> None:
+    """Run ``step``; if it fails, the instance (made, not yet the service's) is deleted."""
+    try:
+        await step
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await instance.delete()
+            except Exception:
+                log.exception("deleting an instance whose request failed")
+        raise
 
 
-async def _read_spec(bundle: str) -> dict[str, Any]:
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+async def _read_spec(bundle: str, *, lenient: bool) -> dict[str, Any]:
+    """``<bundle>/config.json``; a bad one is InvalidArgument, or (``lenient``) ``{}``, for a
+    backend whose runtime reads and reports it itself."""
     path = trio.Path(bundle, "config.json")
     try:
         spec = json.loads(await path.read_bytes())
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
+        if lenient:
+            return {}
         raise InvalidArgumentError(f"read OCI spec {path}: {exc}") from None
-    if not isinstance(spec, dict):
-        raise InvalidArgumentError(f"read OCI spec {path}: not a JSON object")
     return spec
