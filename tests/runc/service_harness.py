@@ -31,6 +31,7 @@ from trioshim.task.boundary import task_services
 from trioshim.task.instance import Host
 from trioshim.task.service import TaskService
 from trioshim.ttrpc.errors import TTRPCError
+from trioshim.ttrpc.registry import Intercepted
 from trioshim.ttrpc.server import RequestContext
 
 CTX = RequestContext(service="containerd.task.v2.Task", method="test")
@@ -130,8 +131,10 @@ class Harness:
     async def call(self, rpc: str, request: Message) -> Any:
         """``rpc`` as containerd calls it: through the service's boundary (ids checked,
         domain errors turned into ttrpc statuses)."""
-        handlers = task_services(self.service)[0][1]  # containerd.task.v2.Task's
-        return await getattr(handlers, rpc)(CTX, request)
+        served = task_services(self.service)[0][1]  # containerd.task.v2.Task's
+        assert isinstance(served, Intercepted)
+        handler = getattr(served.implementation, rpc)
+        return await served.interceptor(CTX, request, handler)
 
     async def fails(self, rpc: str, request: Message) -> TTRPCError:
         with pytest.raises(TTRPCError) as info:
