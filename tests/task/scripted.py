@@ -53,8 +53,13 @@ class ScriptedInit(Scripted):
         self.execs[request.exec_id] = process
         return process
 
+    pause_gate: trio.Event | None = None
+    """Set by a test: pause waits for it (a Pause in progress)."""
+
     async def pause(self) -> None:
         self.calls.append(f"pause {self.name}")
+        if self.pause_gate is not None:
+            await self.pause_gate.wait()
 
     async def resume(self) -> None:
         self.calls.append(f"resume {self.name}")

@@ -116,3 +116,21 @@ async def test_containers_are_grouped_and_shutdown_waits_for_the_last(
         await kit.task.Delete(pb.DeleteRequest(id="c2"))
         await kit.task.Shutdown(pb.ShutdownRequest(id="c2"))
         assert await kit.shim.wait() == 0
+
+
+async def test_an_init_being_paused_is_pausing(mock_clock: trio.testing.MockClock) -> None:
+    backend = ScriptedBackend()
+    async with open_task_shim(backend) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        gate = backend.inits["c1"].pause_gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kit.task.Pause, pb.PauseRequest(id="c1"))
+            await trio.testing.wait_all_tasks_blocked()  # the Pause waits in the backend
+            assert backend.calls[-1] == "pause c1"
+            state = await kit.task.State(pb.StateRequest(id="c1"))
+            assert state.status == 5  # PAUSING, as containerd's runc shim answers meanwhile
+            gate.set()
+        assert (await kit.task.State(pb.StateRequest(id="c1"))).status == 4  # PAUSED
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=9))
+        await kit.task.Wait(pb.WaitRequest(id="c1"))

@@ -111,7 +111,11 @@ class OptionalRPCs:
         if not isinstance(instance, SupportsPause):
             raise unimplemented("Pause")
         init.check_pause()
-        await instance.pause()
+        init.pausing = True
+        try:
+            await instance.pause()
+        finally:
+            init.pausing = False
         init.paused()
         self.events.paused(req.id)
         return empty_pb2.Empty()

@@ -46,6 +46,8 @@ class Process:
     pid: int = 0
     exit: Exit | None = None
     watched: bool = False
+    pausing: bool = False
+    """A Pause of it is in progress (State says PAUSING meanwhile, as containerd's runc shim)."""
     """The kit waits for its exit (started, or killed before Start)."""
     refusals: Refusals = KIT_REFUSALS
     _exited: trio.Event = field(default_factory=trio.Event, repr=False)

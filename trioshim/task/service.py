@@ -280,13 +280,19 @@ class TaskService(OptionalRPCs):
         container = self.container(req.id)
         process = self.process(req.id, req.exec_id)
         exit = process.exit
-        # An exec of a paused container is paused too (containerd's runc shim says so).
-        paused = container.init.state is State.PAUSED
+        # An exec of a paused container is paused too (containerd's runc shim says so), and an
+        # init being paused is PAUSING until its Pause returns.
+        if process.pausing:
+            status = task_types.PAUSING
+        elif container.init.state is State.PAUSED:
+            status = task_types.PAUSED
+        else:
+            status = _STATUS[process.state]
         return pb.StateResponse(
             id=process.exec_id or req.id,
             bundle=container.bundle,
             pid=process.pid,
-            status=task_types.PAUSED if paused else _STATUS[process.state],
+            status=status,
             stdin=process.stdio.stdin,
             stdout=process.stdio.stdout,
             stderr=process.stdio.stderr,
