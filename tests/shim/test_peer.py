@@ -1,5 +1,5 @@
 """The start reply per containerd line (trioshim.shim.peer) and 2.3's stdin told apart from an
-options Any (trioshim.shim.main._parse_stdin), from bytes built here."""
+options Any (trioshim.shim.startplan.parse_stdin), from bytes built here."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from google.protobuf.message import DecodeError
 from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.shim.flags import parse_flags
-from trioshim.shim.main import StartError, _parse_stdin
 from trioshim.shim.peer import containerd_task_api, go_build_info, start_reply
+from trioshim.shim.startplan import StartError, parse_stdin
 
 ADDRESS = "unix:///run/containerd/s/" + "ab" * 32
 SENTINEL = bytes(range(16))
@@ -139,7 +139,7 @@ def runc_options() -> any_pb2.Any:
 
 
 def test_empty_stdin_is_no_options() -> None:
-    assert _parse_stdin(b"", FLAGS) == (None, None)
+    assert parse_stdin(b"", FLAGS) == (None, None)
 
 
 def test_options_any_is_not_bootstrap_params() -> None:
@@ -148,7 +148,7 @@ def test_options_any_is_not_bootstrap_params() -> None:
     # namespace), which is why the id and namespace must match.
     parsed = bootstrap_pb2.BootstrapParams.FromString(data)
     assert parsed.instance_id == "containerd.runc.v1.Options"
-    options, bootstrap = _parse_stdin(data, FLAGS)
+    options, bootstrap = parse_stdin(data, FLAGS)
     assert bootstrap is None and options == runc_options()
 
 
@@ -158,7 +158,7 @@ def test_any_that_parses_as_bootstrap_params_with_our_id_is_still_an_any() -> No
     weird = any_pb2.Any(type_url="c1", value=b"some-other-ns")
     data = weird.SerializeToString()
     assert bootstrap_pb2.BootstrapParams.FromString(data).instance_id == "c1"
-    options, bootstrap = _parse_stdin(data, FLAGS)
+    options, bootstrap = parse_stdin(data, FLAGS)
     assert bootstrap is None and options == weird
 
 
@@ -176,7 +176,7 @@ def test_bootstrap_params_with_options_extension() -> None:
     other = any_pb2.Any(type_url="type.googleapis.com/containerd.types.Platform", value=b"")
     params.extensions.add().value.CopyFrom(other)
     params.extensions.add().value.CopyFrom(runc_options())
-    options, bootstrap = _parse_stdin(params.SerializeToString(), FLAGS)
+    options, bootstrap = parse_stdin(params.SerializeToString(), FLAGS)
     assert options == runc_options()
     assert bootstrap is not None and bootstrap.socket_dir == "/run/containerd/s"
     assert bootstrap.log_level == bootstrap_pb2.LOG_LEVEL_TRACE
@@ -185,13 +185,13 @@ def test_bootstrap_params_with_options_extension() -> None:
 def test_bootstrap_params_for_another_instance_is_not_ours() -> None:
     """Not our id: read as an Any (field 1, the instance id, is its type URL)."""
     params = bootstrap_pb2.BootstrapParams(instance_id="c2", namespace="testns")
-    options, bootstrap = _parse_stdin(params.SerializeToString(), FLAGS)
+    options, bootstrap = parse_stdin(params.SerializeToString(), FLAGS)
     assert bootstrap is None and options is not None and options.type_url == "c2"
     # Without an instance id it is neither: refused.
     with pytest.raises(StartError, match="no type URL"):
-        _parse_stdin(bootstrap_pb2.BootstrapParams(namespace="testns").SerializeToString(), FLAGS)
+        parse_stdin(bootstrap_pb2.BootstrapParams(namespace="testns").SerializeToString(), FLAGS)
 
 
 def test_unreadable_stdin_is_an_error() -> None:
     with pytest.raises(StartError, match="unreadable options"):
-        _parse_stdin(b"\xff\xff\xff\xff", FLAGS)
+        parse_stdin(b"\xff\xff\xff\xff", FLAGS)

@@ -23,11 +23,11 @@ from tests.shim.test_shared_control import _init
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import TTRPC_PLUGIN, Flags, Manager, Registration, Registry
 from trioshim.shim.address import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV, new_socket, read_address
-from trioshim.shim.main import plan_start
 from trioshim.shim.manager import StopContext, StopStatus
 from trioshim.shim.shared import SharedShims, idle_timeout, route_module_logs
 from trioshim.shim.sharedclient import ShimSpec, ask
 from trioshim.shim.sharedcontainerd import Containerd
+from trioshim.shim.startplan import plan_start
 from trioshim.testing import connect_task, open_fake_containerd
 
 CONTAINERD = "/run/nowhere/containerd.sock"

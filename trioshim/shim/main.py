@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 import platform
 import signal
@@ -33,10 +32,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
 import trio
-from google.protobuf import any_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf import timestamp_pb2
 
-from trioshim.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim import address as addr
 from trioshim.shim.cmdline import daemon_argv, program_path
@@ -51,11 +48,19 @@ from trioshim.shim.flags import (
 )
 from trioshim.shim.forking import Fork, fork_process
 from trioshim.shim.log import open_log_fifo, setup_logger
-from trioshim.shim.manager import Manager, StartContext, StopContext
-from trioshim.shim.peer import start_reply
+from trioshim.shim.manager import Manager, StopContext
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
-from trioshim.shim.sharedclient import ShimSpec, hand_over, remove_stale_control
+from trioshim.shim.sharedclient import hand_over, remove_stale_control
+from trioshim.shim.startplan import (
+    StartError,
+    StartPlan,
+    adjust_oom_score,
+    bind_socket,
+    plan_start,
+    sched_core_create,
+    ttrpc_address_of,
+)
 
 __all__ = [
     "StartError",
@@ -70,13 +75,8 @@ __all__ = [
     "run",
 ]
 
-_BOOTSTRAP_PREFIX = "type.googleapis.com/"
 _SCHED_CORE_ENV = "SCHED_CORE"
 _DELETE_LOG = "trioshim.delete"
-
-
-class StartError(Exception):
-    """The start action failed (message goes to containerd through the combined output)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def run(
         if flags.action == "delete":
             return _delete(manager, flags, io)
         if flags.action == "":
-            return daemon_main(manager, flags, registry, ttrpc_address=_ttrpc_address(flags, env))
+            return daemon_main(manager, flags, registry, ttrpc_address=ttrpc_address_of(flags, env))
         raise FlagError(f"unknown action {flags.action!r} (start, delete, or none for the daemon)")
     except Exception as exc:
         _say(io.stderr, f"{manager.name}: {exc}\n")
@@ -182,11 +182,6 @@ def action_flags(flags: Flags, env: Mapping[str, str]) -> Flags:
     return flags
 
 
-def _ttrpc_address(flags: Flags, env: Mapping[str, str]) -> str:
-    value = env.get("TTRPC_ADDRESS") or (flags.address + ".ttrpc" if flags.address else "")
-    return value.removeprefix("unix://")
-
-
 # ---------------------------------------------------------------------------------------------
 # -info
 
@@ -201,134 +196,6 @@ def _info(manager: Manager, io: _IO) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # start
-
-
-def _parse_stdin(
-    data: bytes, flags: Flags
-) -> tuple[any_pb2.Any | None, bootstrap_pb2.BootstrapParams | None]:
-    """Options ``Any`` (pre-2.3) or ``BootstrapParams`` (2.3+; told apart by its instance id
-    and namespace matching our flags: containerd 2.3 sends it, earlier lines an ``Any``)."""
-    if not data:
-        return None, None
-    params = bootstrap_pb2.BootstrapParams()
-    with contextlib.suppress(DecodeError):
-        params.ParseFromString(data)
-        if params.instance_id == flags.id and params.namespace == flags.namespace:
-            options = next(
-                (
-                    ext.value
-                    for ext in params.extensions
-                    if not ext.value.type_url.startswith(_BOOTSTRAP_PREFIX)
-                ),
-                None,
-            )
-            return options, params
-    options = any_pb2.Any()
-    try:
-        options.ParseFromString(data)
-    except DecodeError as exc:
-        raise StartError(f"unreadable options on stdin ({len(data)} bytes): {exc}") from exc
-    if not options.type_url:
-        raise StartError(f"unreadable options on stdin ({len(data)} bytes): no type URL")
-    return options, None
-
-
-def adjust_oom_score(pid: int, containerd_pid: int) -> None:
-    """Daemon's ``oom_score_adj`` = containerd's + 1 (clamped); permission errors ignored."""
-    try:
-        with open(f"/proc/{containerd_pid}/oom_score_adj") as f:
-            score = int(f.read().strip())
-        value = max(-1000, min(1000, score + 1))
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(str(value))
-    except PermissionError:
-        return
-    except OSError as exc:
-        if exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
-            return
-        raise StartError(f"failed to adjust OOM score for shim: {exc}") from exc
-
-
-def _sched_core_create() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's libc; no ldconfig child
-    # PR_SCHED_CORE=62, PR_SCHED_CORE_CREATE=1, pid 0, PIDTYPE_PGID=2
-    if libc.prctl(62, 1, 0, 2, 0) != 0:
-        err = ctypes.get_errno()
-        raise StartError(f"enable sched core support: {os.strerror(err)}")
-
-
-def bind_socket(address: str) -> socket.socket | None:
-    """Bind the address; ``None`` when a live daemon already serves it (reuse)."""
-    try:
-        return addr.new_socket(address)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise StartError(f"create new shim socket: {exc}") from exc
-    if addr.can_connect(address):
-        return None
-    addr.remove_socket(address)
-    try:
-        return addr.new_socket(address)
-    except OSError as exc:
-        raise StartError(f"try create new shim socket 2x: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class StartPlan:
-    """What a start computes before it binds: the daemon's identity, its address, the reply."""
-
-    ctx: StartContext
-    address: str
-    reply: bytes
-
-    @property
-    def address_file(self) -> str:
-        return os.path.join(self.ctx.bundle, "address")
-
-    def spec(self) -> ShimSpec:
-        ctx = self.ctx
-        return ShimSpec(ctx.flags, ctx.bundle, ctx.ttrpc_address, self.address)
-
-
-def plan_start(
-    manager: Manager, flags: Flags, stdin: bytes, env: Mapping[str, str], containerd_pid: int
-) -> StartPlan:
-    """Read the options (``stdin``), compute the grouping key, address and reply."""
-    bundle = os.path.abspath(flags.bundle or os.getcwd())
-    options, bootstrap = _parse_stdin(stdin, flags)
-    ttrpc_address = _ttrpc_address(flags, env)
-    debug = flags.debug
-    if bootstrap is not None:
-        if bootstrap.containerd_ttrpc_address:
-            ttrpc_address = bootstrap.containerd_ttrpc_address.removeprefix("unix://")
-        debug = debug or bootstrap.log_level <= bootstrap_pb2.LOG_LEVEL_DEBUG
-    if debug != flags.debug:
-        flags = dataclasses.replace(flags, debug=debug)
-    ctx = StartContext(
-        flags=flags,
-        bundle=bundle,
-        ttrpc_address=ttrpc_address,
-        options=options,
-        bootstrap=bootstrap,
-    )
-    key = manager.grouping_key(ctx)
-    socket_dir = manager.socket_dir_in(env)
-    if bootstrap is not None and bootstrap.HasField("socket_dir") and bootstrap.socket_dir:
-        socket_dir = bootstrap.socket_dir
-    address = addr.socket_address(flags.address, flags.namespace, key, socket_dir=socket_dir)
-    # The address file keeps the plain address whatever the reply: 1.6/1.7 read it verbatim
-    # on restart, 2.x reads the bootstrap.json it wrote from the reply.
-    reply = start_reply(
-        address,
-        max_task_api=manager.max_task_api,
-        environ=env,
-        publish_binary=flags.publish_binary,
-        containerd_pid=containerd_pid,
-        bootstrap=bootstrap is not None,
-    )
-    return StartPlan(ctx, address, reply)
 
 
 def _start(
@@ -355,7 +222,7 @@ def _start(
     try:
         addr.write_address(address_file, address)
         if env.get(_SCHED_CORE_ENV):
-            _sched_core_create()
+            sched_core_create()
         if manager.shared:
             # Served by the runtime's shared process: its placement is that of the start
             # that forked it (no per-daemon shim cgroup), and it is never ours to kill.

@@ -26,14 +26,9 @@ from typing import TYPE_CHECKING, Any
 from trioshim.shim import address as addr
 from trioshim.shim.flags import FlagError, Flags, parse_flags
 from trioshim.shim.log import LOG_NAME, LogrusFormatter, StreamHandler
-from trioshim.shim.main import (
-    action_flags,
-    adjust_oom_score,
-    bind_socket,
-    delete_bundle,
-    plan_start,
-)
+from trioshim.shim.main import action_flags, delete_bundle
 from trioshim.shim.manager import StopContext
+from trioshim.shim.startplan import adjust_oom_score, bind_socket, plan_start
 
 if TYPE_CHECKING:
     from trioshim.shim.shared import SharedShims
