@@ -1,4 +1,5 @@
-"""A WASI child in a real cgroup of this host: placement, limits, Stats, an OOM kill, removal.
+"""A WASI child in a real cgroup of this host: placement, limits, Stats, an OOM kill, removal,
+and the OOM reports (live, or with the exit) through run_module and WasmEngine.
 
 These make cgroups under /sys/fs/cgroup (root needed), each with a name of its own so that
 nothing is shared with containerd's or another test's.
@@ -16,9 +17,10 @@ import trio
 
 from tests.wasm import modules
 from tests.wasm.harness import Run, run
+from tests.wasm.test_engine import Context, Fds
 from trioshim.shim.cgroups import CgroupV1, is_unified, load_cgroup
 from trioshim.shim.reaper import open_reaper
-from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmProcess
+from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmEngine, WasmProcess
 from trioshim.wasm.cgroup import DEFAULT_ROOT
 
 MIB = 1 << 20
@@ -183,3 +185,32 @@ async def test_an_oom_that_does_not_kill_the_module_is_reported_while_it_runs(
     assert outcome.status == 137  # our SIGKILL, not the OOM killer's
     assert not outcome.process.oom_killed
     assert outcome.process.oom_reports >= 1 and outcome.process.oom
+
+
+async def test_the_engine_tells_an_oom_kill_once(rootfs: Path, cgroup_name: str) -> None:
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    async with open_reaper() as reaper:
+        ctx = Context(
+            reaper, str(rootfs), [module], Fds(None, None, None), spec=_spec(cgroup_name, 96 * MIB)
+        )
+        assert await WasmEngine(cache_dir=None).run(ctx) == 137
+    # live (ctx.report_oom) if the watch read it before the reap, else with the exit (ctx.oom)
+    assert ctx.ooms in (["live"], ["exit"])
+
+
+@pytest.mark.skipif(is_unified(), reason="cgroup v2 has no switch for the OOM killer")
+async def test_the_engine_reports_a_stalled_modules_oom_while_it_runs(
+    rootfs: Path, cgroup_name: str
+) -> None:
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    spec = _spec(cgroup_name, memory=96 * MIB, oom_killer=False)
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        ctx = Context(reaper, str(rootfs), [module], Fds(None, None, None), spec=spec)
+
+        async def kill_once_reported() -> None:
+            await ctx.oom_reported.wait()  # the module is stalled: only this kill ends it
+            ctx.signals.deliver(9)
+
+        nursery.start_soon(kill_once_reported)
+        assert await WasmEngine(cache_dir=None).run(ctx) == 137
+    assert ctx.ooms and set(ctx.ooms) == {"live"}  # reported live; the exit carries none
