@@ -123,9 +123,9 @@ async def run_module(
     (never, if it cannot be loaded: the status is then 126). ``on_oom`` is called as each OOM
     notification of the cgroup comes while the child lives (see :meth:`WasmProcess.watch_ooms`;
     those it did not see are :attr:`WasmProcess.oom_at_exit`). Each signal number received
-    from ``signals`` is delivered to the child. The container's cgroup, when the spec names one, is
-    made with its limits and removed once the child is reaped. Cancelling the call kills and
-    reaps the child first. ``cache_dir`` (None: compile on every start) keeps compiled
+    from ``signals`` is delivered to the child. The container's cgroup, when the spec names
+    one, is made with its limits and removed once the child is reaped. Cancelling the call
+    kills and reaps the child first. ``cache_dir`` (None: compile on every start) keeps compiled
     modules, see :mod:`trioshim.wasm.cache`.
     """
     root = spec.get("root") or {}
