@@ -79,6 +79,34 @@ async def test_an_engine_reported_oom_is_one_task_oom_just_before_the_exit(
     assert kit.events("c1")[2][1].container_id == "c1"  # type: ignore[attr-defined]
 
 
+class StalledAtItsLimit:
+    """Meets an OOM that does not end it (the OOM killer is off) and reports it in the step it
+    says it started, before the kit has published the start; runs until Kill."""
+
+    name = "stalled"
+
+    async def run(self, ctx: task.RunContext) -> int:
+        ctx.started()
+        ctx.report_oom()
+        return 128 + await ctx.signals.receive()
+
+
+async def test_an_oom_reported_while_the_engine_runs_goes_out_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_task_shim(StalledAtItsLimit()) as kit:
+        await kit.create("c1", ["x"])
+        await kit.task.Start(pb.StartRequest(id="c1"))
+        await kit.wait_for_events(3)  # create, start, oom (held until the start is out)
+        assert kit.topics("c1") == ["/tasks/create", "/tasks/start", "/tasks/oom"]
+        state = await kit.task.State(pb.StateRequest(id="c1"))
+        assert state.status == 2  # RUNNING
+        await kit.task.Kill(pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        assert (await kit.task.Wait(pb.WaitRequest(id="c1"))).exit_status == 137
+    # the exit carries no second TaskOOM: the engine did not call ctx.oom()
+    assert kit.topics("c1") == ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit"]
+
+
 async def test_every_waiter_is_released_once_by_the_exit(
     mock_clock: trio.testing.MockClock,
 ) -> None:

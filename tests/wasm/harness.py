@@ -46,6 +46,7 @@ async def run(
     *,
     signals: trio.MemoryReceiveChannel[int] | None = None,
     on_start: Callable[[WasmProcess], None] | None = None,
+    on_oom: Callable[[], object] | None = None,
 ) -> Outcome:
     """Run ``job`` to its end; stdout and stderr are pipes read to EOF, stdin is /dev/null."""
     if signals is None:
@@ -64,7 +65,7 @@ async def run(
         nursery.start_soon(_drain, out_r, out)
         nursery.start_soon(_drain, err_r, err)
         try:
-            status = await _run_module(reaper, job, signals, out_w, err_w, record)
+            status = await _run_module(reaper, job, signals, out_w, err_w, record, on_oom)
         finally:
             os.close(out_w)  # the child's copies went with it: the drains see EOF
             os.close(err_w)
@@ -86,6 +87,7 @@ async def _run_module(
     stdout: int | None,
     stderr: int | None,
     on_start: Callable[[WasmProcess], None] | None,
+    on_oom: Callable[[], object] | None = None,
 ) -> int:
     return await run_module(
         reaper,
@@ -99,5 +101,6 @@ async def _run_module(
         stderr=stderr,
         signals=signals,
         on_start=on_start,
+        on_oom=on_oom,
         cache_dir=job.cache_dir,
     )

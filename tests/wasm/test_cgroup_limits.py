@@ -1,4 +1,5 @@
-"""A WASI child in a real cgroup of this host: placement, limits, Stats, an OOM kill, removal.
+"""A WASI child in a real cgroup of this host: placement, limits, Stats, an OOM kill, removal,
+and the OOM reports (live, or with the exit) through run_module and WasmEngine.
 
 These make cgroups under /sys/fs/cgroup (root needed), each with a name of its own so that
 nothing is shared with containerd's or another test's.
@@ -16,10 +17,10 @@ import trio
 
 from tests.wasm import modules
 from tests.wasm.harness import Run, run
+from tests.wasm.test_engine import Context, Fds
 from trioshim.shim.cgroups import CgroupV1, is_unified, load_cgroup
-from trioshim.shim.cgroups.oom import open_oom_watcher
 from trioshim.shim.reaper import open_reaper
-from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmProcess
+from trioshim.wasm import CgroupLimits, ContainerCgroup, WasmEngine, WasmProcess
 from trioshim.wasm.cgroup import DEFAULT_ROOT
 
 MIB = 1 << 20
@@ -125,16 +126,25 @@ async def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(
     rootfs: Path, cgroup_name: str
 ) -> None:
     module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    reports: list[None] = []
     async with open_reaper() as reaper:
-        unlimited = await run(reaper, Run(str(rootfs), [module]))
+        unlimited = await run(
+            reaper, Run(str(rootfs), [module]), on_oom=lambda: reports.append(None)
+        )
+        assert reports == []
         limited = await run(
-            reaper, Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=96 * MIB))
+            reaper,
+            Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=96 * MIB)),
+            on_oom=lambda: reports.append(None),
         )
     assert unlimited.status == 0  # 256 MiB touched: the module itself is fine
     assert limited.status == 137  # the kernel's OOM killer: SIGKILL
     assert limited.process.oom_killed
     assert limited.process.oom_events >= 1  # the notification runc's shim makes TaskOOM of
     assert limited.process.oom and not unlimited.process.oom
+    # the kill's notification is told once: live, or with the exit if the watch had not seen it
+    assert len(reports) == limited.process.oom_reports
+    assert limited.process.oom_reports + limited.process.oom_at_exit == 1
 
 
 def _oom_control(cgroup: CgroupV1) -> dict[str, str]:
@@ -143,32 +153,64 @@ def _oom_control(cgroup: CgroupV1) -> dict[str, str]:
 
 
 @pytest.mark.skipif(is_unified(), reason="cgroup v2 has no switch for the OOM killer")
-async def test_an_oom_that_does_not_kill_the_module_is_counted_too(
+async def test_an_oom_that_does_not_kill_the_module_is_reported_while_it_runs(
     rootfs: Path, cgroup_name: str
 ) -> None:
     """With the OOM killer off (OCI disableOOMKiller) the module stalls at its limit instead
-    of dying; the OOM is still reported, and a Kill then ends it."""
+    of dying; the OOM is reported while it is stalled (we kill it only once it was), and a
+    Kill then ends it."""
     module = modules.install(rootfs, "hog.wasm", modules.HOG)
     send, receive = trio.open_memory_channel[int](1)
+    stalled: list[WasmProcess] = []
+    states: list[str] = []
 
-    async def kill_once_under_oom(process: WasmProcess) -> None:
-        cgroup = load_cgroup(process.pid)
-        assert isinstance(cgroup, CgroupV1)
-        assert _oom_control(cgroup)["oom_kill_disable"] == "1"
-        under_oom = trio.Event()
-        # a registration on a cgroup already under OOM is signalled at once: nothing is missed
-        async with open_oom_watcher(lambda _: under_oom.set()) as watcher:
-            watcher.add("probe", cgroup)
-            await under_oom.wait()
-        await send.send(9)
+    def kill_on_the_first_report() -> None:
+        process = stalled[0]
+        if not states:  # the module is still there, stalled: not reaped, not OOM-killed
+            states.append(Path(f"/proc/{process.pid}/status").read_text().split("State:")[1])
+            cgroup = load_cgroup(process.pid)
+            assert isinstance(cgroup, CgroupV1)
+            assert _oom_control(cgroup)["oom_kill_disable"] == "1"
+            send.send_nowait(9)
 
-    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+    async with open_reaper() as reaper:
         outcome = await run(
             reaper,
             Run(str(rootfs), [module], spec=_spec(cgroup_name, memory=96 * MIB, oom_killer=False)),
             signals=receive,
-            on_start=lambda process: nursery.start_soon(kill_once_under_oom, process),
+            on_start=stalled.append,
+            on_oom=kill_on_the_first_report,
         )
+    assert len(states) == 1 and "zombie" not in states[0]
     assert outcome.status == 137  # our SIGKILL, not the OOM killer's
     assert not outcome.process.oom_killed
-    assert outcome.process.oom_events >= 1 and outcome.process.oom
+    assert outcome.process.oom_reports >= 1 and outcome.process.oom
+
+
+async def test_the_engine_tells_an_oom_kill_once(rootfs: Path, cgroup_name: str) -> None:
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    async with open_reaper() as reaper:
+        ctx = Context(
+            reaper, str(rootfs), [module], Fds(None, None, None), spec=_spec(cgroup_name, 96 * MIB)
+        )
+        assert await WasmEngine(cache_dir=None).run(ctx) == 137
+    # live (ctx.report_oom) if the watch read it before the reap, else with the exit (ctx.oom)
+    assert ctx.ooms in (["live"], ["exit"])
+
+
+@pytest.mark.skipif(is_unified(), reason="cgroup v2 has no switch for the OOM killer")
+async def test_the_engine_reports_a_stalled_modules_oom_while_it_runs(
+    rootfs: Path, cgroup_name: str
+) -> None:
+    module = modules.install(rootfs, "hog.wasm", modules.HOG)
+    spec = _spec(cgroup_name, memory=96 * MIB, oom_killer=False)
+    async with open_reaper() as reaper, trio.open_nursery() as nursery:
+        ctx = Context(reaper, str(rootfs), [module], Fds(None, None, None), spec=spec)
+
+        async def kill_once_reported() -> None:
+            await ctx.oom_reported.wait()  # the module is stalled: only this kill ends it
+            ctx.signals.deliver(9)
+
+        nursery.start_soon(kill_once_reported)
+        assert await WasmEngine(cache_dir=None).run(ctx) == 137
+    assert ctx.ooms and set(ctx.ooms) == {"live"}  # reported live; the exit carries none

@@ -1,6 +1,6 @@
 """WasmEngine at the task kit's engine level, driven by a stand-in for the kit's run context
 (the attributes of trioshim.task's RunContext: spec, rootfs, args, env as a mapping, cwd,
-stdio, reaper, signals with ``receive()``, ``started(pid)``)."""
+stdio, reaper, signals with ``receive()``, ``started(pid)``, ``report_oom()``, ``oom()``)."""
 
 from __future__ import annotations
 
@@ -51,11 +51,20 @@ class Context:
     signals: Signals = field(default_factory=Signals)
     pids: list[int] = field(default_factory=list)
     running: trio.Event = field(default_factory=trio.Event)
+    ooms: list[str] = field(default_factory=list)  # "live" per report_oom, "exit" per oom
+    oom_reported: trio.Event = field(default_factory=trio.Event)
 
     def started(self, pid: int | None = None) -> None:
         assert pid is not None
         self.pids.append(pid)
         self.running.set()
+
+    def report_oom(self) -> None:
+        self.ooms.append("live")
+        self.oom_reported.set()
+
+    def oom(self) -> None:
+        self.ooms.append("exit")
 
 
 @pytest.fixture

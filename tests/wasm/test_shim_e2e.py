@@ -1,7 +1,7 @@
 """containerd-shim-triowasm-v2 (the task kit over WasmEngine) under a real private containerd,
 every line: `ctr run --rm --rootfs DIR` with WASI modules compiled in the test; output, args,
 exit codes, a trap, a module that cannot load, Kill, metrics, a memory limit's OOM kill and
-its TaskOOM, events."""
+its TaskOOM, an OOM that stalls a module published while it runs, events."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from tests.e2e.helpers import E2E, EventLog, wait_for
 from tests.support.containerd import PrivateContainerd
 from tests.wasm import modules
+from trioshim.shim.cgroups import is_unified
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -141,6 +142,45 @@ def test_a_memory_limit_ends_a_hungry_module_with_an_oom_kill(env: E2E, wasm_roo
         events.close()
     assert "/tasks/oom" not in [t for t, _ in fed_events]
     topics = [t for t, _ in starved_events if t.startswith("/tasks/")]
-    # one TaskOOM, handed over with the exit and so published just before it, as runc's shim
+    # one TaskOOM, published as the kernel notified it or handed over with the exit, and either
+    # way before the exit, as runc's shim
     assert topics == ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete"]
     assert dict(starved_events)["/tasks/oom"]["container_id"] == starved
+
+
+@pytest.mark.skipif(is_unified(), reason="cgroup v2 has no switch for the OOM killer")
+def test_an_oom_that_stalls_a_module_is_published_while_it_runs(
+    env: E2E, wasm_rootfs: Path, tmp_path: Path
+) -> None:
+    """With the OOM killer off (disableOOMKiller) a module at its limit stalls until killed:
+    its /tasks/oom must come while it is stalled, and only then do we kill it."""
+    modules.install(wasm_rootfs, "hog.wasm", modules.HOG)
+    cid = env.new_id("stalled")
+    spec = env.spec(cid, ["/hog.wasm"])
+    limit = 96 << 20  # memory + swap too: with swap, the hog would swap instead of stalling
+    memory = {"limit": limit, "swap": limit, "disableOOMKiller": True}
+    spec["linux"].setdefault("resources", {})["memory"] = memory
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec))
+    events = EventLog(env.containerd)
+    try:
+        r = env.ctr(
+            "run", "-d", "--null-io", "--runtime", env.runtime, "--config", str(config), cid
+        )
+        assert r.returncode == 0, r.stderr
+        before_kill = _task_topics(events.wait_topic(cid, "/tasks/oom"))
+        assert env.status(cid) == "RUNNING"  # stalled at its limit, not ended by the OOM
+        assert env.kill_and_delete(cid) == 137  # our SIGKILL
+        after = _task_topics(events.wait_topic(cid, "/tasks/delete"))
+    finally:
+        events.close()
+    assert before_kill[:3] == ["/tasks/create", "/tasks/start", "/tasks/oom"]
+    assert "/tasks/exit" not in before_kill
+    # one event per notification the shim read (each thread of the stalled module may notify)
+    ooms = after.count("/tasks/oom")
+    start, end = ["/tasks/create", "/tasks/start"], ["/tasks/exit", "/tasks/delete"]
+    assert ooms >= 1 and after == [*start, *["/tasks/oom"] * ooms, *end]
+
+
+def _task_topics(events: list[tuple[str, object]]) -> list[str]:
+    return [topic for topic, _ in events if topic.startswith("/tasks/")]

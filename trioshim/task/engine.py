@@ -14,8 +14,10 @@ The protocol of ``run``:
   the kit does not interpret them (a SIGKILL you ignore keeps running);
 - return the exit status (128 + n for death by signal n). An exception after ``started``
   is logged and reported as exit status 255;
-- call ``ctx.oom()`` before returning when the workload met the OOM killer: the exit then
-  carries it (``Exit(oom=True)``), and containerd gets TaskOOM just before TaskExit.
+- call ``ctx.report_oom()`` for an OOM the workload met while it runs (TaskOOM goes out at
+  once, one per call), and ``ctx.oom()`` before returning for one not reported yet when it
+  ends (say, the kill that ended it): the exit then carries it (``Exit(oom=True)``), and
+  containerd gets TaskOOM just before TaskExit. Never both for the same OOM.
 
 Optional: ``async stats(ctx) -> Any | None`` (:class:`EngineStats`) answers the Stats RPC for
 the container whose init ran with ``ctx`` (``None``: an empty reply); without it Stats
@@ -123,6 +125,8 @@ class RunContext:
     oom_seen: bool = False
     """Set by :meth:`oom`: the exit is reported as an OOM."""
     _on_started: Callable[[int], object] | None = field(default=None, repr=False)
+    _held_oom_reports: int | None = field(default=0, repr=False)
+    """OOMs reported before the kit published the start; None once it has (they go at once)."""
 
     @property
     def reaper(self) -> Reaper:
@@ -141,6 +145,22 @@ class RunContext:
         """The workload met the OOM killer during this run: TaskOOM goes out just before its
         TaskExit (one, however often this is called)."""
         self.oom_seen = True
+
+    def report_oom(self) -> None:
+        """The workload meets the OOM killer now: TaskOOM for this container goes out at once
+        (one per call), ahead of the exit if the run is still going. One reported before the
+        kit has published the start (say, from the task that called :meth:`started`) is held
+        until it has: TaskOOM never precedes TaskStart."""
+        if self._held_oom_reports is None:
+            self.host.report_oom(self.id)
+        else:
+            self._held_oom_reports += 1
+
+    def _release_oom_reports(self) -> None:
+        """The start is published: the OOMs held go out, later ones at once."""
+        held, self._held_oom_reports = self._held_oom_reports or 0, None
+        for _ in range(held):
+            self.host.report_oom(self.id)
 
 
 def _context(
@@ -229,6 +249,9 @@ class EngineInstance:
         self.ctx.signals.deliver(signal)
 
     async def wait(self) -> Exit:
+        # The kit calls wait once the start (or a Kill before it) is published: the hand-off
+        # after which the run's OOM reports may go out.
+        self.ctx._release_oom_reports()
         await self._done.wait()
         assert self._exit is not None
         return self._exit

@@ -91,6 +91,7 @@ class EngineContext(Protocol):
     def signals(self) -> SignalSource: ...  # Kill requests, signal numbers
 
     def started(self, pid: int | None = None) -> None: ...  # the workload runs: Start replies
+    def report_oom(self) -> None: ...  # an OOM while the run goes on: TaskOOM now
     def oom(self) -> None: ...  # the run met the OOM killer: TaskOOM before its TaskExit
 
 
@@ -108,6 +109,7 @@ async def run_module(
     signals: SignalSource,
     on_start: Callable[[WasmProcess], None] | None = None,
     on_running: Callable[[WasmProcess], None] | None = None,
+    on_oom: Callable[[], object] | None = None,
     cgroup_root: str = DEFAULT_ROOT,
     cache_dir: str | None = None,
     python: str = sys.executable,
@@ -118,10 +120,12 @@ async def run_module(
     raises :class:`~trioshim.wasm.errors.WasmError` before anything runs. ``on_start`` is called
     with the :class:`WasmProcess` as soon as the child exists (its pid is real: State, Pids and
     Stats can use it), ``on_running`` once the module is instantiated and its ``_start`` called
-    (never, if it cannot be loaded: the status is then 126). Each signal number received from
-    ``signals`` is delivered to the child. The container's cgroup, when the spec names one, is
-    made with its limits and removed once the child is reaped. Cancelling the call kills and
-    reaps the child first. ``cache_dir`` (None: compile on every start) keeps compiled
+    (never, if it cannot be loaded: the status is then 126). ``on_oom`` is called as each OOM
+    notification of the cgroup comes while the child lives (see :meth:`WasmProcess.watch_ooms`;
+    those it did not see are :attr:`WasmProcess.oom_at_exit`). Each signal number received
+    from ``signals`` is delivered to the child. The container's cgroup, when the spec names
+    one, is made with its limits and removed once the child is reaped. Cancelling the call
+    kills and reaps the child first. ``cache_dir`` (None: compile on every start) keeps compiled
     modules, see :mod:`trioshim.wasm.cache`.
     """
     root = spec.get("root") or {}
@@ -150,6 +154,8 @@ async def run_module(
                 nursery.start_soon(forward_signals, process.child, signals)
                 if on_running is not None:
                     nursery.start_soon(_when_running, process, on_running)
+                if on_oom is not None:
+                    nursery.start_soon(process.watch_ooms, on_oom)
                 status = await process.wait()
                 nursery.cancel_scope.cancel()
             if process.oom_killed:
@@ -175,8 +181,10 @@ class WasmEngine:
     module that cannot be loaded fails Start with the reason (:class:`WasmLoadError`) instead
     of starting and exiting 126; a bad spec fails it too (:class:`WasmError`). A pod's sandbox
     container (CRI's pause) runs as a holder process instead, see :mod:`trioshim.wasm.sandbox`.
-    Stats reads the container's cgroup. A run whose cgroup had an OOM (a notification, or a
-    kill) ends with ``ctx.oom()``, so containerd gets TaskOOM just before TaskExit.
+    Stats reads the container's cgroup. Each OOM notification of the cgroup is published as it
+    comes (``ctx.report_oom()``, as runc's shim does), while the module runs; one that came as it
+    died and was not published yet, or a kill with no notification to tell it, goes with the
+    exit (``ctx.oom()``): TaskOOM just before TaskExit, either way once.
     """
 
     cgroup_root: str = DEFAULT_ROOT
@@ -217,12 +225,13 @@ class WasmEngine:
             signals=ctx.signals,
             on_start=spawned.append,
             on_running=lambda process: ctx.started(process.pid),
+            on_oom=ctx.report_oom,
             cgroup_root=self.cgroup_root,
             cache_dir=self.cache_dir,
             python=self.python,
         )
         process = spawned[0]
-        if process.oom:  # the exit carries it: TaskOOM, then TaskExit
+        if process.oom_at_exit:  # not published live: the exit carries it (TaskOOM, TaskExit)
             ctx.oom()
         if not process.running.is_set():
             if status == LOAD_FAILED_STATUS and process.failure is not None:

@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -77,11 +77,16 @@ class WasmProcess:
     oom_events: int = 0
     """The cgroup's OOM notifications during the run (what runc's shim turns into TaskOOM
     events: v1 the ``memory.oom_control`` eventfd, v2 ``memory.events`` ``oom``), killing the
-    module or not; known once :meth:`wait` has returned."""
+    module or not; all of them once :meth:`wait` has returned."""
+    oom_reports: int = 0
+    """How often :meth:`watch_ooms` reported while the module ran: once per wake-up that found
+    notifications (several the kernel counted before we looked are one report, as runc's shim
+    reads its eventfd)."""
     _reading: bool = False
     _diagnostics_done: trio.Event = field(default_factory=trio.Event)
     _oom_kills_before: int = 0
     _oom_count: OOMCount | None = field(default=None, repr=False)
+    _oom_left: int = 0  # notifications no live report covered, taken at the exit
 
     @property
     def pid(self) -> int:
@@ -117,6 +122,21 @@ class WasmProcess:
         finally:
             self._diagnostics_done.set()
 
+    async def watch_ooms(self, report: Callable[[], object]) -> None:
+        """Call ``report()`` for the cgroup's OOM notifications as they come, until cancelled
+        (run it in a task of yours while the module runs). What it has not taken when
+        :meth:`wait` returns is left for the exit: :attr:`oom_at_exit`."""
+        count = self._oom_count
+        if count is None:
+            return
+        while True:
+            await count.wait()
+            # synchronous from here to report(): wait() cannot take these too
+            if taken := count.take():
+                self.oom_events += taken
+                self.oom_reports += 1
+                report()
+
     async def wait(self) -> int:
         """The exit status (``proc_exit`` code, 128 + signal, or a trap/load status), once the
         child is reaped and its diagnostics are read to the end."""
@@ -125,14 +145,23 @@ class WasmProcess:
         if self.cgroup is not None:  # read now: the cgroup goes once the run is over
             self.oom_killed = self.cgroup.oom_kills() > self._oom_kills_before
         if self._oom_count is not None:
-            self.oom_events += self._oom_count.take()
+            self._oom_left = self._oom_count.take()
+            self.oom_events += self._oom_left
         return status
 
     @property
     def oom(self) -> bool:
         """Whether the run met the OOM killer: a notification, or a kill the count missed (no
-        notification source on this host); the TaskOOM the exit carries."""
+        notification source on this host)."""
         return self.oom_events > 0 or self.oom_killed
+
+    @property
+    def oom_at_exit(self) -> bool:
+        """Whether the exit has an OOM to carry that no live report covered (notifications
+        :meth:`watch_ooms` had not taken when the child was reaped, or a kill with no
+        notification source to report it): the TaskOOM published just before TaskExit."""
+        uncounted_kill = self._oom_count is None and self.oom_killed
+        return self._oom_left > 0 or uncounted_kill
 
     def _record(self, line: bytes) -> None:
         try:

@@ -37,7 +37,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final
 
 import trio
@@ -346,7 +346,8 @@ class OOMWatcher:
 
 class OOMCount:
     """The OOM notifications of one cgroup from now on, counted without a task of ours: read
-    them with :meth:`take`, which never waits (say, once the cgroup's only process is reaped).
+    them with :meth:`take`, which never waits (say, once the cgroup's only process is reaped);
+    to see them as they come, loop on :meth:`wait` then :meth:`take` in a task of yours.
 
     The kernel keeps the count: v1, the watcher's eventfd, whose counter adds every
     notification up until it is read; v2, the ``oom`` line of ``memory.events`` (OOM events,
@@ -354,9 +355,12 @@ class OOMCount:
     joins the cgroup so that nothing is missed; :meth:`close` it when done.
     """
 
-    def __init__(self, *, eventfd: int | None = None, events: str | None = None) -> None:
+    def __init__(
+        self, *, eventfd: int | None = None, events: str | None = None, inotify: int | None = None
+    ) -> None:
         self._eventfd = eventfd
         self._events = events
+        self._inotify = inotify  # v2: wakes :meth:`wait` when ``events`` changes
         self._seen = 0
         if events is not None:
             self._seen = self._events_oom()
@@ -366,8 +370,29 @@ class OOMCount:
         """Count the OOMs of the memory cgroup at ``memory_path`` (v1: the memory hierarchy's
         directory; v2: the cgroup's). OSError when the kernel refuses the registration."""
         if unified:
-            return cls(events=os.path.join(memory_path, "memory.events"))
+            events = os.path.join(memory_path, "memory.events")
+            inotify = _inotify_init()
+            try:
+                _inotify_add_watch(inotify, events, _IN_MODIFY)
+                return cls(events=events, inotify=inotify)
+            except BaseException:
+                os.close(inotify)
+                raise
         return cls(eventfd=_register_v1(memory_path))
+
+    async def wait(self) -> None:
+        """Until the kernel may have notified since the last :meth:`take` (which then says how
+        often; 0 after a change that was no OOM). Call :meth:`take` before waiting again: v1
+        stays readable until then. Forever, when there is nothing to watch."""
+        if self._eventfd is not None:
+            await trio.lowlevel.wait_readable(self._eventfd)
+        elif self._inotify is not None:
+            await trio.lowlevel.wait_readable(self._inotify)
+            with suppress(BlockingIOError):
+                while os.read(self._inotify, _INOTIFY_READ_SIZE):
+                    pass  # drained: the next change wakes us again
+        else:
+            await trio.sleep_forever()
 
     def _events_oom(self) -> int:
         assert self._events is not None
@@ -392,9 +417,11 @@ class OOMCount:
         return 0
 
     def close(self) -> None:
-        if self._eventfd is not None:
-            os.close(self._eventfd)
-            self._eventfd = None
+        """Release the kernel's handles (no :meth:`wait` may be pending)."""
+        for fd in (self._eventfd, self._inotify):
+            if fd is not None:
+                os.close(fd)
+        self._eventfd = self._inotify = None
         self._events = None
 
 
