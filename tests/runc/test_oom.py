@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from trioshim.runc.oom import open_oom_watcher
-from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified, oom
+from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified, oomsource
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ def test_v1_pending_takes_one_notification_and_leaves_a_removal() -> None:
     efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     try:
         with tempfile.TemporaryDirectory() as group:
-            pending = oom._v1_pending(group, efd)
+            pending = oomsource.v1_pending(group, efd)
             assert not pending()
             os.eventfd_write(efd, 1)
             assert pending()

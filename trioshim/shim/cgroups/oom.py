@@ -30,7 +30,6 @@ exit, and whatever the watch task would have reported later is reported now (onc
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
@@ -38,148 +37,29 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Final
 
 import trio
 
 from trioshim.shim.cgroups.files import Cgroup
+from trioshim.shim.cgroups.oomsource import (
+    IN_MODIFY,
+    INOTIFY_READ_SIZE,
+    V2Counter,
+    cgroup_removed,
+    inotify_add_watch,
+    inotify_init,
+    is_gone,
+    read_kv,
+    register_v1,
+    register_v2,
+    v1_pending,
+)
 from trioshim.shim.cgroups.v1 import CgroupV1
 from trioshim.shim.cgroups.v2 import CgroupV2
 
 __all__ = ["OOMCount", "OOMWatcher", "open_oom_watcher"]
 
 log = logging.getLogger(__name__)
-
-_IN_MODIFY: Final = 0x00000002
-_INOTIFY_READ_SIZE: Final = 4096
-
-
-class _Libc:
-    """The two inotify calls the os module lacks, through ctypes (loaded on first use)."""
-
-    _lib: ctypes.CDLL | None = None
-
-    @classmethod
-    def lib(cls) -> ctypes.CDLL:
-        if cls._lib is None:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.inotify_init1.argtypes = [ctypes.c_int]
-            lib.inotify_init1.restype = ctypes.c_int
-            lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-            lib.inotify_add_watch.restype = ctypes.c_int
-            cls._lib = lib
-        return cls._lib
-
-
-def _inotify_init() -> int:
-    fd: int = _Libc.lib().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-    return fd
-
-
-def _inotify_add_watch(fd: int, path: str, mask: int) -> None:
-    wd: int = _Libc.lib().inotify_add_watch(fd, os.fsencode(path), mask)
-    if wd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"failed to add inotify watch for {path!r}: {os.strerror(err)}", path)
-
-
-def _read_kv(path: str) -> dict[str, int]:
-    """`key value` lines; raises FileNotFoundError (or ENODEV) when the cgroup is gone."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-def _register_v1(memory_path: str) -> int:
-    """An eventfd the kernel signals on every OOM of the memory cgroup at `memory_path`."""
-    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    try:
-        control = os.open(
-            os.path.join(memory_path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC
-        )
-        try:
-            events = os.open(
-                os.path.join(memory_path, "cgroup.event_control"), os.O_WRONLY | os.O_CLOEXEC
-            )
-            try:
-                os.write(events, f"{efd} {control}".encode())
-            finally:
-                os.close(events)
-        finally:
-            # the kernel holds its own reference to memory.oom_control from here on
-            os.close(control)
-    except BaseException:
-        os.close(efd)
-        raise
-    return efd
-
-
-def _register_v2(path: str) -> int:
-    """An inotify fd watching `memory.events` and `cgroup.events` of the group at `path`."""
-    fd = _inotify_init()
-    try:
-        _inotify_add_watch(fd, os.path.join(path, "memory.events"), _IN_MODIFY)
-        # cgroup.events changes when the group empties: the end of the watch
-        _inotify_add_watch(fd, os.path.join(path, "cgroup.events"), _IN_MODIFY)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _cgroup_removed(path: str) -> bool:
-    # a stat on cgroupfs: in-memory, never blocks for long (the same goes for the
-    # small reads of memory.events/cgroup.events done inline by the v2 watch)
-    return not os.path.isdir(path)
-
-
-def _is_gone(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR)
-
-
-def _v1_pending(memory_path: str, efd: int) -> Callable[[], bool]:
-    """`poll`'s look at a v1 watch: an OOM notification pending on the eventfd (consumed)?"""
-
-    def pending() -> bool:
-        # A removed group's signal is left for the watch task: it ends the watch.
-        if _cgroup_removed(memory_path):
-            return False
-        try:
-            os.eventfd_read(efd)
-        except BlockingIOError:
-            return False
-        return True
-
-    return pending
-
-
-class _V2Counter:
-    """The `oom_kill` count of a v2 group's `memory.events`, shared by its watch and `poll`."""
-
-    def __init__(self, path: str) -> None:
-        self.memory_events = os.path.join(path, "memory.events")
-        self._last = 0
-
-    def grew(self) -> bool:
-        """Did `oom_kill` grow past the last value seen? OSError: unreadable."""
-        oom_kill = _read_kv(self.memory_events).get("oom_kill", 0)
-        grew = oom_kill > self._last
-        self._last = max(self._last, oom_kill)
-        return grew
-
-    def pending(self) -> bool:
-        try:
-            return self.grew()
-        except OSError:
-            return False  # the watch task sees it too, and ends
 
 
 class OOMWatcher:
@@ -216,12 +96,12 @@ class OOMWatcher:
             memory_path = cgroup.memory_path
             if memory_path is None:
                 raise OSError(errno.ENOENT, "cgroups: memory cgroup not supported on this system")
-            fd = _register_v1(memory_path)
+            fd = register_v1(memory_path)
             watch_v1 = functools.partial(self._watch_v1, container_id, memory_path, fd)
-            self._start(container_id, watch_v1, fd, _v1_pending(memory_path, fd))
+            self._start(container_id, watch_v1, fd, v1_pending(memory_path, fd))
         elif isinstance(cgroup, CgroupV2):
-            fd = _register_v2(cgroup.path)
-            counter = _V2Counter(cgroup.path)
+            fd = register_v2(cgroup.path)
+            counter = V2Counter(cgroup.path)
             watch_v2 = functools.partial(self._watch_v2, container_id, cgroup.path, fd, counter)
             self._start(container_id, watch_v2, fd, counter.pending)
         else:
@@ -307,29 +187,29 @@ class OOMWatcher:
                 os.eventfd_read(efd)
             except BlockingIOError:
                 continue  # poll() took it
-            if _cgroup_removed(memory_path):
+            if cgroup_removed(memory_path):
                 log.debug(
                     "memory cgroup %s removed: OOM watch of %s ends", memory_path, container_id
                 )
                 return
             self._notify(container_id)
 
-    async def _watch_v2(self, container_id: str, path: str, fd: int, counter: _V2Counter) -> None:
+    async def _watch_v2(self, container_id: str, path: str, fd: int, counter: V2Counter) -> None:
         cgroup_events = os.path.join(path, "cgroup.events")
         while True:
             try:
                 if counter.grew():
                     self._notify(container_id)
             except OSError as exc:
-                if not _is_gone(exc):
+                if not is_gone(exc):
                     where = counter.memory_events
                     log.warning("reading %s: %s: OOM watch of %s ends", where, exc, container_id)
                 return
             try:
-                if _read_kv(cgroup_events).get("populated") == 0:
+                if read_kv(cgroup_events).get("populated") == 0:
                     return
             except OSError as exc:
-                if not _is_gone(exc):
+                if not is_gone(exc):
                     log.warning(
                         "reading %s: %s: OOM watch of %s ends", cgroup_events, exc, container_id
                     )
@@ -338,7 +218,7 @@ class OOMWatcher:
             while True:
                 await trio.lowlevel.wait_readable(fd)
                 try:
-                    os.read(fd, _INOTIFY_READ_SIZE)
+                    os.read(fd, INOTIFY_READ_SIZE)
                 except BlockingIOError:
                     continue
                 break
@@ -371,14 +251,14 @@ class OOMCount:
         directory; v2: the cgroup's). OSError when the kernel refuses the registration."""
         if unified:
             events = os.path.join(memory_path, "memory.events")
-            inotify = _inotify_init()
+            inotify = inotify_init()
             try:
-                _inotify_add_watch(inotify, events, _IN_MODIFY)
+                inotify_add_watch(inotify, events, IN_MODIFY)
                 return cls(events=events, inotify=inotify)
             except BaseException:
                 os.close(inotify)
                 raise
-        return cls(eventfd=_register_v1(memory_path))
+        return cls(eventfd=register_v1(memory_path))
 
     async def wait(self) -> None:
         """Until the kernel may have notified since the last :meth:`take` (which then says how
@@ -389,7 +269,7 @@ class OOMCount:
         elif self._inotify is not None:
             await trio.lowlevel.wait_readable(self._inotify)
             with suppress(BlockingIOError):
-                while os.read(self._inotify, _INOTIFY_READ_SIZE):
+                while os.read(self._inotify, INOTIFY_READ_SIZE):
                     pass  # drained: the next change wakes us again
         else:
             await trio.sleep_forever()
@@ -397,9 +277,9 @@ class OOMCount:
     def _events_oom(self) -> int:
         assert self._events is not None
         try:
-            return _read_kv(self._events).get("oom", 0)
+            return read_kv(self._events).get("oom", 0)
         except OSError as exc:
-            if not _is_gone(exc):
+            if not is_gone(exc):
                 log.warning("reading %s: %s", self._events, exc)
             return self._seen
 
