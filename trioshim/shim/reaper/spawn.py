@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import Mapping
 from contextlib import suppress
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["DEVNULL", "PIPE", "start_process"]
 
@@ -100,16 +100,10 @@ def _posix_spawn(
     # by glibc itself before we return).
     file_actions = [(os.POSIX_SPAWN_DUP2, tmp, target) for tmp, target in moves]
     spawn = os.posix_spawn if "/" in args[0] else os.posix_spawnp
-    if process_group is not None:
-        return spawn(
-            args[0],
-            args,
-            env,
-            file_actions=file_actions,
-            setsigdef=_RESET_SIGNALS,
-            setsigmask=(),
-            setpgroup=process_group,
-        )
+    # posix_spawn refuses setpgroup and setsid together: pass the one that applies.
+    placement: dict[str, Any] = (
+        {"setpgroup": process_group} if process_group is not None else {"setsid": new_session}
+    )
     return spawn(
         args[0],
         args,
@@ -117,7 +111,7 @@ def _posix_spawn(
         file_actions=file_actions,
         setsigdef=_RESET_SIGNALS,
         setsigmask=(),
-        setsid=new_session,
+        **placement,
     )
 
 
