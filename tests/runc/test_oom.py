@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.cgroupdirs import rmdir_cgroup
 from trioshim.runc.oom import open_oom_watcher
 from trioshim.shim.cgroups import CgroupV1, CgroupV2, is_unified, oomsource
 
@@ -228,21 +228,6 @@ data = b"x" * (64 << 20)
 """
 
 
-def _rmdir_retrying(path: str) -> None:
-    for _ in range(100):
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            time.sleep(0.05)
-        else:
-            return
-    os.rmdir(path)
-
-
 @pytest.fixture
 def memory_group() -> Iterator[str]:
     path = os.path.join(REAL_MEMORY, f"trioshim-oom-{uuid.uuid4().hex[:12]}")
@@ -256,7 +241,7 @@ def memory_group() -> Iterator[str]:
                 f.write(str(LIMIT))
         yield path
     finally:
-        _rmdir_retrying(path)
+        rmdir_cgroup(path)
 
 
 def _spawn_hog(memory_group: str) -> int:
@@ -298,7 +283,7 @@ async def test_v1_real_oom_kill(memory_group: str) -> None:
 
                 # removing the group signals the eventfd: the watch ends without a report
                 count = len(rec.calls)
-                _rmdir_retrying(memory_group)
+                rmdir_cgroup(memory_group)
                 await watcher.wait_stopped("oom-ctr")
                 assert len(rec.calls) == count
     finally:

@@ -3,12 +3,10 @@ into tmp_path with exact values, and v1 from a real cgroup on this (cgroup v1) m
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.support.cgroupdirs import rmdir_cgroup
 from trioshim.api.cgroups.v1 import metrics_pb2 as v1
 from trioshim.api.cgroups.v2 import metrics_pb2 as v2
 from trioshim.shim.cgroups import (
@@ -628,22 +627,6 @@ sys.stdin.read()
 """
 
 
-def _rmdir_quietly(path: str) -> None:
-    """rmdir a test cgroup, waiting out EBUSY while the kernel finishes detaching a dead task."""
-    for _ in range(100):
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            time.sleep(0.05)
-        else:
-            return
-    os.rmdir(path)
-
-
 @pytest.fixture
 def real_v1_dirs() -> Iterator[dict[str, str]]:
     name = f"trioshim-test-{uuid.uuid4().hex[:12]}"
@@ -659,7 +642,7 @@ def real_v1_dirs() -> Iterator[dict[str, str]]:
         yield dirs
     finally:
         for path in dirs.values():
-            _rmdir_quietly(path)
+            rmdir_cgroup(path)
 
 
 def _spawn(argv: list[str]) -> tuple[int, int, int]:
