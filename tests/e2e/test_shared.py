@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
 from tests.support.containerd_lines import LineContainerd
+from tests.support.forkserver_env import maps_library
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 
 from .helpers import E2E, alive, on_own_containerd, wait_for
@@ -99,6 +100,9 @@ def test_one_process_serves_many_containers(shared: E2E) -> None:
     assert (r.returncode, r.stdout) == (5, "in exec\n"), r.stderr
     assert shared_pids(e2e.containerd) == [owner]
 
+    # trio imports ssl and hmac; the shared process defers them, so it maps no OpenSSL.
+    assert not maps_library(owner, "libcrypto")
+
     for cid in cids:
         assert e2e.kill_and_delete(cid) == 137
     wait_for(lambda: not alive(owner), what="the shared process to end with its last shim")
@@ -135,6 +139,9 @@ def test_containerd_restart_shims_reconnect(shared_own: E2E) -> None:
         assert e2e.tasks()[cid] == (pids[cid], "RUNNING")
         r = e2e.exec(cid, "/bin/sh", "-c", "echo back; exit 4", exec_id="after")
         assert (r.returncode, r.stdout) == (4, "back\n"), r.stderr
+    # trio imports ssl and hmac; the shared process defers them, so it maps no OpenSSL.
+    assert not maps_library(owner, "libcrypto")
+
     for cid in cids:
         assert e2e.kill_and_delete(cid) == 137
     wait_for(lambda: not alive(owner), what="the shared process to end with its last shim")

@@ -18,6 +18,7 @@ from tests.support.forkserver_env import (
     alive,
     cmdline,
     daemon_cmdline,
+    maps_library,
     modules_loaded_by,
     open_env,
     poll,
@@ -108,6 +109,8 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
 
     helper_pid, out2 = env.run("c2", "start")  # warm: a worker of the server does it
     assert f"for pid {helper_pid}" in env.server_log()
+    # trio imports ssl and hmac, the server defers them: no OpenSSL in it or its daemons.
+    assert not maps_library(server_pid, "libcrypto")
     daemon1, daemon2 = shim_pid(out1.decode()), shim_pid(out2.decode())
     try:
         # Both daemons, forked by the exec'd helper and become by a worker, show Go's daemon
@@ -120,6 +123,7 @@ def test_cold_start_spawns_server_then_warm_starts_are_delegated(env: Env) -> No
         for fd in (0, 1):
             assert os.readlink(f"/proc/{daemon2}/fd/{fd}") == "/dev/null"
         assert "starting signal loop" in (env.root / "c2" / "log").read_text()
+        assert not maps_library(daemon2, "libcrypto")
     finally:
         shutdown(out1.decode())
         shutdown(out2.decode())

@@ -247,6 +247,14 @@ def cmdline(pid: int) -> list[bytes]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
 
 
+def maps_library(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a file whose name contains ``name`` mapped."""
+    return any(
+        name in line.rsplit(" ", 1)[-1]
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+    )
+
+
 def proc_ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])

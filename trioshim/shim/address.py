@@ -8,11 +8,11 @@ unprivileged runs point it elsewhere (``Manager.socket_dir`` or ``$TRIOSHIM_SOCK
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 from typing import Final
 
+from trioshim.shim.digest import sha256_hex
 from trioshim.ttrpc.server import listen_backlog
 
 __all__ = [
@@ -73,7 +73,7 @@ def socket_address(
     grpc_address: str, namespace: str, key: str, *, socket_dir: str = DEFAULT_SOCKET_DIR
 ) -> str:
     """The shim address for a grouping ``key`` (``unix://...``, containerd-compatible)."""
-    digest = hashlib.sha256(go_join(grpc_address, namespace, key).encode()).hexdigest()
+    digest = sha256_hex(go_join(grpc_address, namespace, key).encode())
     return f"{_UNIX}{go_join(socket_dir, digest)}"
 
 

@@ -47,6 +47,7 @@ import posix
 import sys
 
 import trioshim
+from trioshim.shim.digest import sha256_hex
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -176,17 +177,6 @@ def containerd_address(args: list[str]) -> str:
     )
 
 
-def _sha256_hex(data: bytes) -> str:
-    try:
-        import _sha256  # type: ignore[import-not-found, unused-ignore]  # built in, no OpenSSL
-
-        return str(_sha256.sha256(data).hexdigest())
-    except ImportError:
-        import hashlib
-
-        return hashlib.sha256(data).hexdigest()
-
-
 def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
     """The fork server's socket for this app, interpreter, shim build, user and containerd
     (``prefix`` names another per-containerd process of the build, e.g. shared mode's)."""
@@ -195,7 +185,7 @@ def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
         (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, posix.getuid(), address)
     )
     directory = _environ().get(ENV_DIR) or DEFAULT_DIR
-    name = prefix + _sha256_hex(key.encode())[:24]
+    name = prefix + sha256_hex(key.encode())[:24]
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
@@ -345,20 +335,25 @@ def _spawn_server(app: str, path: str) -> None:
 
 
 def _run_local(app: str, args: list[str], *, containerd_pid: int | None = None) -> int:
-    _complete_sys_path()
+    prepare_full_import()
     from trioshim.shim.main import run
 
     manager, registry = load_app(app)
     return run(manager, args, registry, containerd_pid=containerd_pid)
 
 
-def _complete_sys_path() -> None:
-    """Run ``site`` if the launcher started the interpreter without it (``-S``, see
-    ``launcher/containerd-shim-trioshim-v2``): the full shim may need every ``.pth`` file."""
+def prepare_full_import() -> None:
+    """Ready this process to import the full shim: run ``site`` if the launcher started the
+    interpreter without it (``-S``, see ``launcher/containerd-shim-trioshim-v2``; the full
+    shim may need every ``.pth`` file), and defer the standard-library modules trio imports
+    that a shim never uses (:mod:`trioshim.shim.deferimport`)."""
     if sys.flags.no_site and "site" not in sys.modules:
         import site
 
         site.main()
+    from trioshim.shim.deferimport import defer_unused_modules
+
+    defer_unused_modules()
 
 
 def load_app(app: str) -> "tuple[Manager, Registry]":
@@ -371,7 +366,7 @@ def load_app(app: str) -> "tuple[Manager, Registry]":
     if not target or not attr:
         raise ValueError(f"app {app!r}: expected module:function or /path/file.py:function")
     if target.endswith(".py") or "/" in target:
-        name = "_trioshim_app_" + _sha256_hex(target.encode())[:12]
+        name = "_trioshim_app_" + sha256_hex(target.encode())[:12]
         module = sys.modules.get(name)
         if module is None:
             spec = importlib.util.spec_from_file_location(name, target)
@@ -395,6 +390,7 @@ if __name__ == "__main__":
         # Inherit nothing but stdio (and the pidfd) from whoever spawned us: workers and
         # daemons fork from here.
         os.closerange(PIDFD_FD + 1 if has_pidfd else PIDFD_FD, os.sysconf("SC_OPEN_MAX"))
+        prepare_full_import()
         from trioshim.shim.forkserve import serve
 
         sys.exit(

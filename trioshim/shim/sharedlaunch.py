@@ -98,13 +98,11 @@ def _ask(path: str, verb: str, args: list[str], stdin: bytes) -> tuple[int, byte
 def _run_here(app: str, args: list[str], stdin: bytes | None) -> int:
     """The action in this process, the full shim imported (what a start does without a
     shared process: it forks one, already serving the new daemon)."""
-    if sys.flags.no_site and "site" not in sys.modules:
-        import site
+    from trioshim.shim.forkserver import load_app, prepare_full_import
 
-        site.main()
+    prepare_full_import()
     import io
 
-    from trioshim.shim.forkserver import load_app
     from trioshim.shim.main import run
 
     manager, registry = load_app(app)

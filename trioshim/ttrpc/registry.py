@@ -14,7 +14,6 @@ interceptor, one per server or per registration, never a wrapper per rpc.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import types
@@ -222,6 +221,8 @@ def _check_handler_names(
         if not name[:1].isupper() or name in rpcs:
             continue
         if inspect.iscoroutinefunction(getattr(implementation, name, None)):
+            import difflib  # only for this error: the module costs a shim process ~0.2 MB
+
             close = difflib.get_close_matches(name, rpcs, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise TypeError(

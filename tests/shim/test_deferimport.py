@@ -1,0 +1,86 @@
+"""Deferred standard-library modules: nothing runs at ``import``, everything works on use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from trioshim.shim import deferimport
+
+
+def run_fresh(code: str) -> list[str]:
+    """Run ``code`` in a new interpreter (the deferral acts on its ``sys.modules``)."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout.split()
+
+
+def test_trio_imported_after_the_deferral_loads_no_openssl() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        deferred = defer_unused_modules()
+        import trio, trioshim.shim.address
+        print(",".join(deferred))
+        print(any(m in sys.modules for m in ("_ssl", "_hashlib", "_lzma", "_bz2")))
+        print("libcrypto" in open("/proc/self/maps").read())
+        """
+    )
+    assert got == [",".join(deferimport.UNUSED_MODULES), "False", "False"]
+
+
+def test_a_deferred_module_used_late_is_the_real_one() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules()
+        import trio
+        import ssl                       # binds the placeholder: still nothing loaded
+        print("_ssl" in sys.modules)
+        context = ssl.create_default_context()   # the first use loads it
+        print(type(context).__module__, sys.modules["ssl"] is not ssl)
+        print(trio._ssl._stdlib_ssl.SSLContext is sys.modules["ssl"].SSLContext)
+        from hmac import compare_digest
+        print(compare_digest(b"a", b"a"))
+        import idna.core
+        print(idna.encode("b\\u00fccher.example").decode())
+        """
+    )
+    assert got == ["False", "ssl", "True", "True", "True", "xn--bcher-kva.example"]
+
+
+def test_already_imported_modules_are_left_alone() -> None:
+    got = run_fresh(
+        """
+        import sys, hashlib
+        from trioshim.shim.deferimport import DeferredModule, defer_unused_modules
+        print(",".join(defer_unused_modules(("hashlib", "os.path", "lzma"))))
+        print(isinstance(sys.modules["hashlib"], DeferredModule))
+        """
+    )
+    assert got == ["lzma", "False"]
+
+
+def test_a_module_that_cannot_be_imported_fails_on_use_and_stays_deferred() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        print(",".join(defer_unused_modules(["trioshim_no_such_module"])))
+        import trioshim_no_such_module as placeholder
+        try:
+            placeholder.anything
+        except ModuleNotFoundError as e:
+            print(e.name)
+        print(sys.modules["trioshim_no_such_module"] is placeholder)
+        """
+    )
+    assert got == ["trioshim_no_such_module", "trioshim_no_such_module", "True"]
