@@ -11,7 +11,7 @@ from trioshim.runc.backend import RuncExec, RuncInit
 from trioshim.runc.exec_process import ExecProcess
 from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_cli import Runc
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.reaper import Exit, Reaper
 from trioshim.task.instance import Host
 

@@ -11,10 +11,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from trioshim.runc.stdio import (
-    ProcessIO,
-    StdioConfig,
-)
+from trioshim.runc.stdio import ProcessIO
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.reaper import DEVNULL, Child, Reaper
 
 

@@ -18,13 +18,8 @@ from tests.runc.stdio_helpers import client_reader
 from tests.runc.test_stdio_file_binary import LOGGER
 from tests.task.fdio import read_exactly, read_to_eof, write_all
 from trioshim.runc.console import ConsoleError, ConsoleSocket
-from trioshim.runc.stdio import (
-    ProcessIO,
-    StdioConfig,
-    StdioDeadlineExceeded,
-    StdioError,
-    StdioMode,
-)
+from trioshim.runc.stdio import ProcessIO, StdioDeadlineExceeded, StdioError
+from trioshim.runc.stdio_modes import StdioConfig, StdioMode
 from trioshim.shim.reaper import Child, Reaper, open_reaper
 from trioshim.task import copy as copymod
 from trioshim.task.fifo import OUTPUT_FLUSH_TIMEOUT

@@ -21,7 +21,7 @@ from tests.runc.backend_fakes import PID, reaped, running
 from tests.runc.stdio_helpers import client_reader
 from tests.runc.test_console import open_terminal_io, process_wrote
 from tests.task.fdio import read_exactly, read_to_eof
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.task.fifo import FIFO_POLL_MAX
 

@@ -11,7 +11,7 @@ from trioshim.runc.init_process import InitProcess
 from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.states import RuncRefusals
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import TaskError
 from trioshim.task.process import Action, Process, State

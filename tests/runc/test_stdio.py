@@ -12,14 +12,8 @@ import trio.testing
 
 from tests.runc.stdio_helpers import Fifos, client_reader, open_fds, process_io, spawn_container
 from tests.task.fdio import read_exactly, read_to_eof, write_all
-from trioshim.runc.stdio import (
-    ProcessIO,
-    RuncStdio,
-    StdioConfig,
-    StdioDeadlineExceeded,
-    StdioError,
-    StdioMode,
-)
+from trioshim.runc.stdio import ProcessIO, StdioDeadlineExceeded, StdioError
+from trioshim.runc.stdio_modes import RuncStdio, StdioConfig, StdioMode
 from trioshim.shim.reaper import open_reaper
 
 MiB = 1 << 20

@@ -13,12 +13,8 @@ import trio
 import trio.testing
 
 from tests.runc.stdio_helpers import process_io, spawn_container
-from trioshim.runc.stdio import (
-    ProcessIO,
-    StdioConfig,
-    StdioError,
-    StdioMode,
-)
+from trioshim.runc.stdio import ProcessIO, StdioError
+from trioshim.runc.stdio_modes import StdioConfig, StdioMode
 from trioshim.shim.reaper import open_reaper
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from trioshim.runc.init_process import InitProcess
 from trioshim.runc.options import checkpoint_flags, decode_checkpoint_options, decode_options
 from trioshim.runc.process import Process, io_opener, output_delivered
 from trioshim.runc.states import RuncRefusals, unknown
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.cgroups.oom import OOMWatcher
 from trioshim.task.errors import InvalidArgumentError, NotFoundError
 from trioshim.task.instance import CreateRequest, ExecRequest, Exit, Host, Instance, ProcessInfo

@@ -26,7 +26,7 @@ from trioshim.runc.process import IOOpener, Process
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.cgroups import Cgroup, CgroupV2, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all

@@ -18,7 +18,7 @@ from trioshim.runc.process import (
 )
 from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.task.errors import (
     FailedPreconditionError,
     NotFoundError,

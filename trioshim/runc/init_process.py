@@ -24,7 +24,7 @@ from trioshim.runc.runc_args import CheckpointOpts
 from trioshim.runc.runc_cli import Runc
 from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
-from trioshim.runc.stdio import StdioConfig
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.task.errors import (
     NotFoundError,
     TaskError,

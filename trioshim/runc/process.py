@@ -22,7 +22,8 @@ import trio
 from trioshim.api.containerd.types.runc.options import oci_pb2
 from trioshim.runc import runc_cli, runc_errors
 from trioshim.runc.states import unknown
-from trioshim.runc.stdio import ProcessIO, StdioConfig, StdioDeadlineExceeded, StdioError
+from trioshim.runc.stdio import ProcessIO, StdioDeadlineExceeded, StdioError
+from trioshim.runc.stdio_modes import StdioConfig
 from trioshim.shim.reaper import Reaper
 from trioshim.task.errors import (
     DeadlineExceededError,

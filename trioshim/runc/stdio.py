@@ -14,24 +14,11 @@ Life of a :class:`ProcessIO`::
     finally:
         await io.aclose()                 # everything closed, copiers gone, logger stopped
 
-Modes, chosen by the scheme of ``stdout`` alone (stdin/stderr never select anything):
-
-- null (all three empty, no terminal): runc's stdio is ``/dev/null``, nothing to copy.
-- fifo (no scheme, or ``fifo``): one pipe per non-empty stream; runc's ends are fchown'ed to
-  ``io_uid:io_gid`` and closed here after start; the shim copies between the pipes and the
-  FIFOs, which it opens as :mod:`trioshim.runc.stdio_fds` says (nothing is lost when a client
-  goes away and comes back; stdin ends only after CloseIO and every client writer closed).
-- file (``file:///abs/path``): parent dirs created (0755), the file created for appending
-  (0644); stdout and stderr are copied into one shared append descriptor.
-- binary (``binary:///abs/logger?k=v``): the logger (:mod:`trioshim.task.logger`) reads
-  runc's output pipes directly; nothing is copied by the shim; stdin is not connected (as in
-  containerd-shim-runc-v2).
-- terminal: a console socket (see :mod:`trioshim.runc.console`); after start, the master is
-  copied to the stdout FIFO (or a ``binary://`` logger's fd 3), stdin FIFO -> master; stderr is
-  ignored. The output is drained once the console is shut down at the exit (a terminal with no
-  slave open may be reopened, so its hang-up is not the end) and the client has read the FIFO.
-  Stdin's end of file shuts the console down.
-- any other scheme: ``StdioError("unknown STDIO scheme <s>")``.
+The modes (null, fifo, file, binary, terminal), which request selects which, and the pipes
+runc is given are :mod:`trioshim.runc.stdio_modes`; the descriptors and how each FIFO is opened
+:mod:`trioshim.runc.stdio_fds`; the copy tasks :mod:`trioshim.runc.stdio_copiers`. This module
+is the lifecycle that ties them together: prepare, start copying once runc returned, serve
+CloseIO and ResizePty, drain at the exit, close.
 
 Errors: :class:`StdioError` (maps to Unknown), :class:`StdioDeadlineExceeded` (an output FIFO
 never got a reader, or runc never sent the master, before the deadline: DeadlineExceeded).
@@ -45,14 +32,12 @@ console copy: ...``, ``failed to open stdin fifo <path>: ...``).
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, NamedTuple
+from typing import Final
 
 import trio
 
@@ -64,22 +49,26 @@ from trioshim.runc.stdio_fds import (
     StdioError,
     open_output,
     open_stdin_fifo,
-    path_error,
     start_pipe_logger,
+)
+from trioshim.runc.stdio_modes import (
+    RuncStdio,
+    StdioConfig,
+    StdioMode,
+    create_log_file,
+    open_runc_pipes,
+    scheme_or_none,
+    select_mode,
 )
 from trioshim.shim.reaper import Child, Reaper
 from trioshim.task.logger import LOGGER_TERM_TIMEOUT, stop_logger
-from trioshim.task.uri import UriError, stdout_scheme, uri_path
 
 __all__ = [
     "IO_START_TIMEOUT",
     "LOGGER_TERM_TIMEOUT",
     "ProcessIO",
-    "RuncStdio",
-    "StdioConfig",
     "StdioDeadlineExceeded",
     "StdioError",
-    "StdioMode",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,37 +78,6 @@ IO_START_TIMEOUT: Final = 30.0
 
 _PIPE_PREFIX: Final = "failed to start io pipe copy: unable to copy pipes: "
 _CONSOLE_PREFIX: Final = "failed to start console copy: "
-
-
-@dataclass(frozen=True, slots=True)
-class StdioConfig:
-    """The stdio of a process as containerd sends it (``CreateTaskRequest`` /
-    ``ExecProcessRequest``)."""
-
-    stdin: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    terminal: bool = False
-
-    @property
-    def is_null(self) -> bool:
-        return not (self.stdin or self.stdout or self.stderr)
-
-
-class RuncStdio(NamedTuple):
-    """Descriptors to give runc as its stdin/stdout/stderr; ``None`` = ``/dev/null``."""
-
-    stdin: int | None
-    stdout: int | None
-    stderr: int | None
-
-
-class StdioMode(enum.Enum):
-    NULL = "null"
-    FIFO = "fifo"
-    FILE = "file"
-    BINARY = "binary"
-    TERMINAL = "terminal"
 
 
 class ProcessIO:
@@ -202,65 +160,28 @@ class ProcessIO:
         return self
 
     async def _setup(self) -> None:
-        config = self.config
-        if config.terminal:
-            self.mode = StdioMode.TERMINAL
+        self.mode = mode = select_mode(self.config)
+        if mode is StdioMode.TERMINAL:
             try:
                 self._socket = ConsoleSocket.create()
             except OSError as exc:
                 raise StdioError(f"{exc.strerror or exc}") from exc
             self.console_socket = self._socket.path
-            return
-        if config.is_null:
-            self.mode = StdioMode.NULL
+        elif mode is StdioMode.NULL:
             self.runc_stdio = RuncStdio(None, None, None)
-            return
-        try:
-            scheme = stdout_scheme(config.stdout)
-        except UriError as exc:
-            raise StdioError(str(exc)) from None
-        if scheme in ("", "fifo"):
-            self.mode = StdioMode.FIFO
-            self._make_pipes()
-        elif scheme == "file":
-            self.mode = StdioMode.FILE
-            path = uri_path(config.stdout)
-            try:
-                os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
-                os.close(
-                    os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                )
-            except OSError as exc:
-                raise StdioError(path_error("open", path, exc)) from exc
-            self.stdout_path = path
-            self._make_pipes()
-        elif scheme == "binary":
-            self.mode = StdioMode.BINARY
+        elif mode is StdioMode.BINARY:
             await self._start_binary_logger()
         else:
-            raise StdioError(f"unknown STDIO scheme {scheme}")
+            if mode is StdioMode.FILE:
+                self.stdout_path = create_log_file(self.config.stdout)
+            self._make_pipes()
 
     def _make_pipes(self) -> None:
-        cfg = self.config
-        stdin = stdout = stderr = None
-        if cfg.stdin:
-            runc_end, self._stdin_w = self._pipe(runc_reads=True, name="stdin")
-            stdin = runc_end
-        if cfg.stdout:
-            runc_end, self._stdout_r = self._pipe(runc_reads=False, name="stdout")
-            stdout = runc_end
-        if cfg.stderr:
-            runc_end, self._stderr_r = self._pipe(runc_reads=False, name="stderr")
-            stderr = runc_end
-        self.runc_stdio = RuncStdio(stdin, stdout, stderr)
-
-    def _pipe(self, *, runc_reads: bool, name: str) -> tuple[int, int]:
-        """A pipe for one stream: returns (runc's end, our non-blocking end)."""
-        runc_end, ours = self._fds.runc_pipe(
-            runc_reads=runc_reads, name=name, uid=self.io_uid, gid=self.io_gid
+        self.runc_stdio, ours = open_runc_pipes(
+            self._fds, self.config, uid=self.io_uid, gid=self.io_gid
         )
-        self._runc_ends.append(runc_end)
-        return runc_end, ours
+        self._runc_ends += [fd for fd in self.runc_stdio if fd is not None]
+        self._stdin_w, self._stdout_r, self._stderr_r = ours
 
     async def _spawn_logger(self, uri: str) -> tuple[int, int]:
         """Start the ``binary://`` logger; returns our write ends (stdout, stderr) and keeps
@@ -344,7 +265,7 @@ class ProcessIO:
             console.shutdown()
         extra: list[int] = []  # closed with the output
         keeper: int | None = None
-        if _scheme_or_none(cfg.stdout) == "binary":
+        if scheme_or_none(cfg.stdout) == "binary":
             try:
                 out_w, err_w = await self._spawn_logger(cfg.stdout)
             except StdioError as exc:
@@ -433,10 +354,3 @@ class ProcessIO:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _scheme_or_none(uri: str) -> str | None:
-    try:
-        return stdout_scheme(uri)
-    except UriError:
-        return None
