@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
-__all__ = ["action", "containerd_address", "launch", "load_app", "main", "server_path"]
+__all__ = ["action", "containerd_address", "environ", "launch", "load_app", "main", "server_path"]
 
 ENV_DISABLE = "TRIOSHIM_FORKSERVER"
 ENV_DIR = "TRIOSHIM_FORKSERVER_DIR"
@@ -106,7 +106,7 @@ def launch(app: str, argv: list[str] | None = None) -> int:
 def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if action(args) not in _DELEGATED or _environ().get(ENV_DISABLE) == "0":
+    if action(args) not in _DELEGATED or environ().get(ENV_DISABLE) == "0":
         return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
@@ -149,7 +149,7 @@ def action(args: list[str]) -> str:
 _posix_environ: "dict[str, str] | None" = None
 
 
-def _environ() -> "Mapping[str, str]":
+def environ() -> "Mapping[str, str]":
     """``os.environ`` once ``os`` is imported (whoever imported it may have changed it);
     before that, the environment the process started with, decoded as ``os`` decodes it."""
     global _posix_environ
@@ -169,7 +169,7 @@ def containerd_address(args: list[str]) -> str:
     """The containerd this invocation is for: ``-address``, else what 1.7+ put in the
     environment (the same fallback as the shim's own flag handling)."""
     address = _scan(args)[1].get("address", "")
-    env = _environ()
+    env = environ()
     return (
         address
         or env.get("GRPC_ADDRESS", "").removeprefix("unix://")
@@ -184,7 +184,7 @@ def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
     key = repr(
         (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, posix.getuid(), address)
     )
-    directory = _environ().get(ENV_DIR) or DEFAULT_DIR
+    directory = environ().get(ENV_DIR) or DEFAULT_DIR
     name = prefix + sha256_hex(key.encode())[:24]
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
@@ -221,7 +221,7 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "protocol": PROTOCOL,
                 "argv0": sys.argv[0] if sys.argv else "",
                 "argv": args,
-                "env": dict(_environ()),
+                "env": dict(environ()),
                 "cwd": posix.getcwd(),
                 "ppid": posix.getppid(),
                 "placement": _placement(),
