@@ -115,3 +115,15 @@ def test_the_package_is_found_without_site_when_installed_as_a_wheel_or_editable
 def test_another_layout_runs_site_to_find_the_package(tmp_path: Path) -> None:
     imported = _imports([str(_prefix_with(tmp_path, "other")), "-v"])
     assert imported.index("site") < imported.index("trioshim.shim.forkserver")
+
+
+def test_the_script_names_the_apps_and_runtime_of_the_runc_launcher_module() -> None:
+    """The script spells them out (importing ``trioshim.runc.launcher`` would cost every
+    helper); the fork server's and the shared process's sockets are keyed by them."""
+    from trioshim.runc import launcher
+    from trioshim.runc.manager import SharedRuncManager
+
+    source = SCRIPT.read_text()
+    assert f'_launch("{launcher.APP}")' in source
+    assert f'_launch("{launcher.SHARED_APP}", "{launcher.SHARED_RUNTIME}")' in source
+    assert SharedRuncManager.name == launcher.SHARED_RUNTIME
