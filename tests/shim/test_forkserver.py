@@ -285,3 +285,23 @@ def test_disabled_runs_locally_and_spawns_nothing(env: Env) -> None:
     finally:
         shutdown(out.decode())
     assert not env.server_dir.exists() and env.server_log() == ""
+
+
+def test_a_worker_takes_the_helpers_environment_whole() -> None:
+    """Only what differs is changed, but the result is the helper's environment exactly: what
+    the server has and the helper lacks is gone, in ``os.environ`` and in what children get."""
+    from trioshim.shim.forkserve import _take_environment
+
+    before = dict(os.environ)
+    helper = {k: v for k, v in before.items() if k != "HOME"}
+    helper.update(TRIOSHIM_TEST_NEW="new", PATH=before.get("PATH", "") + ":/helper/bin")
+    os.environ["TRIOSHIM_TEST_SERVERS_OWN"] = "server"
+    try:
+        _take_environment(helper)
+        assert dict(os.environ) == helper
+        seen = subprocess.run(["/usr/bin/env", "-0"], capture_output=True, check=True).stdout
+        child = dict(v.decode().split("=", 1) for v in seen.split(b"\0") if v)
+        assert "TRIOSHIM_TEST_SERVERS_OWN" not in child and "HOME" not in child
+        assert (child["TRIOSHIM_TEST_NEW"], child["PATH"]) == ("new", helper["PATH"])
+    finally:
+        _take_environment(before)
