@@ -10,13 +10,19 @@ open, ``SHIM -namespace NS -address ADDR -publish-binary /usr/bin/containerd -id
 
     python -m bench.start_cost cpu [--shim PATH] [--cycles 15]
     python -m bench.start_cost memory [--shim PATH] [--daemons 12]
+    python -m bench.start_cost instructions [--shim PATH] [--runs 3]
 
 ``cpu``: ``perf stat -e task-clock,page-faults`` around each helper, and attached to the fork
 server (inherited by its workers and daemons) over the cycles start, Connect, Shutdown,
 delete; medians per helper, totals per cycle for the server's side. ``memory``: starts
 ``--daemons`` daemons, calls Connect on each, then reads their ``Private_Dirty``
-(``/proc/<pid>/smaps_rollup``). ``--shim`` names the build to measure (default: the
-``containerd-shim-trioshim-v2`` beside this interpreter), e.g. another checkout's launcher.
+(``/proc/<pid>/smaps_rollup``). ``instructions``: what the start helpers themselves execute
+(valgrind's callgrind, user space, the whole helper process; these counts do not move with
+the load), each run the way the launcher runs it (the interpreter beside it, ``-S``) against a
+fake fork server or shared process that answers at once, beside ``python3 -S -c pass``.
+``--shim`` names the build to measure (default: the ``containerd-shim-trioshim-v2`` beside
+this interpreter), e.g. another checkout's launcher; its ``-shared-v2`` sibling is measured
+too when it is there.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import marshal
 import os
 import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +211,90 @@ def measure_memory(driver: Driver, daemons: int) -> None:
                 connect(address, cid, shutdown=True)
 
 
+# What each helper's socket path is computed with: the shim build's own code, run by the
+# interpreter beside it, as if it were the helper (the path is keyed by its argv[0]).
+_SERVER_PATH = (
+    "import sys; sys.argv = [{shim!r}]; from trioshim.runc import launcher as l; "
+    "from trioshim.shim import forkserver, sharedlaunch; print(forkserver.server_path(l.APP, "
+    "{address!r}) if not {shared!r} else sharedlaunch.control_path(l.SHARED_RUNTIME, {address!r}))"
+)
+
+
+def _fake_server(path: str, shared: bool) -> socket.socket:
+    """Listens at ``path`` and answers each helper at once (the worker's ``S`` status, or the
+    shared process's reply with an address), in a thread of its own."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    listener = socket.socket(
+        socket.AF_UNIX, socket.SOCK_SEQPACKET if shared else socket.SOCK_STREAM
+    )
+    listener.bind(path)
+    listener.listen(8)
+    reply = {"ok": True, "status": 0, "stdout": b"unix:///fake\n", "stderr": b""}
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    if shared:
+                        conn.recv(1 << 20)
+                        conn.send(marshal.dumps(reply))
+                        continue
+                    data, fds, _, _ = socket.recv_fds(conn, 4, 3)
+                    for fd in fds:
+                        os.close(fd)
+                    size = int.from_bytes(data, "big")
+                    while size > 0:
+                        size -= len(conn.recv(size))
+                    conn.sendall(b"S" + (0).to_bytes(4, "big"))
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener
+
+
+def _instructions(argv: list[str], env: dict[str, str], cwd: str) -> int:
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(rb"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{argv[0]}: status {done.returncode}: {done.stderr[-2000:]!r}")
+    return int(found.group(1))
+
+
+def measure_instructions(shim: str, runs: int) -> None:
+    if shutil.which("valgrind") is None:
+        sys.exit("instructions: needs valgrind (apt-get install valgrind)")
+    python = os.path.join(os.path.dirname(shim), "python3")
+    shims = [shim]
+    shared_shim = shim.replace("-trioshim-v2", "-trioshim-shared-v2")
+    if shared_shim != shim and os.path.exists(shared_shim):
+        shims.append(shared_shim)
+    with tempfile.TemporaryDirectory(prefix="tsi", dir="/tmp") as tmp:
+        address = tmp + "/containerd.sock"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(TRIOSHIM_FORKSERVER_DIR=tmp + "/fs", TTRPC_ADDRESS=address + ".ttrpc")
+        floor = [_instructions([python, "-S", "-c", "pass"], env, tmp) for _ in range(runs)]
+        print(f"python3 -S -c pass: {statistics.median(floor) / 1e6:.2f} M instructions")
+        for helper in shims:
+            shared = helper.endswith("-shared-v2")
+            code = _SERVER_PATH.format(shim=helper, address=address, shared=shared)
+            path = subprocess.run(
+                [python, "-c", code], cwd=tmp, env=env, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            listener = _fake_server(path, shared)
+            try:
+                argv = [python, "-S", helper, "-namespace", NAMESPACE, "-address", address]
+                argv += ["-publish-binary", "/usr/bin/containerd", "-id", "i", "start"]
+                counts = [_instructions(argv, env, tmp) for _ in range(runs)]
+            finally:
+                listener.close()
+            median = statistics.median(counts) / 1e6
+            extra = median - statistics.median(floor) / 1e6
+            print(f"{os.path.basename(helper)} start: {median:.2f} M instructions ({extra:+.2f} M)")
+
+
 @contextlib.contextmanager
 def driven(shim: str) -> Iterator[Driver]:
     with tempfile.TemporaryDirectory(prefix="tsc", dir="/tmp") as tmp:
@@ -216,12 +310,16 @@ def driven(shim: str) -> Iterator[Driver]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.start_cost", description=__doc__)
-    parser.add_argument("what", choices=["cpu", "memory"])
+    parser.add_argument("what", choices=["cpu", "memory", "instructions"])
     default = str(Path(sys.executable).parent / "containerd-shim-trioshim-v2")
     parser.add_argument("--shim", default=default, help="the shim build to measure")
     parser.add_argument("--cycles", type=int, default=15, help="cpu: start/delete cycles")
     parser.add_argument("--daemons", type=int, default=12, help="memory: daemons held")
+    parser.add_argument("--runs", type=int, default=3, help="instructions: runs per helper")
     args = parser.parse_args(argv)
+    if args.what == "instructions":
+        measure_instructions(args.shim, args.runs)
+        return
     with driven(args.shim) as driver:
         if args.what == "cpu":
             measure_cpu(driver, args.cycles)

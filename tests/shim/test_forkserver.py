@@ -57,19 +57,22 @@ def test_server_path_is_keyed_by_containerd_and_short(monkeypatch: pytest.Monkey
     assert a.startswith("/run/trioshim/fs-") and len(a) < 106
 
 
-def test_importing_the_helper_side_is_light() -> None:
+@pytest.mark.parametrize("helper", ["trioshim.shim.forkserver", "trioshim.shim.sharedlaunch"])
+def test_importing_the_helper_side_is_light(helper: str) -> None:
+    """The isolated runtime's helper side and the shared runtime's."""
     heavy = ("trio", "google.protobuf", "typing", "socket", "json", "re", "resource")
-    assert modules_loaded_by("trioshim.shim.forkserver, trioshim.shim", heavy) == []
+    assert modules_loaded_by(f"{helper}, trioshim.shim", heavy) == []
 
 
-def test_without_site_the_helper_side_leaves_os_alone_and_keys_alike() -> None:
-    """Under ``-S`` (how the launcher starts the helper) nothing imports ``os``, and the helper
-    side does not either; the server's socket path is the same before and after ``os`` is
-    imported (by then read from ``os.environ``, which the process may have changed)."""
+@pytest.mark.parametrize("helper", ["forkserver", "sharedlaunch"])
+def test_without_site_the_helper_side_leaves_os_alone_and_keys_alike(helper: str) -> None:
+    """Under ``-S`` (how the launcher starts the helper) nothing imports ``os``, and neither
+    runtime's helper side does; the server's socket path is the same before and after ``os``
+    is imported (by then read from ``os.environ``, which the process may have changed)."""
     root = str(Path(forkserver.__file__).resolve().parents[2])
     code = (
         f"import sys; sys.path.insert(0, {root!r}); sys.argv = [{sys.executable!r}]\n"
-        "import trioshim.runc.launcher\n"
+        f"import trioshim.runc.launcher, trioshim.shim.{helper}\n"
         "from trioshim.shim import forkserver as f\n"
         "before = 'os' in sys.modules, f.server_path('a:b', f.containerd_address([]))\n"
         "import os\n"
@@ -282,3 +285,23 @@ def test_disabled_runs_locally_and_spawns_nothing(env: Env) -> None:
     finally:
         shutdown(out.decode())
     assert not env.server_dir.exists() and env.server_log() == ""
+
+
+def test_a_worker_takes_the_helpers_environment_whole() -> None:
+    """Only what differs is changed, but the result is the helper's environment exactly: what
+    the server has and the helper lacks is gone, in ``os.environ`` and in what children get."""
+    from trioshim.shim.forkserve import _take_environment
+
+    before = dict(os.environ)
+    helper = {k: v for k, v in before.items() if k != "HOME"}
+    helper.update(TRIOSHIM_TEST_NEW="new", PATH=before.get("PATH", "") + ":/helper/bin")
+    os.environ["TRIOSHIM_TEST_SERVERS_OWN"] = "server"
+    try:
+        _take_environment(helper)
+        assert dict(os.environ) == helper
+        seen = subprocess.run(["/usr/bin/env", "-0"], capture_output=True, check=True).stdout
+        child = dict(v.decode().split("=", 1) for v in seen.split(b"\0") if v)
+        assert "TRIOSHIM_TEST_SERVERS_OWN" not in child and "HOME" not in child
+        assert (child["TRIOSHIM_TEST_NEW"], child["PATH"]) == ("new", helper["PATH"])
+    finally:
+        _take_environment(before)

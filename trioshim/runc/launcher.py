@@ -1,5 +1,8 @@
-"""The ``containerd-shim-trioshim-v2`` and ``containerd-shim-trioshim-shared-v2`` console
-scripts: import-light launchers.
+"""The runc shim's apps and the ``containerd-shim-trioshim-v2`` and
+``containerd-shim-trioshim-shared-v2`` entry points: import-light launchers. The installed
+launcher script (``launcher/containerd-shim-trioshim-v2``) names :data:`APP`,
+:data:`SHARED_APP` and :data:`SHARED_RUNTIME` itself and calls the helper sides directly;
+:func:`main` and :func:`shared_main` are the same for a console script.
 
 containerd execs the shim for every container start and every clean-up, so this module imports
 nothing but the fork-server helper (standard-library built-ins only). ``start`` and ``delete``

@@ -329,8 +329,7 @@ def _worker(
             if fd > 2:
                 os.close(fd)
         os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
+        _take_environment(request["env"])
         sys.argv = [request.get("argv0") or argv0, *request["argv"]]
         # Like the helper this worker stands for (the daemon forked from here rewrites it to
         # its own argv); room left for that, so no exact trim.
@@ -351,6 +350,16 @@ def _worker(
     closing.clear()  # nothing was forked; the daemon's own children must keep that number
     conn.close()
     daemon.become()
+
+
+def _take_environment(env: dict[str, str]) -> None:
+    """Make ``os.environ`` the helper's ``env``, changing only what differs from ours (each
+    change is a ``putenv``/``unsetenv``; a helper's environment is mostly the server's)."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _decline(conn: socket.socket, why: str) -> None:

@@ -24,8 +24,8 @@ containerd:
   container (group), sharing the server's pages copy-on-write;
 - **no server yet** (the first start after boot, upgrade or containerd start, or a server
   that idled out): the helper runs the action in-process (the cold path costs what the plain
-  entry costs) and then spawns a server, detached (own session, stdio on ``/dev/null``), for
-  the next start.
+  entry costs) and then spawns a server, detached (own session, stdio on ``/dev/null``;
+  :mod:`trioshim.shim.forkspawn`), for the next start.
 
 The server is keyed by the app, the interpreter, the shim executable (path and mtime), the
 trioshim version, the uid and containerd's address (``-address``, else ``$GRPC_ADDRESS`` or
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from trioshim.shim.manager import Manager
     from trioshim.shim.plugin import Registry
 
-__all__ = ["action", "containerd_address", "launch", "load_app", "main", "server_path"]
+__all__ = ["action", "containerd_address", "environ", "launch", "load_app", "main", "server_path"]
 
 ENV_DISABLE = "TRIOSHIM_FORKSERVER"
 ENV_DIR = "TRIOSHIM_FORKSERVER_DIR"
@@ -67,17 +67,11 @@ DEFAULT_DIR = "/run/trioshim"
 IDLE_TIMEOUT = 600.0
 PROTOCOL = 2
 _DELEGATED = ("start", "delete")
-# Set by containerd for one shim invocation; never part of the server's own.
-_PER_CALL_ENV = frozenset(
-    ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE", "GOMAXPROCS")
-)
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
 # The worker's answer: b"S" + the exit status, or b"L" + 0 ("run it yourself"); the status a
 # 4-byte big-endian signed int (no struct module: it costs the helper an import).
 _STATUS_SIZE = 5
 _DECLINED = -1  # what _delegate returns for b"L" (the worker could not stand in for us)
-_CMDLINE_ROOM = 2048  # bytes of blank argv the server starts with (see _spawn_server)
-PIDFD_FD = 3  # where the server finds the pidfd of its containerd, when the helper has one
 _REQUEST_TIMEOUT = 10.0  # to receive a request once connected
 _MAX_REQUEST = 4 << 20
 _SCM_RIGHTS = 1
@@ -106,7 +100,7 @@ def launch(app: str, argv: list[str] | None = None) -> int:
 def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     """The status, and whether the action ran in this process."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if action(args) not in _DELEGATED or _environ().get(ENV_DISABLE) == "0":
+    if action(args) not in _DELEGATED or environ().get(ENV_DISABLE) == "0":
         return _run_local(app, args), True
     path = server_path(app, containerd_address(args))
     delegated = _delegate(path, args)
@@ -116,8 +110,10 @@ def _launch(app: str, argv: list[str] | None) -> tuple[int, bool]:
     if delegated is None:  # the cold path: no server (yet) for this containerd
         import contextlib
 
+        from trioshim.shim.forkspawn import spawn_server
+
         with contextlib.suppress(OSError):
-            _spawn_server(app, path)
+            spawn_server(app, path)
     return status, True
 
 
@@ -149,7 +145,7 @@ def action(args: list[str]) -> str:
 _posix_environ: "dict[str, str] | None" = None
 
 
-def _environ() -> "Mapping[str, str]":
+def environ() -> "Mapping[str, str]":
     """``os.environ`` once ``os`` is imported (whoever imported it may have changed it);
     before that, the environment the process started with, decoded as ``os`` decodes it."""
     global _posix_environ
@@ -169,7 +165,7 @@ def containerd_address(args: list[str]) -> str:
     """The containerd this invocation is for: ``-address``, else what 1.7+ put in the
     environment (the same fallback as the shim's own flag handling)."""
     address = _scan(args)[1].get("address", "")
-    env = _environ()
+    env = environ()
     return (
         address
         or env.get("GRPC_ADDRESS", "").removeprefix("unix://")
@@ -184,7 +180,7 @@ def server_path(app: str, address: str, *, prefix: str = "fs-") -> str:
     key = repr(
         (PROTOCOL, app, sys.executable, exe, mtime, trioshim.__version__, posix.getuid(), address)
     )
-    directory = _environ().get(ENV_DIR) or DEFAULT_DIR
+    directory = environ().get(ENV_DIR) or DEFAULT_DIR
     name = prefix + sha256_hex(key.encode())[:24]
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
@@ -221,7 +217,7 @@ def _delegate(path: str, args: list[str]) -> int | None:
                 "protocol": PROTOCOL,
                 "argv0": sys.argv[0] if sys.argv else "",
                 "argv": args,
-                "env": dict(_environ()),
+                "env": dict(environ()),
                 "cwd": posix.getcwd(),
                 "ppid": posix.getppid(),
                 "placement": _placement(),
@@ -288,52 +284,6 @@ def _read_proc(path: str) -> bytes | None:
         posix.close(fd)
 
 
-def _spawn_server(app: str, path: str) -> None:
-    """Start a fork server in the background, detached from us and from containerd's pipe."""
-    import os
-
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    log = os.environ.get(ENV_LOG) or os.devnull
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    # The server lives as long as our containerd (our parent): a pidfd on it, handed over as
-    # fd 3, where the kernel has them (no pid-reuse race); else the server polls the pid.
-    containerd = os.getppid()
-    try:
-        pidfd = os.pidfd_open(containerd)
-    except (AttributeError, OSError):
-        pidfd = -1
-    argv = [sys.executable, "-m", "trioshim.shim.forkserver", "serve", app, path]
-    argv += [sys.argv[0] if sys.argv else "", str(containerd), "1" if pidfd >= 0 else "0"]
-    # Room in the argv area: a worker rewrites it in place with the helper's argv (truncated
-    # to its size), and containerd 1.7/2.x's `start` argv (long -publish-binary and -address
-    # paths, a 64-char pod id) must fit whole, `-id` included, in /proc/<daemon>/cmdline.
-    argv.append(" " * _CMDLINE_ROOM)
-    # The server serves every containerd of this uid: it must not carry the environment of the
-    # one whose start happened to spawn it (workers take each request's own environment).
-    env = {k: v for k, v in os.environ.items() if k not in _PER_CALL_ENV}
-    actions: list[tuple[object, ...]] = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, log, flags, 0o600),
-        (os.POSIX_SPAWN_OPEN, 2, log, flags, 0o600),
-    ]
-    if pidfd >= 0:
-        # Inheritable: a dup2 onto itself (pidfd == 3) would keep its close-on-exec flag.
-        os.set_inheritable(pidfd, True)
-        actions.append((os.POSIX_SPAWN_DUP2, pidfd, PIDFD_FD))
-    try:
-        os.posix_spawn(
-            sys.executable,
-            argv,
-            env,
-            file_actions=actions,
-            setsid=True,
-            setsigdef=(13,),  # SIGPIPE (CPython ignores it; the server's children want it back)
-        )
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-
-
 def _run_local(app: str, args: list[str], *, containerd_pid: int | None = None) -> int:
     prepare_full_import()
     from trioshim.shim.main import run
@@ -383,6 +333,8 @@ def load_app(app: str) -> "tuple[Manager, Registry]":
 
 if __name__ == "__main__":
     import os
+
+    from trioshim.shim.forkspawn import PIDFD_FD
 
     # serve APP SOCKET ARGV0 CONTAINERD_PID HAS_PIDFD [ROOM]
     if len(sys.argv) >= 7 and sys.argv[1] == "serve" and sys.argv[5].isdigit():

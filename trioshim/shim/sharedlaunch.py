@@ -5,8 +5,8 @@ shared process (:mod:`trioshim.shim.shared`) already has the shim imported, so t
 it to run the action (:mod:`trioshim.shim.sharedactions`): one ``SOCK_SEQPACKET`` message
 each way on its control socket (``marshal``: argv, environment, cwd, parent pid, the bytes
 containerd wrote on stdin; back: exit status, stdout, stderr). This module imports only
-modules built into the interpreter (plus :mod:`trioshim.shim.forkserver`'s helper side, which
-does the same): every millisecond here is on containerd's critical path.
+modules built into the interpreter, not even ``os`` (plus :mod:`trioshim.shim.forkserver`'s
+helper side, which does the same): every millisecond here is on containerd's critical path.
 
 With no live process (the first start for this containerd and build, or after the process
 idled out or was killed), when the process declines (``-info``, ``-v``, ``SCHED_CORE``) or goes
@@ -16,14 +16,18 @@ server is involved: in shared mode the shared process is the one that stays warm
 ``TRIOSHIM_FORKSERVER=0`` also disables asking the shared process.
 """
 
-from __future__ import annotations
-
 import _socket
 import marshal
-import os
+import posix
 import sys
 
-from trioshim.shim.forkserver import ENV_DISABLE, action, containerd_address, server_path
+from trioshim.shim.forkserver import (
+    ENV_DISABLE,
+    action,
+    containerd_address,
+    environ,
+    server_path,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,23 +48,23 @@ def control_path(runtime: str, containerd: str) -> str:
     return server_path("shared:" + runtime, address, prefix="shared-")
 
 
-def main(app: str, runtime: str) -> NoReturn:
+def main(app: str, runtime: str) -> "NoReturn":
     """Console-script entry of a shared runtime whose manager is named ``runtime``."""
     args = sys.argv[1:]
     verb = action(args)
     stdin: bytes | None = None
-    if verb in _ACTIONS and os.environ.get(ENV_DISABLE) != "0":
+    if verb in _ACTIONS and environ().get(ENV_DISABLE) != "0":
         if verb == "start":
             stdin = _read_all(0)
         reply = _ask(control_path(runtime, containerd_address(args)), verb, args, stdin or b"")
         if reply is not None:
             _write_all(1, reply[1])
             _write_all(2, reply[2])
-            os._exit(reply[0])  # nothing buffered, nothing to tear down
+            posix._exit(reply[0])  # nothing buffered, nothing to tear down
     sys.exit(_run_here(app, args, stdin))
 
 
-def _ask(path: str, verb: str, args: list[str], stdin: bytes) -> tuple[int, bytes, bytes] | None:
+def _ask(path: str, verb: str, args: list[str], stdin: bytes) -> "tuple[int, bytes, bytes] | None":
     """(status, stdout, stderr) of the action the shared process at ``path`` ran; ``None``
     when it did nothing (no process, declined, gone before answering)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
@@ -70,9 +74,9 @@ def _ask(path: str, verb: str, args: list[str], stdin: bytes) -> tuple[int, byte
             request = {
                 "op": verb,
                 "argv": args,
-                "env": dict(os.environ),
-                "cwd": os.getcwd(),
-                "ppid": os.getppid(),
+                "env": dict(environ()),
+                "cwd": posix.getcwd(),
+                "ppid": posix.getppid(),
                 "stdin": stdin,
             }
             sock.send(marshal.dumps(request))  # one message: all or EMSGSIZE
@@ -112,7 +116,7 @@ def _run_here(app: str, args: list[str], stdin: bytes | None) -> int:
 def _read_all(fd: int) -> bytes:
     chunks = []
     try:
-        while chunk := os.read(fd, 65536):
+        while chunk := posix.read(fd, 65536):
             chunks.append(chunk)
     except OSError:
         pass  # no stdin (closed): no options, as for the shim's own read
@@ -123,6 +127,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view) :]
+            view = view[posix.write(fd, view) :]
         except OSError:
             return  # containerd stopped reading: nothing else to tell it
