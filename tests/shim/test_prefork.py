@@ -124,6 +124,33 @@ def test_failed_steps_are_reported_and_the_heap_still_frozen() -> None:
     assert result["frozen"] > 1000
 
 
+@pytest.mark.parametrize("imported", [True, False])
+def test_the_warm_up_finds_its_own_cgroup_only_for_an_app_that_uses_cgroups(
+    imported: bool,
+) -> None:
+    result = _run(
+        """
+        import json, os, sys
+        from trioshim.shim import prefork
+        FIND = "trioshim.shim.cgroups.find"
+        calls = []
+        if sys.argv[1] == "yes":
+            import trioshim.shim.cgroups.find as find
+            real = find.load_cgroup
+            find.load_cgroup = lambda pid: calls.append(pid) or real(pid)
+        problem = prefork.prepare_heap()
+        print(json.dumps({
+            "problem": problem, "calls": calls, "pid": os.getpid(), "loaded": FIND in sys.modules,
+        }))
+        """,
+        None,
+        "yes" if imported else "no",
+    )
+    assert result["problem"] is None
+    assert result["loaded"] is imported  # never imported for an app that does not use it
+    assert result["calls"] == ([result["pid"]] if imported else [])
+
+
 # A registry whose only plugin records its init in a file and serves an empty Task service.
 _RECORDING_APP = """
 import os, sys

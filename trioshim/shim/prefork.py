@@ -10,12 +10,14 @@ touch (docs/benchmarks.md, "Memory of one daemon per container", has the measure
 
 - **warm-up**, so that what Trio, the ttrpc code, protobuf and the daemon create lazily on
   first use is built, and the bytecode they run is specialised, once here instead of in every
-  daemon: the codecs a daemon looks up by name; one Task.State call through our ttrpc server
-  and client on a private socket (it answers Unimplemented); and one **dry run of the
-  daemon** (:func:`~trioshim.shim.daemon.serve_daemon` with the app's manager and plugins,
-  signals left alone, a scratch bundle, an abstract socket nobody else knows, a logger
-  writing to ``/dev/null``), shut down as soon as it serves. So a plugin's ``init`` also
-  runs once in the fork server, where there is no container: it must not need one;
+  daemon: the codecs a daemon looks up by name; a look-up of the server's own cgroup, as a
+  daemon does for each container (when the app uses the cgroup code); one Task.State call
+  through our ttrpc server and client on a private socket (it answers Unimplemented); and
+  one **dry run of the daemon** (:func:`~trioshim.shim.daemon.serve_daemon` with the app's
+  manager and plugins, signals left alone, a scratch bundle, an abstract socket nobody else
+  knows, a logger writing to ``/dev/null``), shut down as soon as it serves. So a plugin's
+  ``init`` also runs once in the fork server, where there is no container: it must not need
+  one;
 - ``gc.collect()``, then **holes filled**: every free block of pymalloc's partly used pools
   gets a small object that is never freed, so the objects a daemon makes go to pools of its
   own, packed, instead of one here and one there into shared pages (each such page copied
@@ -93,7 +95,18 @@ def _noting(problems: list[str], step: str) -> Iterator[None]:
 def _warm_up() -> None:
     for name in _CODECS:
         codecs.lookup(name)
+    _warm_cgroup_lookup()
     trio.run(_ttrpc_round_trip)
+
+
+def _warm_cgroup_lookup() -> None:
+    """Find the fork server's own cgroup, as a daemon finds each container's after ``runc
+    create``: the mount-table parsing compiles a regular expression into ``re``'s cache on
+    first use, about half a millisecond of every daemon's Create otherwise. Only when the app
+    imported the cgroup code (a shim that never looks at cgroups gets nothing new)."""
+    find = sys.modules.get("trioshim.shim.cgroups.find")
+    if find is not None:
+        find.load_cgroup(os.getpid())
 
 
 async def _ttrpc_round_trip() -> None:
