@@ -251,7 +251,10 @@ class StartRunner:
         forced = []
         for pid in self.spawned_pids:
             if pid_alive(pid):
-                forced.append(f"daemon {pid}")
+                # The shared process (no -id: it serves every shim) idles for the next start
+                # by design; a daemon of one container should have gone with its Shutdown.
+                shared = "-id" not in proc_argv(pid)
+                forced.append(f"shared process {pid} (idling)" if shared else f"daemon {pid}")
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for rt in (self.env.reference, self.env.ours):
