@@ -149,8 +149,11 @@ async def test_delete_action_cleans_up_a_live_container(
         )
         create.check()
         pid = int((bundle / "init.pid").read_text())
+        ctx = _stop_ctx(bundle, reaper, "c1")
+        # runc state and a mounted rootfs left: not something to answer at once
+        assert RuncManager().stop_at_once(ctx.flags, ctx.bundle, ctx.log) is None
 
-        status = await RuncManager().stop(_stop_ctx(bundle, reaper, "c1"))
+        status = await RuncManager().stop(ctx)
         assert (status.pid, status.exit_status) == (pid, 137)
         listing = await reaper.run([*root_args, "list", "-q"])
         assert listing.stdout.strip() == b""
@@ -167,6 +170,49 @@ async def test_delete_action_cleans_up_a_live_container(
     finally:
         await reaper.run([*root_args, "delete", "--force", "c1"])
         await unmount_all(str(bundle / "rootfs"))
+
+
+def test_stop_at_once_answers_a_bundle_its_daemon_cleaned_up(tmp_path: Path) -> None:
+    bundle = tmp_path / "c1"
+    bundle.mkdir()
+    (bundle / "rootfs").mkdir()
+    runc_root = tmp_path / "runc-root"
+    write_bundle_files(str(bundle), oci_pb2.Options(root=str(runc_root)))
+    (bundle / "init.pid").write_text("4242")
+    flags = Flags(namespace="ns", id="c1", bundle=str(bundle), action="delete")
+    log = logging.getLogger("test.delete")
+    status = RuncManager().stop_at_once(flags, str(bundle), log)
+    assert status is not None
+    assert (status.pid, status.exit_status) == (4242, 137)
+
+    # runc still has state for it (a daemon that was killed): stop() must run runc delete
+    (runc_root / "ns" / "c1").mkdir(parents=True)
+    assert RuncManager().stop_at_once(flags, str(bundle), log) is None
+    shutil.rmtree(runc_root)
+
+    # options it cannot read: stop() reads them again and says why
+    (bundle / "options.json").write_text("{not json")
+    assert RuncManager().stop_at_once(flags, str(bundle), log) is None
+
+
+def test_delete_action_of_a_cleaned_up_bundle_runs_no_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_loop(*args: object) -> None:
+        raise AssertionError("trio.run called")
+
+    monkeypatch.setattr(trio, "run", no_loop)
+    bundle = tmp_path / "done"
+    bundle.mkdir()
+    write_bundle_files(str(bundle), oci_pb2.Options(root=str(tmp_path / "runc-root")))
+    (bundle / "init.pid").write_text("77")
+    out, err = io.BytesIO(), io.BytesIO()
+    argv = ["-namespace", "ns", "-id", "done", "-bundle", str(bundle), "delete"]
+    rc = shim_run(RuncManager(), argv, stdin=io.BytesIO(b""), stdout=out, stderr=err)
+    assert rc == 0, err.getvalue()
+    reply = shim_pb2.DeleteResponse.FromString(out.getvalue())
+    assert (reply.pid, reply.exit_status) == (77, 137)
+    assert err.getvalue() == b""
 
 
 @needs_root

@@ -114,11 +114,16 @@ class Runc:
         return cls(
             reaper=reaper,
             binary=binary or "runc",
-            root=os.path.join(root or DEFAULT_ROOT, namespace),
+            root=cls.root_for(root, namespace),
             log=os.path.join(bundle, LOG_FILE),
             criu=criu,
             systemd_cgroup=systemd_cgroup,
         )
+
+    @staticmethod
+    def root_for(root: str, namespace: str) -> str:
+        """runc's ``--root`` for a namespace: under the options' ``root``, else runc's default."""
+        return os.path.join(root or DEFAULT_ROOT, namespace)
 
     def global_args(self) -> list[str]:
         out: list[str] = []

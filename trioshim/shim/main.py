@@ -10,8 +10,10 @@
   containerd's + 1, print the address and nothing else. A fork server's worker (a fresh
   process that exits once it has reported) passes a ``fork`` that defers instead, and then
   becomes the daemon itself: one fork less on containerd's critical path.
-- ``delete``: the manager's :meth:`~trioshim.shim.manager.Manager.stop` (with a reaper), then
-  the raw ``DeleteResponse`` on stdout; removes a socket a dead daemon leaked.
+- ``delete``: the manager's :meth:`~trioshim.shim.manager.Manager.stop_at_once`, else (it had
+  something to run or wait for) its :meth:`~trioshim.shim.manager.Manager.stop` in
+  ``trio.run`` with a reaper; then the raw ``DeleteResponse`` on stdout; removes a socket a
+  dead daemon leaked.
 - no action: the daemon, on fd 3 or ``-socket`` (the forked daemon gets its socket directly).
 - ``-info``: ``RuntimeInfo`` on stdout; ``-v``: version text.
 
@@ -48,7 +50,7 @@ from trioshim.shim.flags import (
 )
 from trioshim.shim.forking import Fork, fork_process
 from trioshim.shim.log import open_log_fifo, setup_logger
-from trioshim.shim.manager import Manager, StopContext
+from trioshim.shim.manager import Manager, StopContext, StopStatus
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
 from trioshim.shim.sharedclient import hand_over, remove_stale_control
@@ -70,6 +72,7 @@ __all__ = [
     "bind_socket",
     "daemon_main",
     "delete_bundle",
+    "delete_response",
     "main",
     "plan_start",
     "run",
@@ -336,23 +339,37 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     if manager.shared:
         remove_stale_control(manager.name, flags.address)
 
-    async def stop() -> bytes:
-        # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT):
-            async with open_reaper() as reaper:
-                return await delete_bundle(manager, StopContext(flags, bundle, reaper, log))
+    status = manager.stop_at_once(flags, bundle, log)
+    if status is not None:
+        response = delete_response(status, bundle)
+    else:
 
-    response = trio.run(stop)
+        async def stop() -> bytes:
+            # SIGTERM/SIGINT are held (ignored) while cleaning up, like the Go library.
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT):
+                async with open_reaper() as reaper:
+                    ctx = StopContext(flags, bundle, reaper, log)
+                    return delete_response(await manager.stop(ctx), bundle)
+
+        response = trio.run(stop)
     io.stdout.write(response)
     io.stdout.flush()
     return 0
 
 
 async def delete_bundle(manager: Manager, ctx: StopContext) -> bytes:
-    """The delete action's work: the manager's clean-up, then a socket a dead daemon leaked;
-    returns the ``DeleteResponse`` for containerd."""
-    status = await manager.stop(ctx)
-    _remove_leaked_socket(ctx.bundle)
+    """The delete action's work in a running event loop (shared mode's process):
+    :meth:`Manager.stop_at_once`, else :meth:`Manager.stop`; see :func:`delete_response`."""
+    status = manager.stop_at_once(ctx.flags, ctx.bundle, ctx.log)
+    if status is None:
+        status = await manager.stop(ctx)
+    return delete_response(status, ctx.bundle)
+
+
+def delete_response(status: StopStatus, bundle: str) -> bytes:
+    """After the manager's clean-up: remove a socket a dead daemon leaked; the
+    ``DeleteResponse`` for containerd."""
+    _remove_leaked_socket(bundle)
     ns = status.exited_at_ns
     response = shim_pb2.DeleteResponse(
         pid=status.pid,

@@ -23,6 +23,7 @@ __all__ = [
     "Mount",
     "RootfsMountError",
     "compact_lowerdir",
+    "has_mount",
     "mount",
     "mount_rootfs",
     "parse_mount_options",
@@ -224,13 +225,16 @@ def _is_mount_point(path: str) -> bool:
     return any(line.split(" ", 5)[4:5] == [escaped] for line in lines)
 
 
+def has_mount(target: str) -> bool:
+    """Whether anything is mounted on ``target`` (false when it is missing), without
+    unmounting: usually nothing is left (the daemon's Delete unmounted it before the delete
+    action runs), and saying so needs no worker thread, which costs the action milliseconds."""
+    return bool(target) and os.path.exists(target) and _is_mount_point(target)
+
+
 async def unmount_all(target: str) -> None:
     """Unmount everything stacked on ``target`` (a no-op when nothing is, or it is missing)."""
-    if not target or not os.path.exists(target):  # noqa: ASYNC240 - a stat, never blocks long
-        return
-    # Usually nothing is left on it (the daemon's Delete unmounted it before the delete
-    # action runs): say so without a worker thread, which costs the action milliseconds.
-    if not _is_mount_point(target):
+    if not has_mount(target):
         return
     path = target.encode()
     while True:

@@ -8,12 +8,14 @@ actions (``start``, ``delete``, the daemon) as containerd invokes them.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Final, NoReturn
 
+from trioshim.shim.flags import Flags
 from trioshim.shim.main import main as shim_main
 from trioshim.shim.manager import Manager, StopContext, StopStatus
-from trioshim.shim.mounts import unmount_all
+from trioshim.shim.mounts import has_mount, unmount_all
 from trioshim.shim.plugin import (
     EVENT_PLUGIN,
     INTERNAL_PLUGIN,
@@ -72,6 +74,11 @@ def registration(backend: Backend | Engine) -> Registration:
 class TaskManager(Manager):
     """The kit's shim manager: its ``delete`` action unmounts a rootfs the daemon mounted
     (an engine's container, see :mod:`trioshim.task.engine`) and left behind by dying."""
+
+    def stop_at_once(self, flags: Flags, bundle: str, log: logging.Logger) -> StopStatus | None:
+        """Nothing mounted on the rootfs (the daemon unmounted it, or never mounted one): only
+        the report is left."""
+        return None if has_mount(os.path.join(bundle, "rootfs")) else StopStatus()
 
     async def stop(self, ctx: StopContext) -> StopStatus:
         try:

@@ -1,0 +1,55 @@
+"""The kit's manager: its ``delete`` action answers at once unless a rootfs is left mounted."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from trioshim.shim.flags import Flags
+from trioshim.shim.main import run as shim_run
+from trioshim.shim.mounts import Mount, mount, unmount_all
+from trioshim.task.main import TaskManager
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+
+
+def _flags(bundle: Path) -> Flags:
+    return Flags(namespace="ns", id="c1", bundle=str(bundle), action="delete")
+
+
+def test_a_bundle_without_a_mount_is_answered_with_no_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_loop(*args: object) -> None:
+        raise AssertionError("trio.run called")
+
+    monkeypatch.setattr(trio, "run", no_loop)
+    bundle = tmp_path / "c1"
+    (bundle / "rootfs").mkdir(parents=True)
+    out, err = io.BytesIO(), io.BytesIO()
+    argv = ["-namespace", "ns", "-id", "c1", "-bundle", str(bundle), "delete"]
+    rc = shim_run(TaskManager("t"), argv, stdin=io.BytesIO(), stdout=out, stderr=err)
+    assert rc == 0, err.getvalue()
+    reply = shim_pb2.DeleteResponse.FromString(out.getvalue())
+    assert (reply.pid, reply.exit_status) == (0, 137)
+
+
+@needs_root
+def test_a_rootfs_left_mounted_is_left_to_stop(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    source = tmp_path / "source"
+    source.mkdir()
+    mount(Mount("bind", str(source), options=("bind",)), str(rootfs))
+    try:
+        log = logging.getLogger("test.delete")
+        assert TaskManager("t").stop_at_once(_flags(tmp_path), str(tmp_path), log) is None
+    finally:
+        trio.run(unmount_all, str(rootfs))
+    assert TaskManager("t").stop_at_once(_flags(tmp_path), str(tmp_path), log) is not None
