@@ -16,6 +16,7 @@ import trio
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from tests.support.delete_action import delete_without_event_loop
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.api.containerd.types import introspection_pb2
@@ -198,21 +199,12 @@ def test_stop_at_once_answers_a_bundle_its_daemon_cleaned_up(tmp_path: Path) -> 
 def test_delete_action_of_a_cleaned_up_bundle_runs_no_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_loop(*args: object) -> None:
-        raise AssertionError("trio.run called")
-
-    monkeypatch.setattr(trio, "run", no_loop)
     bundle = tmp_path / "done"
     bundle.mkdir()
     write_bundle_files(str(bundle), oci_pb2.Options(root=str(tmp_path / "runc-root")))
     (bundle / "init.pid").write_text("77")
-    out, err = io.BytesIO(), io.BytesIO()
-    argv = ["-namespace", "ns", "-id", "done", "-bundle", str(bundle), "delete"]
-    rc = shim_run(RuncManager(), argv, stdin=io.BytesIO(b""), stdout=out, stderr=err)
-    assert rc == 0, err.getvalue()
-    reply = shim_pb2.DeleteResponse.FromString(out.getvalue())
+    reply = delete_without_event_loop(RuncManager(), bundle, monkeypatch)
     assert (reply.pid, reply.exit_status) == (77, 137)
-    assert err.getvalue() == b""
 
 
 @needs_root

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -10,9 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from trioshim.api.containerd.runtime.task.v2 import shim_pb2
+from tests.support.delete_action import delete_without_event_loop
 from trioshim.shim.flags import Flags
-from trioshim.shim.main import run as shim_run
 from trioshim.shim.mounts import Mount, mount, unmount_all
 from trioshim.task.main import TaskManager
 
@@ -26,17 +24,9 @@ def _flags(bundle: Path) -> Flags:
 def test_a_bundle_without_a_mount_is_answered_with_no_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_loop(*args: object) -> None:
-        raise AssertionError("trio.run called")
-
-    monkeypatch.setattr(trio, "run", no_loop)
     bundle = tmp_path / "c1"
     (bundle / "rootfs").mkdir(parents=True)
-    out, err = io.BytesIO(), io.BytesIO()
-    argv = ["-namespace", "ns", "-id", "c1", "-bundle", str(bundle), "delete"]
-    rc = shim_run(TaskManager("t"), argv, stdin=io.BytesIO(), stdout=out, stderr=err)
-    assert rc == 0, err.getvalue()
-    reply = shim_pb2.DeleteResponse.FromString(out.getvalue())
+    reply = delete_without_event_loop(TaskManager("t"), bundle, monkeypatch)
     assert (reply.pid, reply.exit_status) == (0, 137)
 
 
