@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO
-from bench.common import BenchEnv, BenchResult, Row, bench_guard, log
+from bench.env import BenchEnv
+from bench.results import BenchResult, Row, bench_guard, log
 
 Runner = Callable[[BenchEnv, Any, BenchResult], None]
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import all_pids, memory_kb, proc_argv
+from bench.procs import all_pids, memory_kb, proc_argv
 from tests.support.containerd_lines import get_line
 from tests.support.cri import SHIM_BINARIES, CRIContainerd
 

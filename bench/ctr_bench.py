@@ -19,19 +19,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.common import (
-    BenchEnv,
-    BenchResult,
-    ContainerdError,
-    Row,
-    Runtime,
-    log,
-    memory_kb,
-    percentile,
-    short_error,
-    summary,
-    wait_until,
-)
+from bench.env import BenchEnv
+from bench.procs import memory_kb, wait_until
+from bench.results import BenchResult, Row, log, percentile, short_error, summary
+from bench.runtimes import Runtime
+from tests.support.containerd import ContainerdError
 
 
 def _available(env: BenchEnv) -> list[Runtime]:

@@ -28,20 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import (
-    BenchEnv,
-    BenchResult,
-    Row,
-    Runtime,
-    is_shared_process,
-    log,
-    percentile,
-    pid_alive,
-    proc_argv,
-    short_error,
-    summary,
-    wait_until,
-)
+from bench.env import BenchEnv
+from bench.procs import pid_alive, proc_argv, wait_until
+from bench.results import BenchResult, Row, log, percentile, short_error, summary
+from bench.runtimes import Runtime, is_shared_process
 
 NAME = "start"
 CONTAINERD_BINARY = "/usr/bin/containerd"

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import pid_alive, wait_until
+from bench.procs import pid_alive, wait_until
 
 TASK = "containerd.task.v2.Task"
 NAMESPACE = "cost"

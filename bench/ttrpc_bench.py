@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO
-from bench.common import BenchEnv, BenchResult, Row, log, percentile, short_error
+from bench.env import BenchEnv
+from bench.results import BenchResult, Row, log, percentile, short_error
 
 NAME = "ttrpc"
 # Calls/s against Go's server at each closed-loop concurrency (issue 9; issue 2 asked 0.5x).

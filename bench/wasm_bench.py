@@ -21,22 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    FORKSERVER_MODULE,
-    BenchEnv,
-    BenchResult,
-    Row,
-    Runtime,
-    all_pids,
-    log,
-    memory_kb,
-    percentile,
-    proc_argv,
-    proc_ppid,
-    short_error,
-    summary,
-    wait_until,
-)
+from bench.env import BenchEnv
+from bench.procs import all_pids, memory_kb, proc_argv, proc_ppid, wait_until
+from bench.results import BenchResult, Row, log, percentile, short_error, summary
+from bench.runtimes import FORKSERVER_MODULE, Runtime
 from tests.support.containerd import ContainerdError
 from tests.wasm import modules
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import summary
+from bench.results import summary
 from tests.support.containerd_lines import LineContainerd, get_line
 from tests.wasm import modules
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from bench.common import summary
+from bench.results import summary
 from tests.wasm import modules
 from trioshim.shim.reaper import DEVNULL, Reaper, open_reaper
 from trioshim.wasm import run_module

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import OURS_BINARY, SHARED_BINARY, BenchEnv
+from bench.env import BenchEnv
+from bench.runtimes import OURS_BINARY, SHARED_BINARY
 from tests.support.containerd import venv_bin_dir
 
 

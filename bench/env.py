@@ -1,8 +1,9 @@
-"""What every benchmark shares: result rows, statistics, the runtimes, the private containerd.
+"""The environment one benchmark run measures in.
 
-Resource handling: :class:`BenchEnv` owns one temp dir (short, under /tmp), one private
-containerd with a namespace unique to the run, a busybox rootfs, and (when ours is not installed
-on the PATH) a generated ``containerd-shim-trioshim-v2`` launcher. ``close()`` removes all of it
+:class:`BenchEnv` owns one temp dir (short, under /tmp), one private containerd with a
+namespace unique to the run, a busybox rootfs, and (when ours is not installed on the PATH) a
+generated ``containerd-shim-trioshim-v2`` launcher. It runs and removes containers for either
+runtime and finds the shim processes that belong to this run; ``close()`` removes all of it
 and kills every shim process that carries this containerd's address, whatever state the
 benchmarks left things in.
 """
@@ -10,22 +11,30 @@ benchmarks left things in.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import signal
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import REPO
+from bench.procs import all_pids, pid_alive, proc_argv, proc_environ, wait_until
+from bench.results import log, short_error
+from bench.runtimes import (
+    FORKSERVER_DIR_ENV,
+    FORKSERVER_MODULE,
+    OURS_BINARY,
+    OURS_RUNTIME,
+    REFERENCE_BINARY,
+    REFERENCE_RUNTIME,
+    SHARED_BINARY,
+    SHARED_RUNTIME,
+    Runtime,
+    compile_tree,
+    is_shared_process,
+    ours_launcher,
+)
 from tests.support.containerd import (
     RUNC_ROOT,
     ContainerdError,
@@ -34,268 +43,12 @@ from tests.support.containerd import (
 )
 from tests.support.rootfs import build_busybox_rootfs
 
-REFERENCE_RUNTIME = "io.containerd.runc.v2"
-OURS_RUNTIME = "io.containerd.trioshim.v2"
-REFERENCE_BINARY = "containerd-shim-runc-v2"
-OURS_BINARY = "containerd-shim-trioshim-v2"
-SHARED_RUNTIME = "io.containerd.trioshim-shared.v2"
-SHARED_BINARY = "containerd-shim-trioshim-shared-v2"
-# ours's fork server (trioshim/shim/forkserver.py): `python -m trioshim.shim.forkserver serve`;
-# its socket dir is made private to the run through this variable in containerd's environment.
-FORKSERVER_MODULE = "trioshim.shim.forkserver"
-FORKSERVER_DIR_ENV = "TRIOSHIM_FORKSERVER_DIR"
-
-
-# ----------------------------------------------------------------------------------- output
-
-
-_T0 = time.monotonic()
-
-
-def log(message: str) -> None:
-    """Progress on stderr (stdout carries the table)."""
-    sys.stderr.write(f"[bench {time.monotonic() - _T0:7.1f}s] {message}\n")
-    sys.stderr.flush()
-
-
-def short_error(exc: BaseException | str, limit: int = 300) -> str:
-    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@dataclass
-class Row:
-    """One metric, measured for the reference and for ours. ``ratio`` is ours / reference."""
-
-    bench: str
-    metric: str
-    unit: str
-    better: str  # "lower" or "higher"
-    reference: float | None = None
-    ours: float | None = None
-    reference_error: str | None = None
-    ours_error: str | None = None
-    aim: str = ""
-    note: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        if self.reference is None or self.ours is None or self.reference == 0:
-            return None
-        return self.ours / self.reference
-
-    def set(self, key: str, value: float | None = None, error: str | None = None) -> None:
-        if key == "ref":
-            self.reference, self.reference_error = value, error
-        else:
-            self.ours, self.ours_error = value, error
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        return d
-
-
-@dataclass
-class BenchResult:
-    name: str
-    rows: list[Row] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
-
-
-# ------------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "min": min(values),
-        "median": statistics.median(values),
-        "p90": percentile(values, 90),
-        "max": max(values),
-        "mean": statistics.fmean(values),
-    }
-
-
-# ------------------------------------------------------------------------------- processes
-
-
-def proc_argv(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def proc_environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
-
-
-def proc_ppid(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def all_pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """Rss, Pss, Private_Dirty... of one process from /proc/<pid>/smaps_rollup (kB)."""
-    out: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == "kB":
-            out[parts[0].rstrip(":")] = int(parts[1])
-    return out
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-# ------------------------------------------------------------------------------- runtimes
-
-
-@dataclass
-class Runtime:
-    key: str  # "ref" or "ours"
-    label: str
-    name: str  # the containerd runtime name
-    binary_name: str  # the binary containerd looks up on its PATH
-    group_annotation: str
-    binary: str | None = None  # resolved path, when known
-    unavailable: str | None = None  # why it cannot run (ours before it lands)
-
-    @property
-    def short(self) -> str:
-        return "rc" if self.key == "ref" else "ts"
-
 
 def _which(name: str, path: str) -> str | None:
     return shutil.which(name, path=path)
 
 
 # What launcher/containerd-shim-trioshim-v2 (installed as a script, not a console script) runs.
-OURS_ENTRY = "trioshim.runc.launcher:main"
-
-
-def _entry_point() -> tuple[str, str]:
-    """``(module, function)`` of ours's entry: a console script's from pyproject.toml, else
-    what the installed launcher script calls."""
-    import tomllib
-
-    with open(REPO / "pyproject.toml", "rb") as f:
-        spec = tomllib.load(f)["project"].get("scripts", {}).get(OURS_BINARY, OURS_ENTRY)
-    module, _, function = spec.partition(":")
-    return module, function or "main"
-
-
-def _ours_launcher(bin_dir: Path) -> tuple[str | None, str | None]:
-    """A console-script launcher for ours (its entry point, see :func:`_entry_point`), when the
-    package is in the tree but not installed in the venv.
-    Returns (path, None) or (None, why not)."""
-    try:
-        module, function = _entry_point()
-    except (OSError, KeyError, ValueError) as exc:
-        return None, f"{OURS_BINARY} not installed and no entry point in pyproject.toml: {exc}"
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import {module} as m; assert callable(m.{function})"],
-        capture_output=True,
-        text=True,
-        cwd=str(REPO),
-        timeout=60,
-    )
-    if probe.returncode != 0:
-        tail = probe.stderr.strip().splitlines()[-1:] or ["?"]
-        return None, f"{OURS_BINARY} not installed and {module} not importable: {tail[0]}"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    path = bin_dir / OURS_BINARY
-    path.write_text(
-        f"#!{sys.executable}\n"
-        "import sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        f"from {module} import {function}\n"
-        f"sys.exit({function}())\n"
-    )
-    path.chmod(0o755)
-    return str(path), None
-
-
-# ------------------------------------------------------------------------------- environment
-
-
-def _compile_tree() -> None:
-    """Write the bytecode of this tree's ``trioshim``, as installing a wheel does. An editable
-    install run with ``PYTHONDONTWRITEBYTECODE=1`` (set in some shells, inherited by containerd
-    and so by the shims) never writes it, and every start and delete helper would then compile
-    the modules it imports: about 5 ms each, which an installed shim never pays."""
-    import compileall
-
-    import trioshim
-
-    compileall.compile_dir(Path(trioshim.__file__).parent, quiet=1)
-
-
-def is_shared_process(argv: Sequence[str]) -> bool:
-    """A shared-mode process: the shared binary with a containerd address but no shim id."""
-    return any(os.path.basename(a) == SHARED_BINARY for a in argv[:3]) and "-id" not in argv
-
-
 class BenchEnv:
     """One private containerd, a busybox rootfs and the two runtimes, for one run."""
 
@@ -349,7 +102,7 @@ class BenchEnv:
         if self.reference.binary is None:
             self.reference.unavailable = f"{REFERENCE_BINARY} not found on {path}"
         if self.ours.binary is None and not shared:
-            self.ours.binary, self.ours.unavailable = _ours_launcher(self.bin_dir)
+            self.ours.binary, self.ours.unavailable = ours_launcher(self.bin_dir)
             if self.ours.binary is not None:
                 path = f"{self.bin_dir}:{path}"
         self.forkserver_dir = self.base / "fs"
@@ -385,7 +138,7 @@ class BenchEnv:
         if rt.unavailable:
             log(f"ours unavailable: {rt.unavailable}")
             return
-        _compile_tree()
+        compile_tree()
         cid = self.new_id(rt, "smoke")
         try:
             r = self.containerd.ctr(
@@ -568,18 +321,3 @@ class BenchEnv:
             for p in (shim_socket_path(self.containerd.address, ns, k) for k in keys)
             if os.path.lexists(p)
         ]
-
-
-def bench_guard(result: BenchResult, fn: Callable[[], None]) -> None:
-    """Run one benchmark body; an exception becomes the benchmark's error, never a crash."""
-    t0 = time.monotonic()
-    try:
-        fn()
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        result.error = short_error(exc, 600)
-        log(f"{result.name}: failed: {result.error}")
-        traceback.print_exc(file=sys.stderr)
-    finally:
-        result.seconds = time.monotonic() - t0
