@@ -1,19 +1,15 @@
-"""Helpers for the end-to-end tests (see conftest.py for the fixtures)."""
+"""One end-to-end test's view of a private containerd: the runtime names under test, the
+:class:`E2E` handle (container ids, `ctr` shortcuts, direct shim calls, leftover checks),
+polling, and a test run on a daemon of its own. The event stream is in event_log.py, the
+terminal in terminal.py; the fixtures are in conftest.py."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
-import tempfile
-import termios
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +18,9 @@ from typing import Any
 
 import pytest
 import trio
-from google.protobuf import any_pb2
 
+from tests.e2e.event_log import EventLog
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
-from trioshim.api.containerd.events import task_pb2 as events_pb2
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.ttrpc import NAMESPACE_KEY
@@ -62,131 +57,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
-
-
-class EventLog:
-    """`ctr events` in the background; lines parsed as (namespace, topic, payload dict).
-
-    ctr subscribes asynchronously and prints nothing when it has, so the constructor returns
-    only once the stream is known to be live: it publishes probe events into containerd (with
-    `containerd publish`, as a shim's publish binary does) until one comes back through the
-    stream. Events of any test before that point could have been missed; none after it can.
-    """
-
-    PROBE_TOPIC = "/trioshim-test/probe"
-
-    def __init__(self, containerd: PrivateContainerd, subscribe_timeout: float = 30.0) -> None:
-        self.containerd = containerd
-        self.proc = containerd.ctr_popen(
-            "events", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-        self.raw: list[str] = []
-        self._changed = threading.Condition()
-        self._ended = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        try:
-            self._wait_subscribed(subscribe_timeout)
-        except BaseException:
-            self.close()
-            raise
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            # "<date> <time> <tz-offset> <tz> <namespace> <topic> <json>"
-            parts = line.split(" ", 6)
-            with self._changed:
-                self.raw.append(line)
-                if len(parts) == 7 and parts[5].startswith("/"):
-                    try:
-                        payload = json.loads(parts[6])
-                    except ValueError:
-                        payload = {"_raw": parts[6]}
-                    self.events.append((parts[4], parts[5], payload))
-                self._changed.notify_all()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    def _publish_probe(self, probe: str) -> None:
-        c = self.containerd
-        event = events_pb2.TaskOOM(container_id=probe)  # any type ctr can decode will do
-        payload = any_pb2.Any(type_url=event.DESCRIPTOR.full_name, value=event.SerializeToString())
-        argv = [c.containerd_bin, "--address", c.address, "publish"]  # as shims call it
-        subprocess.run(
-            [*argv, "--namespace", c.namespace, "--topic", self.PROBE_TOPIC],
-            input=payload.SerializeToString(),
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-
-    def _wait_subscribed(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            probe = f"probe-{os.getpid()}-{id(self):x}-{attempt}"
-            self._publish_probe(probe)
-            # A probe published before the subscription existed is never delivered: each
-            # one gets a short wait, then the next is sent.
-            patience = min(1.0, deadline - time.monotonic())
-            if self.wait_until(lambda p=probe: self._has_probe(p), patience, None) is not None:
-                return
-            if time.monotonic() > deadline or self._ended:
-                raise AssertionError(
-                    f"`ctr events` did not subscribe within {timeout}s (ended: {self._ended}); "
-                    f"its last lines: {self.raw[-5:]}"
-                )
-
-    def _has_probe(self, probe: str) -> bool:
-        return any(
-            t == self.PROBE_TOPIC and p.get("container_id") == probe for _, t, p in self.events
-        )
-
-    def wait_until(
-        self, predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | None
-    ) -> Any:
-        """Until ``predicate()`` (called under the lock, after each new line) is truthy: its
-        value. On timeout: AssertionError saying ``what()``, or None when ``what`` is None."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not (value := predicate()):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._ended:
-                    if what is None:
-                        return None
-                    raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
-                self._changed.wait(left)
-            return value
-
-    def for_container(self, cid: str) -> list[tuple[str, dict[str, Any]]]:
-        ns = self.containerd.namespace
-        with self._changed:
-            return [
-                (topic, p)
-                for (n, topic, p) in self.events
-                if n == ns and (p.get("container_id") == cid or p.get("id") == cid)
-            ]
-
-    def wait_topic(self, cid: str, topic: str, timeout: float = 15.0) -> list[tuple[str, Any]]:
-        return self.wait_until(
-            lambda: (evs := self.for_container(cid)) and any(t == topic for t, _ in evs) and evs,
-            timeout,
-            what=lambda: f"event {topic} for {cid}; got {self.for_container(cid)}",
-        )
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._thread.join(10)
 
 
 class E2E:
@@ -417,122 +287,6 @@ class E2E:
         for cid in self.ids:
             for pid in self.shim_pids_for(cid):
                 os.kill(pid, 9)
-
-
-# ------------------------------------------------------------------------------- tty
-
-
-def set_winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-class PtyReader:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = bytearray()
-
-    def _read_chunk(self, deadline: float, what: str) -> bytes:
-        """The next bytes from the tty; b"" once it hung up (EIO: the other side is gone)."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {what} on the tty in time: {bytes(self.buf[-200:])!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if ready:
-                try:
-                    return os.read(self.fd, 65536)
-                except OSError:
-                    return b""
-
-    def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while True:
-            m = rx.search(self.buf)
-            if m:
-                self.buf = self.buf[m.end() :]
-                return m
-            chunk = self._read_chunk(deadline, repr(pattern))
-            if not chunk:
-                raise AssertionError(f"tty closed before {pattern!r}: {bytes(self.buf)!r}")
-            self.buf += chunk
-
-    def read_to_hangup(self, timeout: float) -> bytes:
-        """Everything until the other side is gone (``timeout`` only bounds a hang)."""
-        deadline = time.monotonic() + timeout
-        while chunk := self._read_chunk(deadline, "hang-up"):
-            self.buf += chunk
-        data, self.buf = bytes(self.buf), bytearray()
-        return data
-
-
-def ctr_on_tty(
-    containerd: PrivateContainerd, *args: str, timeout: float = 120.0
-) -> tuple[int, bytes, str]:
-    """Run `ctr ARGS` with a fresh pty as its stdin and stdout (what `-t` wants) and its stderr
-    apart, read the pty until it hangs up; returns (exit status, terminal output, stderr).
-    ``timeout`` only bounds a hang."""
-    master, slave = pty.openpty()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            containerd.ctr_argv(*args), stdin=slave, stdout=slave, stderr=err,
-            env=containerd.env, start_new_session=True,
-        )  # fmt: skip
-        os.close(slave)
-        try:
-            out = PtyReader(master).read_to_hangup(timeout)
-            status = proc.wait(timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            os.close(master)
-        err.seek(0)
-        return status, out, err.read().decode(errors="replace")
-
-
-class CtrTerminal:
-    """`ctr ARGS...` with a pty of ours as its terminal (what a user's terminal would be), of
-    `rows` x `cols`; a context manager that kills ctr if still running and closes the pty."""
-
-    def __init__(
-        self, containerd: PrivateContainerd, *args: str, rows: int = 40, cols: int = 100
-    ) -> None:
-        self.master, slave = pty.openpty()
-        try:
-            set_winsize(slave, rows, cols)
-            self.proc = subprocess.Popen(
-                containerd.ctr_argv(*args),
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                env=containerd.env,
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(self.master)
-            raise
-        finally:
-            os.close(slave)
-        self.tty = PtyReader(self.master)
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
-        return self.tty.expect(pattern, timeout)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
-
-    def __enter__(self) -> CtrTerminal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        os.close(self.master)
 
 
 # ------------------------------------------------------------------------------- daemons

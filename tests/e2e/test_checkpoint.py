@@ -30,14 +30,8 @@ from tests.support.containerd import venv_bin_dir
 from tests.support.containerd_lines import ContainerdLine, LineContainerd
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
-from .helpers import (
-    E2E,
-    REFERENCE,
-    TRIOSHIM,
-    CtrTerminal,
-    on_own_containerd,
-    wait_for,
-)
+from .helpers import E2E, REFERENCE, TRIOSHIM, on_own_containerd, wait_for
+from .terminal import CtrTerminal
 
 IMAGE = PAUSE_IMAGE  # busybox, every applet in /bin
 COUNTER = (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .helpers import E2E, CtrTerminal, alive, wait_for
+from .helpers import E2E, alive, wait_for
+from .terminal import CtrTerminal
 
 # pid 1 ignores SIGTERM unless it installs a handler: this one exits 42 on SIGTERM.
 TRAPPING_LOOP = "trap 'exit 42' TERM; while true; do sleep 0.1; done"

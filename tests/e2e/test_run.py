@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import E2E, REFERENCE, CtrTerminal, set_winsize, wait_for
+from .helpers import E2E, REFERENCE, wait_for
+from .terminal import CtrTerminal, set_winsize
 
 
 def test_echo(e2e: E2E) -> None:

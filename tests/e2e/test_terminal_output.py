@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 
-from .helpers import E2E, REFERENCE, ctr_on_tty
+from .helpers import E2E, REFERENCE
+from .terminal import ctr_on_tty
 
 COUNT = 400_000  # `seq -s " " 1 COUNT`: about 2.7 MB on one line
 SEQ = f'seq -s " " 1 {COUNT}'

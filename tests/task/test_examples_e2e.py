@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import E2E, CtrTerminal, EventLog, wait_for
+from tests.e2e.event_log import EventLog
+from tests.e2e.helpers import E2E, wait_for
+from tests.e2e.terminal import CtrTerminal
 from tests.support.containerd import PrivateContainerd
 from tests.task.readme_shim import readme_shim_source
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import E2E, EventLog, wait_for
+from tests.e2e.event_log import EventLog
+from tests.e2e.helpers import E2E, wait_for
 from tests.support.containerd import PrivateContainerd
 from tests.wasm import modules
 from trioshim.shim.cgroups import is_unified
