@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from bench.results import summary
-from tests.support.containerd_lines import LineContainerd, get_line
+from tests.support.containerd_lines import get_line
+from tests.support.line_containerd import LineContainerd
 from tests.wasm import modules
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,13 +21,9 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 from tests.support.containerd import CONTAINERD, CTR, PrivateContainerd  # noqa: E402
-from tests.support.containerd_lines import (  # noqa: E402
-    LINE_NAMES,
-    ContainerdLine,
-    LineContainerd,
-    get_line,
-)
+from tests.support.containerd_lines import LINE_NAMES, ContainerdLine, get_line  # noqa: E402
 from tests.support.criu import criu_binary, criu_check  # noqa: E402
+from tests.support.line_containerd import LineContainerd  # noqa: E402
 from tests.support.rootfs import BUSYBOX, build_busybox_rootfs  # noqa: E402
 
 # pytester: tests/test_timeouts.py runs pytest on generated tests.

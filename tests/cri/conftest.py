@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd_lines import FETCHED_LINE_NAMES, LINE_NAMES, LineContainerd, get_line
+from tests.support.containerd_lines import FETCHED_LINE_NAMES, LINE_NAMES, get_line
 from tests.support.cri import CRIContainerd
+from tests.support.line_containerd import LineContainerd
 from tests.support.pause_image import build_pause_image
 
 # "containerd-1.7 runc" -> what test_one_shim_serves_the_pod saw; printed at the end of the run.

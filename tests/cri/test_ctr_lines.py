@@ -16,13 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd_lines import (
-    FETCHED_LINE_NAMES,
-    LINE_NAMES,
-    LINE_SPECS,
-    LineContainerd,
-    get_line,
-)
+from tests.support.containerd_lines import FETCHED_LINE_NAMES, LINE_NAMES, LINE_SPECS, get_line
+from tests.support.line_containerd import LineContainerd
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.support.containerd import PrivateContainerd
-from tests.support.containerd_lines import ContainerdLine, LineContainerd
+from tests.support.containerd_lines import ContainerdLine
+from tests.support.line_containerd import LineContainerd
 
 from .helpers import E2E, RUNTIMES, on_own_containerd, wait_for
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd_lines import LineContainerd
+from tests.support.line_containerd import LineContainerd
 from trioshim.shim.address import can_connect, remove_socket
 
 from .helpers import E2E, REFERENCE, TRIOSHIM

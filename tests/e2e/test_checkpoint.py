@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.containerd import venv_bin_dir
-from tests.support.containerd_lines import ContainerdLine, LineContainerd
+from tests.support.containerd_lines import ContainerdLine
+from tests.support.line_containerd import LineContainerd
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
 from .helpers import E2E, REFERENCE, TRIOSHIM, on_own_containerd, wait_for

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support.containerd import default_path, venv_bin_dir
-from tests.support.containerd_lines import ContainerdLine, LineContainerd
+from tests.support.containerd_lines import ContainerdLine
+from tests.support.line_containerd import LineContainerd
 
 from .helpers import E2E, wait_for
 

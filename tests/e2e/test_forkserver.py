@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support import placed
 from tests.support.containerd import venv_bin_dir
-from tests.support.containerd_lines import LineContainerd
+from tests.support.line_containerd import LineContainerd
 
 from .helpers import E2E, REFERENCE, TRIOSHIM, wait_for
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.containerd import RUNC_ROOT, PrivateContainerd
-from tests.support.containerd_lines import LineContainerd
 from tests.support.forkserver_env import maps_library
+from tests.support.line_containerd import LineContainerd
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 
 from .helpers import E2E, alive, on_own_containerd, wait_for

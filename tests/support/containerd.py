@@ -117,7 +117,7 @@ class PrivateContainerd:
         wrap: Sequence[str] = (),
     ) -> None:
         # The binaries: the machine's (or $TRIOSHIM_CONTAINERD / $TRIOSHIM_CTR) by default;
-        # tests.support.containerd_lines.LineContainerd passes those of a fetched line.
+        # tests.support.line_containerd.LineContainerd passes those of a fetched line.
         self.containerd_bin = containerd or CONTAINERD
         self.ctr_bin = ctr or CTR
         self.wrap = list(wrap)  # a command that runs containerd's (placed elsewhere, say)

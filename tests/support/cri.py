@@ -27,12 +27,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tests.support.containerd_lines import (
-    ContainerdLine,
-    LineContainerd,
-    cri_api_proto,
-)
+from tests.support.containerd_lines import ContainerdLine, cri_api_proto
 from tests.support.grpc_modules import generated_modules
+from tests.support.line_containerd import LineContainerd
 from tests.support.pause_image import PAUSE_IMAGE, build_pause_image
 
 CRI_NAMESPACE = "k8s.io"  # fixed by containerd's CRI plugin

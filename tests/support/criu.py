@@ -7,11 +7,11 @@ in well under a minute (`make criu`, no docs, no python tools); scripts/setup in
 dependencies and calls `python -m tests.support.criu`.
 
 The tarball comes through `apt-get source --download-only` with the private apt configuration
-of tests.support.containerd_lines (a `deb-src` entry for trixie derived from the machine's own
+of tests.support.debian_cache (a `deb-src` entry for trixie derived from the machine's own
 bookworm entry; apt checks the file against the signed index). Only the `.orig.tar.*` is used:
 Debian's packaging adds nothing the binary needs.
 
-Cache (see containerd_lines.cache_dir): <cache>/criu/criu and <cache>/criu/VERSION (upstream
+Cache (see debian_cache.cache_dir): <cache>/criu/criu and <cache>/criu/VERSION (upstream
 version; present = complete). The binary is never installed on the system: tests hand its path
 to runc (the shim options' criu_path) or put its directory on containerd's PATH.
 """
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.containerd_lines import _apt_dir, _apt_options, _apt_update, _locked, cache_dir
+from tests.support.debian_cache import apt_dir, apt_options, apt_update, cache_dir, locked
 
 SUITE = "trixie"
 VERSION_PREFIX = "4."
@@ -41,7 +41,7 @@ def criu_binary() -> Path:
     """The built criu (built first if the cache has none)."""
     d = criu_dir()
     if not (d / "VERSION").is_file():
-        with _locked("fetch"):  # the private apt dir is shared with the containerd fetch
+        with locked("fetch"):  # the private apt dir is shared with the containerd fetch
             if not (d / "VERSION").is_file():
                 _build(d)
     return d / "criu"
@@ -80,11 +80,11 @@ def _download_source(where: Path) -> Path:
     """criu's upstream tarball from trixie's source package, checked by apt."""
     where.mkdir(parents=True)
     try:
-        _apt_update(suites=(), source_suites=(SUITE,))
-        argv = ["apt-get", *_apt_options(), "source", "--download-only", f"criu/{SUITE}"]
+        apt_update(suites=(), source_suites=(SUITE,))
+        argv = ["apt-get", *apt_options(), "source", "--download-only", f"criu/{SUITE}"]
         r = subprocess.run(argv, cwd=where, capture_output=True, text=True, timeout=900)
     finally:
-        shutil.rmtree(_apt_dir() / "lists", ignore_errors=True)  # ~10 MB, only for this fetch
+        shutil.rmtree(apt_dir() / "lists", ignore_errors=True)  # ~10 MB, only for this fetch
     # A mirror may lack the .dsc or Debian's patch tarball (apt then exits non-zero): only the
     # upstream tarball is needed, and apt keeps a file only once its hash matched the index.
     found = sorted(where.glob("criu_*.orig.tar.*"))

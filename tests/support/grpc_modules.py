@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.support.containerd_lines import _locked, cache_dir
+from tests.support.debian_cache import cache_dir, locked
 
 
 def generated_modules(module: str, proto_text: bytes) -> tuple[ModuleType, ModuleType]:
@@ -32,7 +32,7 @@ def generated_modules(module: str, proto_text: bytes) -> tuple[ModuleType, Modul
         proto_text + tools_version.encode() + google.protobuf.__version__.encode()
     ).hexdigest()[:16]
     out = cache_dir() / "grpc-py" / f"{module}-{key}"
-    with _locked(f"grpc-py-{module}"):
+    with locked(f"grpc-py-{module}"):
         if not (out / f"{module}_pb2_grpc.py").is_file():
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
