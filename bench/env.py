@@ -35,12 +35,8 @@ from bench.runtimes import (
     is_shared_process,
     ours_launcher,
 )
-from tests.support.containerd import (
-    RUNC_ROOT,
-    ContainerdError,
-    PrivateContainerd,
-    default_path,
-)
+from tests.support.containerd import ContainerdError, PrivateContainerd, default_path
+from tests.support.containerd_layout import RUNC_ROOT
 from tests.support.rootfs import build_busybox_rootfs
 
 
@@ -313,7 +309,7 @@ class BenchEnv:
         return pids
 
     def leftover_sockets(self, keys: Iterable[str], namespace: str | None = None) -> list[Path]:
-        from tests.support.containerd import shim_socket_path
+        from tests.support.containerd_layout import shim_socket_path
 
         ns = namespace or self.namespace
         return [

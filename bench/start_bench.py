@@ -221,7 +221,7 @@ class StartRunner:
             self.cleanup_one(rt, cid)
 
     def cleanup_one(self, rt: Runtime, cid: str) -> None:
-        from tests.support.containerd import shim_socket_path
+        from tests.support.containerd_layout import shim_socket_path
 
         sock = shim_socket_path(self.env.containerd.address, self.namespace, cid)
         for pid in self.env.shim_pids(rt):

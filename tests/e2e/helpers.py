@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from tests.e2e.event_log import EventLog
-from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
+from tests.support.containerd_layout import RUNC_ROOT
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2
 from trioshim.api.containerd.runtime.task.v3 import shim_pb2 as task_v3
 from trioshim.ttrpc import NAMESPACE_KEY

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd import CGROUP_ROOT
+from tests.support.containerd_layout import CGROUP_ROOT
 
 from .helpers import E2E, TRIOSHIM, wait_for
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
+from tests.support.containerd_layout import RUNC_ROOT
 from tests.support.forkserver_env import maps_library
 from tests.support.line_containerd import LineContainerd
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as task_v2

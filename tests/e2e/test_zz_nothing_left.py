@@ -3,7 +3,8 @@ once containerd stops, neither is our shim's fork server (process, socket or loc
 
 from __future__ import annotations
 
-from tests.support.containerd import RUNC_ROOT, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
+from tests.support.containerd_layout import RUNC_ROOT
 
 from .helpers import USED_IDS, wait_for
 

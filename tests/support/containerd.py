@@ -1,46 +1,31 @@
-"""A private containerd daemon for tests: own root, state, sockets, config and namespace.
+"""A private containerd daemon for tests: started, restarted, stopped and cleaned up, and
+driven through `ctr`.
 
-Nothing here touches the machine's own containerd (if any): the daemon gets a temp dir with
-`root/`, `state/`, `ctrd.sock` (gRPC), `ctrd.sock.ttrpc`, `config.toml` and `containerd.log`.
-What is machine-wide and cannot be moved by configuration is kept apart by a namespace unique
-to the run: runc's state dir (`/run/containerd/runc/<ns>`), the shim sockets
-(`/run/containerd/s/<sha256(address/ns/id)>`) and cgroups (`/<ns>/<id>`).
+Nothing here touches the machine's own containerd (if any). Where the daemon keeps things
+(a temp dir of its own, a namespace unique to the run for what is machine-wide) and what of it
+is there is tests.support.containerd_layout; its config file is tests.support.containerd_config.
+`stop()` removes everything the daemon and its shims left: tasks, containers, shim processes,
+runc state, mounts, cgroups and the temp dir.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.containerd_config import DISABLED_PLUGINS, config_toml
+from tests.support.containerd_layout import CGROUP_ROOT, RUNC_ROOT, ContainerdLayout
+
 CONTAINERD = os.environ.get("TRIOSHIM_CONTAINERD", "/usr/bin/containerd")
 CTR = os.environ.get("TRIOSHIM_CTR", "/usr/bin/ctr")
-SHIM_SOCKET_DIR = Path("/run/containerd/s")
-RUNC_ROOT = Path("/run/containerd/runc")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-# Plugins a test daemon does not need (CRI would also want CNI and an image store).
-DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.snapshotter.v1.overlayfs",
-    "io.containerd.tracing.processor.v1.otlp",
-    "io.containerd.internal.v1.tracing",
-)
 
 
 class ContainerdError(AssertionError):
@@ -70,37 +55,7 @@ def default_path() -> str:
     return ":".join(seen)
 
 
-def shim_socket_path(address: str, namespace: str, group: str) -> Path:
-    """Where a v2 shim listens (containerd's formula): /run/containerd/s/sha256(address/ns/id)."""
-    digest = hashlib.sha256(os.path.join(address, namespace, group).encode()).hexdigest()
-    return SHIM_SOCKET_DIR / digest
-
-
-def _mountpoints() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # Octal escapes (\040 for space) as the kernel writes them.
-            points.append(fields[4].encode().decode("unicode_escape"))
-    return points
-
-
-def _proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-class PrivateContainerd:
+class PrivateContainerd(ContainerdLayout):
     """Start with `start()` (or use as a context manager); `stop()` cleans everything up."""
 
     def __init__(
@@ -121,18 +76,7 @@ class PrivateContainerd:
         self.containerd_bin = containerd or CONTAINERD
         self.ctr_bin = ctr or CTR
         self.wrap = list(wrap)  # a command that runs containerd's (placed elsewhere, say)
-        self.namespace = namespace or f"tsh-{os.getpid()}-{secrets.token_hex(3)}"
-        # Short base dir: unix socket paths are limited to 108 bytes.
-        self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="tsc", dir="/tmp"))
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.root = self.base / "root"
-        self.state = self.base / "state"
-        self.address = str(self.base / "ctrd.sock")
-        self.ttrpc_address = self.address + ".ttrpc"
-        self.config_path = self.base / "config.toml"
-        # Our shim's fork servers for this daemon, apart from any other containerd's.
-        self.forkserver_dir = self.base / "fs"
-        self.log_path = self.base / "containerd.log"
+        super().__init__(namespace=namespace, base_dir=base_dir)
         self.path = path or default_path()
         self.extra_env = dict(env or {})
         self.log_level = log_level
@@ -140,8 +84,6 @@ class PrivateContainerd:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self._stopped = False
-        if len(self.ttrpc_address) > 100:
-            raise ValueError(f"socket path too long for a unix socket: {self.ttrpc_address}")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,33 +108,9 @@ class PrivateContainerd:
 
     def config_text(self) -> str:
         """config.toml (version 2, what 1.6 reads; a hook: LineContainerd writes each line's)."""
-        disabled = ", ".join(f'"{p}"' for p in self.disabled_plugins())
-        return f"""\
-version = 2
-root = "{self.root}"
-state = "{self.state}"
-disabled_plugins = [{disabled}]
-oom_score = 0
-
-[grpc]
-  address = "{self.address}"
-
-[ttrpc]
-  address = "{self.ttrpc_address}"
-
-[debug]
-  address = ""
-  level = "{self.log_level}"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.base / "opt"}"
-
-[plugins."io.containerd.runtime.v2.task"]
-  platforms = ["linux/amd64"]
-"""
+        return config_toml(
+            self, version=2, disabled=self.disabled_plugins(), log_level=self.log_level
+        )
 
     def write_config(self) -> None:
         self.config_path.write_text(self.config_text())
@@ -428,76 +346,7 @@ oom_score = 0
         kwargs.setdefault("env", self.env)
         return subprocess.Popen(self.ctr_argv(*args, namespace=namespace), **kwargs)
 
-    # ------------------------------------------------------------------ introspection
-
-    def bundle(self, id: str, namespace: str | None = None) -> Path:
-        return self.state / "io.containerd.runtime.v2.task" / (namespace or self.namespace) / id
-
-    def work_dir(self, id: str, namespace: str | None = None) -> Path:
-        return self.root / "io.containerd.runtime.v2.task" / (namespace or self.namespace) / id
-
-    def shim_address(self, id: str, namespace: str | None = None) -> str:
-        """The address the shim returned from `start`, without `unix://`: what containerd
-        recorded in the bundle's `bootstrap.json` (2.x), else the shim's `address` file."""
-        bundle = self.bundle(id, namespace)
-        try:
-            addr = str(json.loads((bundle / "bootstrap.json").read_text())["address"])
-        except FileNotFoundError:
-            addr = (bundle / "address").read_text().strip()
-        return addr.removeprefix("unix://")
-
-    def shim_socket(self, id: str, namespace: str | None = None) -> Path:
-        """The socket path computed by the shim-v2 rule for grouping key `id`."""
-        return shim_socket_path(self.address, namespace or self.namespace, id)
-
-    def shim_pids(self) -> list[int]:
-        """Pids of shim processes started for this containerd: a `containerd-shim*` argv with
-        `-address ADDR`, or with `TTRPC_ADDRESS=<our ttrpc socket>` in its environment."""
-        found = []
-        marker = f"TTRPC_ADDRESS={self.ttrpc_address}".encode()
-        for pid in _pids():
-            argv = _proc_cmdline(pid)
-            if not any(os.path.basename(a).startswith("containerd-shim") for a in argv):
-                continue
-            if any(
-                a in ("-address", "--address") and argv[i + 1] == self.address
-                for i, a in enumerate(argv[:-1])
-            ):
-                found.append(pid)
-                continue
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if marker in environ:
-                found.append(pid)
-        return found
-
-    def forkserver_pids(self) -> list[int]:
-        """Pids of our shim's fork servers for this daemon (their socket is in our dir)."""
-        under = str(self.forkserver_dir) + "/"
-        return [
-            pid
-            for pid in _pids()
-            if "trioshim.shim.forkserver" in (argv := _proc_cmdline(pid))
-            and any(a.startswith(under) for a in argv)
-        ]
-
-    def forkserver_files(self) -> list[Path]:
-        """What is in the fork servers' dir (sockets and lock files while they run)."""
-        try:
-            return sorted(self.forkserver_dir.iterdir())
-        except FileNotFoundError:
-            return []
-
-    def mounts(self) -> list[str]:
-        """Mount points below our temp dir (rootfs mounts the shims left behind)."""
-        base = str(self.base) + "/"
-        return [p for p in _mountpoints() if p.startswith(base)]
-
-    def shim_sockets(self, ids: Sequence[str], namespace: str | None = None) -> list[Path]:
-        """Those of the shim sockets for `ids` that still exist."""
-        return [p for p in (self.shim_socket(i, namespace) for i in ids) if os.path.lexists(p)]
+    # ------------------------------------------------------------------ log
 
     def log_tail(self, lines: int = 80) -> str:
         try:

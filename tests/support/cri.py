@@ -223,7 +223,7 @@ class CRIContainerd(LineContainerd):
 
     def _force_delete_runc(self) -> list[str]:
         """Only runc containers whose bundle is ours (k8s.io is shared by every CRI daemon)."""
-        from tests.support.containerd import RUNC_ROOT
+        from tests.support.containerd_layout import RUNC_ROOT
 
         root = RUNC_ROOT / self.namespace
         forced = []
@@ -244,7 +244,7 @@ class CRIContainerd(LineContainerd):
         return forced
 
     def _remove_cgroups(self) -> None:
-        from tests.support.containerd import CGROUP_ROOT
+        from tests.support.containerd_layout import CGROUP_ROOT
 
         if not CGROUP_ROOT.is_dir():
             return

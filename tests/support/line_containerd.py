@@ -8,13 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from tests.support.containerd import (
-    PrivateContainerd,
-    _pids,
-    _proc_cmdline,
-    default_path,
-    venv_bin_dir,
-)
+from tests.support.containerd import PrivateContainerd, default_path, venv_bin_dir
+from tests.support.containerd_config import config_toml
+from tests.support.containerd_layout import all_pids, proc_cmdline
 from tests.support.containerd_lines import ContainerdLine
 
 
@@ -61,8 +57,8 @@ class LineContainerd(PrivateContainerd):
         (what containerd gives every shim; our shim may choose its own daemon argv)."""
         found = []
         want_env = f"TTRPC_ADDRESS={self.ttrpc_address}".encode()
-        for pid in _pids():
-            argv = _proc_cmdline(pid)
+        for pid in all_pids():
+            argv = proc_cmdline(pid)
             if not any(os.path.basename(a).startswith("containerd-shim") for a in argv[:2]):
                 continue
             by_argv = any(
@@ -88,33 +84,13 @@ class LineContainerd(PrivateContainerd):
         return disabled
 
     def config_text(self) -> str:
-        disabled = ", ".join(f'"{p}"' for p in self.disabled_plugins())
-        text = f"""\
-version = {self.line.config_version}
-root = "{self.root}"
-state = "{self.state}"
-disabled_plugins = [{disabled}]
-oom_score = 0
-
-[grpc]
-  address = "{self.address}"
-
-[ttrpc]
-  address = "{self.ttrpc_address}"
-
-[debug]
-  address = ""
-  level = "{self.log_level}"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.base / "opt"}"
-
-[plugins."io.containerd.runtime.v2.task"]
-  platforms = ["linux/amd64"]
-
+        text = config_toml(
+            self,
+            version=self.line.config_version,
+            disabled=self.disabled_plugins(),
+            log_level=self.log_level,
+        )
+        text += """
 # NRI (enabled by default from 2.0) listens on a machine-wide socket, /var/run/nri/nri.sock:
 # two private daemons would fight over it.
 [plugins."io.containerd.nri.v1.nri"]
