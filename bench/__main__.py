@@ -24,13 +24,14 @@ from typing import Any
 
 from bench import REPO
 from bench.env import BenchEnv
-from bench.results import BenchResult, Row, bench_guard, log
+from bench.results import BenchResult, bench_guard, log
+from bench.table import render_table
 
 Runner = Callable[[BenchEnv, Any, BenchResult], None]
 
 
 def _runners() -> dict[str, tuple[str, Runner]]:
-    from bench import ctr_bench, start_bench, ttrpc_bench, wasm_bench
+    from bench import ctr_bench, rss_bench, start_bench, ttrpc_bench, wasm_bench
 
     return {
         "ttrpc": ("ttrpc unary State calls/s, p50/p99 at concurrency 1 and 64", ttrpc_bench.run),
@@ -38,7 +39,7 @@ def _runners() -> dict[str, tuple[str, Runner]]:
         "run": ("ctr run --rm /bin/true latency", ctr_bench.bench_run),
         "exec": ("ctr task exec /bin/true round trip", ctr_bench.bench_exec),
         "stdout": ("stdout throughput, 1 GB through ctr", ctr_bench.bench_stdout),
-        "rss": ("shim RSS/PSS: 1 idle container, per container with 50", ctr_bench.bench_rss),
+        "rss": ("shim RSS/PSS: 1 idle container, per container with 50", rss_bench.bench_rss),
         "wasm": (
             "triowasm ctr run --rm latency and PSS per container beside runc-v2's busybox",
             wasm_bench.run,
@@ -170,66 +171,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; known: {sorted(known)}")
     return args
-
-
-# ------------------------------------------------------------------------------- report
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    a = abs(value)
-    if a >= 1000:
-        return f"{value:,.0f}"
-    if a >= 100:
-        return f"{value:.0f}"
-    if a >= 10:
-        return f"{value:.1f}"
-    if a >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def render_table(rows: list[Row]) -> tuple[str, list[str]]:
-    footnotes: list[str] = []
-    seen: dict[str, int] = {}
-
-    def cell(value: float | None, error: str | None, who: str) -> str:
-        if error is None:
-            return fmt(value)
-        if error not in seen:
-            footnotes.append(error)
-            seen[error] = len(footnotes)
-        return f"ERR[{seen[error]}]"
-
-    header = ("bench", "metric", "unit", "reference", "ours", "ours/ref", "better", "aim")
-    lines = [header]
-    for r in rows:
-        ratio = r.ratio
-        lines.append(
-            (
-                r.bench,
-                r.metric,
-                r.unit,
-                cell(r.reference, r.reference_error, "ref"),
-                cell(r.ours, r.ours_error, "ours"),
-                "-" if ratio is None else f"{ratio:.2f}x",
-                r.better,
-                r.aim,
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {3, 4, 5}
-    out = []
-    for n, line in enumerate(lines):
-        out.append(
-            "  ".join(
-                c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(line)
-            ).rstrip()
-        )
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out), [f"[{i}] {e}" for i, e in enumerate(footnotes, 1)]
 
 
 def _version(argv: list[str]) -> str:
