@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from trioshim.shim import deferimport
 
 
@@ -84,3 +86,36 @@ def test_a_module_that_cannot_be_imported_fails_on_use_and_stays_deferred() -> N
         """
     )
     assert got == ["trioshim_no_such_module", "trioshim_no_such_module", "True"]
+
+
+def test_a_placeholder_whose_module_left_sys_modules_imports_it_afresh() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["ipaddress"])
+        import ipaddress as placeholder
+        del sys.modules["ipaddress"]     # e.g. a test restoring a snapshot of sys.modules
+        print(placeholder.ip_address("10.0.0.1").is_private)
+        print(hasattr(placeholder, "no_such_name"))
+        """
+    )
+    assert got == ["True", "False"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`import pkg.sub` of a deferred package: the `__path__` look-up loads the package, "
+    "whose __init__ imports pkg.sub, and the import system then runs pkg.sub a second time",
+)
+def test_importing_a_submodule_of_a_deferred_package_runs_it_once() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["idna"])
+        import idna.core
+        print(idna.core.IDNAError is sys.modules["idna"].IDNAError)
+        """
+    )
+    assert got == ["True"]

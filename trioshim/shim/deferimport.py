@@ -73,7 +73,9 @@ def load(placeholder: DeferredModule) -> ModuleType:
             # module's names from now on.
             placeholder.__dict__.update(real.__dict__)
         else:
-            real = sys.modules[name]
+            # Loaded already, or taken out of sys.modules since (a test's clean-up, a reload):
+            # then the module is imported afresh, as ``import`` would.
+            real = sys.modules.get(name) or importlib.import_module(name)
     return real
 
 
