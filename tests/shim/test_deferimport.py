@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,23 @@ def test_importing_a_submodule_of_a_deferred_package_runs_it_once() -> None:
         """
     )
     assert got == ["True"]
+
+
+def test_a_deferred_module_whose_body_uses_another_deferred_module_loads_both(
+    tmp_path: Path,
+) -> None:
+    """A module of the list whose import reads a name of another one (as a future standard
+    library may): the second load happens inside the first, in the same thread."""
+    (tmp_path / "trioshim_outer.py").write_text("import trioshim_inner\nVALUE = trioshim_inner.X\n")
+    (tmp_path / "trioshim_inner.py").write_text("X = 42\n")
+    got = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["trioshim_outer", "trioshim_inner"])
+        import trioshim_outer
+        print(trioshim_outer.VALUE)
+        """
+    )
+    assert got == ["42"]

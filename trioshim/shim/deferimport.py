@@ -46,7 +46,9 @@ UNUSED_MODULES: Final = (
     "tokenize",
 )
 
-_lock = threading.Lock()  # trio.to_thread workers may be the first to touch one
+# trio.to_thread workers may be the first to touch one; re-entrant, for a module whose own
+# import uses another deferred one (a load inside a load, in the same thread).
+_lock = threading.RLock()
 
 
 class DeferredModule(ModuleType):
