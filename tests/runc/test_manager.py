@@ -16,7 +16,7 @@ import trio
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from tests.support.delete_action import delete_without_event_loop
+from tests.support.delete_action import delete_without_event_loop, run_delete, with_own_stop
 from trioshim.api.containerd.runtime.linux.runctypes import runc_pb2 as runctypes
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.api.containerd.types import introspection_pb2
@@ -225,3 +225,15 @@ def test_delete_action_output_is_a_delete_response(tmp_path: Path) -> None:
     reply = shim_pb2.DeleteResponse.FromString(out.getvalue())
     assert (reply.pid, reply.exit_status) == (0, 137)
     assert reply.exited_at.seconds > 0
+
+
+def test_a_subclass_with_its_own_stop_has_it_run_by_the_delete_action(tmp_path: Path) -> None:
+    """RuncManager's answer at once stands for RuncManager.stop only: a subclass that cleans
+    up more in its own stop() gets it run, even for a bundle RuncManager would answer."""
+    cls, ran = with_own_stop(RuncManager)
+    bundle = tmp_path / "done"
+    bundle.mkdir()
+    write_bundle_files(str(bundle), oci_pb2.Options(root=str(tmp_path / "runc-root")))
+    (bundle / "init.pid").write_text("77")
+    assert run_delete(cls(), bundle).pid == 77
+    assert ran == ["done"]

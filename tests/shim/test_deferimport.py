@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from trioshim.shim import deferimport
 
@@ -84,3 +87,56 @@ def test_a_module_that_cannot_be_imported_fails_on_use_and_stays_deferred() -> N
         """
     )
     assert got == ["trioshim_no_such_module", "trioshim_no_such_module", "True"]
+
+
+def test_a_placeholder_whose_module_left_sys_modules_imports_it_afresh() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["ipaddress"])
+        import ipaddress as placeholder
+        del sys.modules["ipaddress"]     # e.g. a test restoring a snapshot of sys.modules
+        print(placeholder.ip_address("10.0.0.1").is_private)
+        print(hasattr(placeholder, "no_such_name"))
+        """
+    )
+    assert got == ["True", "False"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`import pkg.sub` of a deferred package: the `__path__` look-up loads the package, "
+    "whose __init__ imports pkg.sub, and the import system then runs pkg.sub a second time",
+)
+def test_importing_a_submodule_of_a_deferred_package_runs_it_once() -> None:
+    got = run_fresh(
+        """
+        import sys
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["idna"])
+        import idna.core
+        print(idna.core.IDNAError is sys.modules["idna"].IDNAError)
+        """
+    )
+    assert got == ["True"]
+
+
+def test_a_deferred_module_whose_body_uses_another_deferred_module_loads_both(
+    tmp_path: Path,
+) -> None:
+    """A module of the list whose import reads a name of another one (as a future standard
+    library may): the second load happens inside the first, in the same thread."""
+    (tmp_path / "trioshim_outer.py").write_text("import trioshim_inner\nVALUE = trioshim_inner.X\n")
+    (tmp_path / "trioshim_inner.py").write_text("X = 42\n")
+    got = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from trioshim.shim.deferimport import defer_unused_modules
+        defer_unused_modules(["trioshim_outer", "trioshim_inner"])
+        import trioshim_outer
+        print(trioshim_outer.VALUE)
+        """
+    )
+    assert got == ["42"]

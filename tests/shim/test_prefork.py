@@ -250,3 +250,25 @@ def test_filling_pool_holes_leaves_no_free_block_in_partly_used_pools() -> None:
     # Small classes may have started a fresh pool since (pool_holes allocates); the larger
     # ones were all filled exactly.
     assert result["after"] == {}
+
+
+def test_a_cgroup_look_up_that_fails_in_the_warm_up_leaves_the_dry_run_to_run(
+    tmp_path: Any,
+) -> None:
+    """The look-up is only warming a cache: a host where it fails (an unreadable or unusual
+    ``/proc/self/cgroup``) must not cost every daemon the rest of the warm-up."""
+    record = tmp_path / "record"
+    result = _run_with_app(
+        """
+        import json
+        import trioshim.shim.cgroups.find as find
+        from trioshim.shim.prefork import prepare_heap
+        def unusual(pid):
+            raise ValueError("invalid cgroup entry: 'x'")
+        find.load_cgroup = unusual
+        print(json.dumps({"problem": prepare_heap(manager, registry)}))
+        """,
+        str(record),
+    )
+    assert result == {"problem": None}
+    assert len(record.read_text().splitlines()) == 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
 
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2
 from trioshim.shim.main import run as shim_run
-from trioshim.shim.manager import Manager
+from trioshim.shim.manager import Manager, StopContext, StopStatus
+
+M = TypeVar("M", bound=Manager)
 
 
 def delete_without_event_loop(
@@ -28,4 +31,25 @@ def delete_without_event_loop(
     argv = ["-namespace", "ns", "-id", bundle.name, "-bundle", str(bundle), "delete"]
     rc = shim_run(manager, argv, stdin=io.BytesIO(b""), stdout=out, stderr=err)
     assert (rc, err.getvalue()) == (0, b"")
+    return shim_pb2.DeleteResponse.FromString(out.getvalue())
+
+
+def with_own_stop(base: type[M]) -> tuple[type[M], list[str]]:
+    """A subclass of ``base`` that overrides only ``stop`` (recording the ids it ran for in
+    the list returned beside it, then doing what ``base`` does)."""
+    ran: list[str] = []
+
+    class CleansMore(base):  # type: ignore[valid-type, misc]
+        async def stop(self, ctx: StopContext) -> StopStatus:
+            ran.append(ctx.flags.id)
+            return await super().stop(ctx)
+
+    return CleansMore, ran
+
+
+def run_delete(manager: Manager, bundle: Path) -> shim_pb2.DeleteResponse:
+    """The delete action's reply for ``bundle`` (named after the container id)."""
+    out = io.BytesIO()
+    argv = ["-namespace", "ns", "-id", bundle.name, "-bundle", str(bundle), "delete"]
+    assert shim_run(manager, argv, stdin=io.BytesIO(b""), stdout=out) == 0
     return shim_pb2.DeleteResponse.FromString(out.getvalue())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.support.delete_action import delete_without_event_loop
+from tests.support.delete_action import delete_without_event_loop, run_delete, with_own_stop
 from trioshim.shim.flags import Flags
 from trioshim.shim.mounts import Mount, mount, unmount_all
 from trioshim.task.main import TaskManager
@@ -43,3 +43,11 @@ def test_a_rootfs_left_mounted_is_left_to_stop(tmp_path: Path) -> None:
     finally:
         trio.run(unmount_all, str(rootfs))
     assert TaskManager("t").stop_at_once(_flags(tmp_path), str(tmp_path), log) is not None
+
+
+def test_a_subclass_with_its_own_stop_has_it_run_by_the_delete_action(tmp_path: Path) -> None:
+    cls, ran = with_own_stop(TaskManager)
+    bundle = tmp_path / "c1"
+    (bundle / "rootfs").mkdir(parents=True)
+    run_delete(cls("t"), bundle)
+    assert ran == ["c1"]

@@ -46,7 +46,9 @@ UNUSED_MODULES: Final = (
     "tokenize",
 )
 
-_lock = threading.Lock()  # trio.to_thread workers may be the first to touch one
+# trio.to_thread workers may be the first to touch one; re-entrant, for a module whose own
+# import uses another deferred one (a load inside a load, in the same thread).
+_lock = threading.RLock()
 
 
 class DeferredModule(ModuleType):
@@ -73,7 +75,9 @@ def load(placeholder: DeferredModule) -> ModuleType:
             # module's names from now on.
             placeholder.__dict__.update(real.__dict__)
         else:
-            real = sys.modules[name]
+            # Loaded already, or taken out of sys.modules since (a test's clean-up, a reload):
+            # then the module is imported afresh, as ``import`` would.
+            real = sys.modules.get(name) or importlib.import_module(name)
     return real
 
 

@@ -50,7 +50,7 @@ from trioshim.shim.flags import (
 )
 from trioshim.shim.forking import Fork, fork_process
 from trioshim.shim.log import open_log_fifo, setup_logger
-from trioshim.shim.manager import Manager, StopContext, StopStatus
+from trioshim.shim.manager import Manager, StopContext, StopStatus, answer_at_once
 from trioshim.shim.plugin import Registry, default_registry
 from trioshim.shim.reaper import open_reaper, set_child_subreaper
 from trioshim.shim.sharedclient import hand_over, remove_stale_control
@@ -339,7 +339,7 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
     if manager.shared:
         remove_stale_control(manager.name, flags.address)
 
-    status = manager.stop_at_once(flags, bundle, log)
+    status = answer_at_once(manager, flags, bundle, log)
     if status is not None:
         response = delete_response(status, bundle)
     else:
@@ -360,7 +360,7 @@ def _delete(manager: Manager, flags: Flags, io: _IO) -> int:
 async def delete_bundle(manager: Manager, ctx: StopContext) -> bytes:
     """The delete action's work in a running event loop (shared mode's process):
     :meth:`Manager.stop_at_once`, else :meth:`Manager.stop`; see :func:`delete_response`."""
-    status = manager.stop_at_once(ctx.flags, ctx.bundle, ctx.log)
+    status = answer_at_once(manager, ctx.flags, ctx.bundle, ctx.log)
     if status is None:
         status = await manager.stop(ctx)
     return delete_response(status, ctx.bundle)

@@ -28,7 +28,7 @@ from trioshim.shim.address import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
 from trioshim.shim.flags import Flags
 from trioshim.shim.reaper import Reaper
 
-__all__ = ["Manager", "StartContext", "StopContext", "StopStatus"]
+__all__ = ["Manager", "StartContext", "StopContext", "StopStatus", "answer_at_once"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,9 @@ class Manager:
         exit and waits for it; a daemon that ended normally cleaned up before it went, and
         answering here spares the action its event loop and reaper (about 3 ms of a helper
         forked from the fork server, see docs/benchmarks.md). Called first, in the action's
-        process; must not block, nor clean up anything itself that :meth:`stop` would."""
+        process; must not block, nor clean up anything itself that :meth:`stop` would.
+        A subclass that overrides :meth:`stop` alone has its ``stop`` run every time
+        (:func:`answer_at_once`)."""
         return None
 
     def info(self, options: bytes) -> introspection_pb2.RuntimeInfo:
@@ -158,3 +160,20 @@ def _read_annotations(path: str) -> dict[str, str]:
     if not isinstance(annotations, dict):
         return {}
     return {k: v for k, v in annotations.items() if isinstance(v, str)}
+
+
+def answer_at_once(
+    manager: Manager, flags: Flags, bundle: str, log: logging.Logger
+) -> StopStatus | None:
+    """``manager``'s :meth:`~Manager.stop_at_once`, unless a subclass of the class that wrote
+    it overrides :meth:`~Manager.stop`: an answer at once stands for the ``stop`` written
+    beside it, and a subclass's own clean-up must run."""
+    at_once, stop = (_defined_by(type(manager), name) for name in ("stop_at_once", "stop"))
+    if stop is not at_once and issubclass(stop, at_once):
+        return None
+    return manager.stop_at_once(flags, bundle, log)
+
+
+def _defined_by(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO whose body defines ``name``."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))

@@ -103,10 +103,13 @@ def _warm_cgroup_lookup() -> None:
     """Find the fork server's own cgroup, as a daemon finds each container's after ``runc
     create``: the mount-table parsing compiles a regular expression into ``re``'s cache on
     first use, about half a millisecond of every daemon's Create otherwise. Only when the app
-    imported the cgroup code (a shim that never looks at cgroups gets nothing new)."""
+    imported the cgroup code (a shim that never looks at cgroups gets nothing new). A host
+    where the look-up fails loses only this: the daemons meet (and report) it themselves,
+    and the rest of the warm-up, the dry run above all, must still run."""
     find = sys.modules.get("trioshim.shim.cgroups.find")
     if find is not None:
-        find.load_cgroup(os.getpid())
+        with contextlib.suppress(OSError, ValueError):
+            find.load_cgroup(os.getpid())
 
 
 async def _ttrpc_round_trip() -> None:
