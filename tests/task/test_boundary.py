@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import tracemalloc
 
 import pytest
@@ -52,6 +53,13 @@ async def test_ids_and_bundles_containerd_never_sends_are_invalid(
         missing = f"{kit.bundles}/c3"
         with pytest.raises(InvalidArgument, match="read OCI spec"):
             await kit.task.Create(v2.CreateTaskRequest(id="c3", bundle=missing))
+        # A FIFO where config.json belongs: refused at once, never waited on (the read is
+        # in the event loop, which a blocking open would stall for good).
+        fifo = f"{kit.bundles}/c4"
+        os.mkdir(fifo)
+        os.mkfifo(f"{fifo}/config.json")
+        with pytest.raises(InvalidArgument, match="not a regular file"):
+            await kit.task.Create(v2.CreateTaskRequest(id="c4", bundle=fifo))
     assert backend.calls == []
 
 

@@ -27,6 +27,7 @@ from trioshim.runc.runc_cli import Runc
 from trioshim.runc.runc_errors import RuncError
 from trioshim.runc.states import unknown
 from trioshim.runc.stdio_modes import StdioConfig
+from trioshim.shim.bundlefile import read_bundle_file
 from trioshim.shim.cgroups import Cgroup, CgroupV2, load_cgroup
 from trioshim.shim.failpoint import Failpoints
 from trioshim.shim.mounts import Mount, RootfsMountError, mount_rootfs, unmount_all
@@ -69,8 +70,7 @@ def should_kill_all(bundle: str) -> bool:
     """Whether the init's exit must be followed by ``runc kill --all <id> 9``: unless the
     container has a private PID namespace (the kernel then kills the rest itself)."""
     try:
-        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
-            spec = json.load(f)
+        spec = json.loads(read_bundle_file(os.path.join(bundle, "config.json")))
         namespaces = spec["linux"]["namespaces"]
     except (OSError, ValueError, KeyError, TypeError):
         return True

@@ -17,6 +17,12 @@ imports the real module, which replaces the placeholder in :data:`sys.modules` a
 namespace the placeholder takes on, so a code path that does use one still works, only
 later. (The standard library's ``importlib.util.LazyLoader`` does not do here: on Python
 3.11, ``import x`` of a lazily loaded module reads ``x.__spec__``, and that read runs it.)
+
+Limits, none of which a shim meets: ``getattr(placeholder, name, default)`` and
+``inspect.getmodule`` (which reads every module's ``__file__``) load what they touch; and
+``import idna.core`` while ``idna`` is still deferred runs ``idna.core`` twice (looking up the
+package's ``__path__`` loads the package, whose ``__init__`` imports ``core``, and the import
+machinery then runs it again), so ``import idna`` first or ``from idna import core``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 ``hashlib.sha256`` is OpenSSL's: importing ``hashlib`` loads ``libcrypto`` (about 1.4 MB of
 private relocated data in every long-lived shim process, see
 :mod:`trioshim.shim.deferimport`) and costs a start helper about 2 ms. CPython's own
-implementation is built in (``_sha2`` from 3.12, ``_sha256`` before); ``hashlib`` is the
-fallback for an interpreter built without it. Imports nothing else: start helpers use it.
+implementation (the extension module ``_sha2`` from 3.12, ``_sha256`` before, built in or in
+``lib-dynload``) needs no library; ``hashlib`` is the fallback for an interpreter without it.
+Imports nothing else: start helpers use it.
 """
 
 TYPE_CHECKING = False

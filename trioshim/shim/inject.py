@@ -19,6 +19,7 @@ from typing import Final
 
 import trio
 
+from trioshim.shim.bundlefile import read_bundle_file
 from trioshim.shim.failpoint import (
     ANNOTATION_PREFIX,
     Action,
@@ -55,8 +56,7 @@ def bundle_failpoints(bundle: str, known: Collection[str]) -> Failpoints | None:
     it); a spec that sets failpoints badly raises :class:`FailpointSyntaxError`.
     """
     try:
-        with open(os.path.join(bundle, CONFIG_FILE), "rb") as f:
-            data = f.read()
+        data = read_bundle_file(os.path.join(bundle, CONFIG_FILE))
     except OSError:
         return None
     if _PREFIX_BYTES not in data:

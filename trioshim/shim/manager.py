@@ -151,9 +151,10 @@ class Manager:
 def _read_annotations(path: str) -> dict[str, str]:
     import json
 
+    from trioshim.shim.bundlefile import read_bundle_file
+
     try:
-        with open(path, "rb") as f:
-            spec = json.load(f)
+        spec = json.loads(read_bundle_file(path))
     except FileNotFoundError:
         return {}
     annotations = spec.get("annotations") if isinstance(spec, dict) else None

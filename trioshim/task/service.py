@@ -31,6 +31,7 @@ from google.protobuf import empty_pb2
 
 from trioshim.api.containerd.runtime.task.v2 import shim_pb2 as pb
 from trioshim.api.containerd.types.task import task_pb2 as task_types
+from trioshim.shim.bundlefile import read_bundle_file
 from trioshim.task.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -338,11 +339,11 @@ def _read_spec(bundle: str, *, lenient: bool) -> dict[str, Any]:
     Read in the event loop, not in a worker thread: it is a few kB on a local disk, and
     Create is the first request of a fresh daemon, whose first worker thread would cost
     more than the read (a thread and its stack set up, ~130 copy-on-write page faults in a
-    daemon forked from the fork server: about a millisecond before ``runc create``)."""
+    daemon forked from the fork server: about a millisecond before ``runc create``); see
+    :mod:`trioshim.shim.bundlefile`, which never lets it wait."""
     path = os.path.join(bundle, "config.json")
     try:
-        with open(path, "rb") as f:
-            spec = json.loads(f.read())
+        spec = json.loads(read_bundle_file(path))
         if not isinstance(spec, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
